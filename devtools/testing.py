@@ -1,0 +1,69 @@
+"""Test tiers and lint: `invoke test` runs every tier in order, as CI does."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from invoke import Exit, task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Tier name -> what it proves. Order matters: cheap and broad first, the real cloud last.
+TIERS = {
+    "lint": "ruff on all Python, shellcheck on all shell scripts",
+    "unit": "pure modules, the OpenStack API double, rendering property tests with the real cloud-init validator",
+    "hub": "a real JupyterHub + proxy + LibcloudSpawner + libcloud's OpenStack driver against the API double",
+}
+
+
+def _pytest(c, paths: list[str], extra: str = "") -> None:
+    """Run pytest; 'no tests collected' (exit 5) is a failure here, never a silent pass."""
+    args = " ".join(shlex.quote(p) for p in paths)
+    r = c.run(f"python -m pytest {args} {extra}", echo=True, warn=True, pty=False)
+    if r.exited == 5:
+        raise Exit(f"pytest collected no tests in {args}: a tier that tests nothing is a failure", code=1)
+    if r.exited != 0:
+        raise Exit(f"tests failed in {args}", code=r.exited)
+
+
+def _shell_scripts(c) -> list[str]:
+    """Shell scripts git knows of (tracked, or new and not ignored)."""
+    files = c.run("git ls-files -co --exclude-standard", hide=True).stdout.split()
+    return sorted(f for f in files if f.endswith(".sh") or Path(f).name in {"bootstrap", "run"})
+
+
+@task(help={"fix": "let ruff fix what it can"})
+def lint(c, fix=False):
+    """Lint: ruff on all Python, shellcheck on every shell script."""
+    with c.cd(str(ROOT)):
+        c.run("ruff check ." + (" --fix" if fix else ""), echo=True, pty=False)
+        if not shutil.which("shellcheck"):
+            raise Exit("shellcheck is missing: install it with `apt-get install shellcheck` (./bootstrap does)")
+        scripts = _shell_scripts(c)
+        c.run("shellcheck " + " ".join(shlex.quote(s) for s in scripts), echo=True, pty=False)
+
+
+@task(
+    help={
+        "tier": "run only this tier (" + ", ".join(TIERS) + "); default: all, in order",
+        "pytest_args": "extra arguments for pytest, e.g. '-x -k form'",
+    }
+)
+def test(c, tier="all", pytest_args=""):
+    """Run the test tiers (lint, unit, hub, ...): what CI runs."""
+    tiers = list(TIERS) if tier == "all" else [tier]
+    for t in tiers:
+        if t not in TIERS:
+            raise Exit(f"unknown tier {t!r}: choose one of {', '.join(TIERS)}")
+    with c.cd(str(ROOT)):
+        for t in tiers:
+            print(f"=== tier {t}: {TIERS[t]}", flush=True)
+            if t == "lint":
+                lint(c)
+            else:
+                _pytest(c, [f"tests/{t}"], pytest_args)
+
+
+TASKS = [lint, test]
