@@ -1,0 +1,262 @@
+"""What users may choose: sizes, images and profiles (pure: no libcloud, no spawner).
+
+Choices come from three places, all configured by the administrator:
+
+- ``userserver_sizes`` / ``userserver_images``: lists of ``(display name, cloud name)`` (the original
+  configuration; lists of lists, as JSON or YAML configuration gives them, are accepted too);
+- ``profiles``: named presets of size + image + trait overrides, like KubeSpawner's ``profile_list``;
+- the image build manifest (``images/manifest.json``): every image the build published, appended to the
+  images on offer.
+
+Manifest schema (``manifest_version`` 1)::
+
+    {"manifest_version": 1,
+     "images": [{"name": "debian-12-jupyter-20261125-1a2b3c4",   # the image's name in the cloud (required)
+                 "display_name": "Debian 12 + JupyterLab",        # shown in the form (default: name)
+                 "cloud": "devcloud",                             # which cloud it was published to
+                 "image_id": "3f0c...",                           # the cloud's id, preferred over name
+                 "os": "debian-12", "created": "2026-11-25T21:00:00Z", "git_commit": "1a2b3c4",
+                 "default": false}]}
+
+Packer's own ``manifest`` post-processor output (``{"builds": [{"name", "artifact_id", "custom_data"}]}``)
+is read as well: ``custom_data`` may carry ``display_name``, ``image_name`` and ``cloud``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_DISPLAY_LENGTH = 200
+MAX_CLOUD_NAME_LENGTH = 255
+_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+class CatalogError(ValueError):
+    """The administrator's configuration of sizes, images, profiles or manifest is wrong."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One entry of a list on offer: what the form shows, and what the cloud calls it (name or id)."""
+
+    display_name: str
+    cloud_name: str
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named preset: size + image, and overrides of a few spawner settings."""
+
+    slug: str
+    display_name: str
+    size: str
+    image: str
+    description: str = ""
+    default: bool = False
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    sizes: tuple[Choice, ...] = ()
+    images: tuple[Choice, ...] = ()
+    profiles: tuple[Profile, ...] = ()
+
+    def default_size(self) -> Choice | None:
+        return _default(self.sizes)
+
+    def default_image(self) -> Choice | None:
+        return _default(self.images)
+
+    def default_profile(self) -> Profile | None:
+        return _default(self.profiles)
+
+    def profile(self, slug: str) -> Profile | None:
+        return next((p for p in self.profiles if p.slug == slug), None)
+
+    def size(self, cloud_name: str) -> Choice | None:
+        return next((c for c in self.sizes if c.cloud_name == cloud_name), None)
+
+    def image(self, cloud_name: str) -> Choice | None:
+        return next((c for c in self.images if c.cloud_name == cloud_name), None)
+
+
+def _default(items):
+    return next((i for i in items if i.default), items[0] if items else None)
+
+
+def _check_text(value: object, what: str, max_length: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise CatalogError(f"{what} must be a non-empty string, not {value!r}")
+    if len(value) > max_length:
+        raise CatalogError(f"{what} is longer than {max_length} characters: {value[:40]!r}...")
+    return value
+
+
+def normalize_choices(value: Iterable[Any], what: str) -> tuple[Choice, ...]:
+    """``[("Display", "cloud-name"), ...]`` (tuples, lists or plain names) -> ``(Choice, ...)``.
+
+    Raises ``CatalogError`` naming the bad entry.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise CatalogError(f"{what} must be a list of (display name, cloud name) pairs, not {value!r}")
+    choices = []
+    for index, item in enumerate(value):
+        if isinstance(item, str):
+            item = (item, item)
+        if isinstance(item, Choice):
+            choices.append(item)
+            continue
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise CatalogError(
+                f"{what}[{index}] must be a (display name, cloud name) pair, e.g. ('1 vCPU, 2 GB', 'm1.small');"
+                f" got {item!r}"
+            )
+        display, cloud = item
+        choices.append(
+            Choice(
+                _check_text(display, f"{what}[{index}] display name", MAX_DISPLAY_LENGTH),
+                _check_text(cloud, f"{what}[{index}] cloud name", MAX_CLOUD_NAME_LENGTH),
+            )
+        )
+    return tuple(choices)
+
+
+def normalize_profiles(value: Iterable[Any], allowed_overrides: Iterable[str]) -> tuple[Profile, ...]:
+    """Check ``profiles`` entries (dicts) and return them as ``Profile`` objects.
+
+    Keys: ``display_name`` (required), ``slug`` (default: derived from display_name), ``description``,
+    ``size`` and ``image`` (cloud names, required), ``default`` (bool), ``overrides`` (dict of settings
+    among ``allowed_overrides``).
+    """
+    allowed = frozenset(allowed_overrides)
+    known_keys = {"display_name", "slug", "description", "size", "image", "default", "overrides"}
+    profiles: list[Profile] = []
+    for index, item in enumerate(value):
+        where = f"profiles[{index}]"
+        if not isinstance(item, Mapping):
+            raise CatalogError(f"{where} must be a dict with display_name, size and image; got {item!r}")
+        unknown = set(item) - known_keys
+        if unknown:
+            raise CatalogError(f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(known_keys)}")
+        display = _check_text(item.get("display_name"), f"{where}.display_name", MAX_DISPLAY_LENGTH)
+        slug = item.get("slug") or _slugify(display)
+        if not isinstance(slug, str) or not _SLUG_RE.match(slug):
+            raise CatalogError(f"{where}.slug {slug!r} must match {_SLUG_RE.pattern}")
+        overrides = item.get("overrides") or {}
+        if not isinstance(overrides, Mapping):
+            raise CatalogError(f"{where}.overrides must be a dict of settings, not {overrides!r}")
+        bad = set(overrides) - allowed
+        if bad:
+            raise CatalogError(f"{where}.overrides cannot set {sorted(bad)}; allowed: {sorted(allowed)}")
+        description = item.get("description", "")
+        if not isinstance(description, str) or len(description) > 2000:
+            raise CatalogError(f"{where}.description must be a string of at most 2000 characters")
+        default = item.get("default", False)
+        if not isinstance(default, bool):
+            raise CatalogError(f"{where}.default must be true or false, not {default!r}")
+        profiles.append(
+            Profile(
+                slug=slug,
+                display_name=display,
+                size=_check_text(item.get("size"), f"{where}.size", MAX_CLOUD_NAME_LENGTH),
+                image=_check_text(item.get("image"), f"{where}.image", MAX_CLOUD_NAME_LENGTH),
+                description=description,
+                default=default,
+                overrides=dict(overrides),
+            )
+        )
+    slugs = [p.slug for p in profiles]
+    duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
+    if duplicates:
+        raise CatalogError(f"profiles: duplicate slug(s) {duplicates}; give each profile its own 'slug'")
+    if sum(p.default for p in profiles) > 1:
+        raise CatalogError("profiles: at most one profile may have default: true")
+    return tuple(profiles)
+
+
+def _slugify(display_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", display_name.lower()).strip("-")[:63].strip("-")
+    return slug or "profile"
+
+
+def load_manifest(path: str | Path, cloud: str | None = None) -> tuple[Choice, ...]:
+    """Images listed by a build manifest (see the module docstring), filtered to ``cloud`` if given.
+
+    Raises ``CatalogError`` if the file cannot be read or has the wrong shape.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CatalogError(f"cannot read the image manifest {path}: {e}") from e
+    return manifest_choices(data, cloud=cloud, source=str(path))
+
+
+def manifest_choices(data: Any, cloud: str | None = None, source: str = "manifest") -> tuple[Choice, ...]:
+    """The images of a parsed manifest (ours or Packer's), newest entries last as listed."""
+    if not isinstance(data, Mapping):
+        raise CatalogError(f"{source}: expected a JSON object with an 'images' list")
+    if "images" in data:
+        entries = data["images"]
+        packer = False
+    elif "builds" in data:
+        entries = data["builds"]
+        packer = True
+    else:
+        raise CatalogError(f"{source}: expected an 'images' list (or Packer's 'builds')")
+    if not isinstance(entries, list):
+        raise CatalogError(f"{source}: 'images' must be a list")
+    choices = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise CatalogError(f"{source}: images[{index}] must be an object")
+        if packer:
+            custom = entry.get("custom_data") or {}
+            name = custom.get("image_name") or entry.get("name")
+            image_id = entry.get("artifact_id")
+            display = custom.get("display_name") or name
+            entry_cloud = custom.get("cloud")
+            default = str(custom.get("default", "")).lower() == "true"
+        else:
+            name = entry.get("name")
+            image_id = entry.get("image_id")
+            display = entry.get("display_name") or name
+            entry_cloud = entry.get("cloud")
+            default = entry.get("default") is True
+        if cloud is not None and entry_cloud not in (None, cloud):
+            continue
+        cloud_name = image_id if isinstance(image_id, str) and image_id else name
+        choices.append(
+            Choice(
+                _check_text(display, f"{source}: images[{index}] display_name", MAX_DISPLAY_LENGTH),
+                _check_text(cloud_name, f"{source}: images[{index}] name", MAX_CLOUD_NAME_LENGTH),
+                default=default,
+            )
+        )
+    return tuple(choices)
+
+
+def build_catalog(
+    sizes: Iterable[Any],
+    images: Iterable[Any],
+    profiles: Iterable[Profile] = (),
+    manifest_images: Iterable[Choice] = (),
+) -> Catalog:
+    """Merge the configured lists and the manifest (configured entries first; duplicates dropped)."""
+    merged: list[Choice] = list(normalize_choices(images, "userserver_images"))
+    seen = {c.cloud_name for c in merged}
+    for choice in manifest_images:
+        if choice.cloud_name not in seen:
+            merged.append(choice)
+            seen.add(choice.cloud_name)
+    return Catalog(
+        sizes=normalize_choices(sizes, "userserver_sizes"),
+        images=tuple(merged),
+        profiles=tuple(profiles),
+    )

@@ -1,0 +1,202 @@
+"""Render the cloud-init user-data that starts jupyterhub-singleuser (pure: no libcloud, no spawner).
+
+The document is a contract (the OpenStack API double and the image tests read it as cloud-init and systemd
+would):
+
+- ``users: [default, {name: <user>, homedir: /home/<user>, ...}]`` creates the user if missing;
+- ``/etc/jupyterhub-singleuser/env`` (``root:root``, ``0600``) holds the environment in systemd
+  ``EnvironmentFile=`` syntax: ``KEY="value"``, with ``"`` ``\\`` `````` ``$`` backslash-escaped;
+- ``/etc/systemd/system/jupyterhub-singleuser.service`` (``root:root``, ``0644``) runs
+  ``ExecStart=`` cmd + args, each argument double-quoted for systemd (C escapes, ``%%``, ``$$``),
+  as ``User=<user>`` in ``WorkingDirectory=/home/<user>``, with ``Restart=on-failure``; no secret in it;
+- ``runcmd: [[systemctl, daemon-reload], [systemctl, enable, --now, jupyterhub-singleuser.service]]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+#: Nova refuses user-data larger than 65535 bytes (before base64)
+MAX_USERDATA_BYTES = 65535
+DEFAULT_TEMPLATE = "singleuser.yaml.j2"
+ENV_PATH = "/etc/jupyterhub-singleuser/env"
+UNIT_NAME = "jupyterhub-singleuser.service"
+UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LINUX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# characters a YAML double-quoted scalar must not carry raw: C0/C1 controls, DEL, YAML's extra line
+# breaks (NEL, LS, PS), the BOM, and non-characters PyYAML's reader refuses
+_YAML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]")
+# characters written as C escapes inside a systemd ExecStart argument
+_SYSTEMD_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+class UserDataError(ValueError):
+    """The user-data cannot be rendered safely (bad key, value, or too large for the cloud)."""
+
+
+def yaml_quote(value: object) -> str:
+    """``value`` as a YAML double-quoted scalar that PyYAML (and so cloud-init) reads back exactly.
+
+    JSON strings are YAML, but ``ensure_ascii`` would split characters beyond U+FFFF into surrogate
+    escapes that PyYAML does not join; so non-ASCII text stays raw (UTF-8) and only the characters
+    YAML treats as breaks or refuses are escaped.
+    """
+    if isinstance(value, str):
+        _check_text(value, "value")
+    text = json.dumps(value, ensure_ascii=False)
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _check_text(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserDataError(f"{what} is not valid Unicode text (lone surrogate)") from None
+    if "\x00" in value:
+        raise UserDataError(f"{what} contains a NUL character, which neither YAML files nor processes carry")
+
+
+def env_file(env: Mapping[str, str]) -> str:
+    """The environment as a systemd ``EnvironmentFile=``: ``KEY="value"`` lines, keys sorted."""
+    lines = []
+    for key in sorted(env):
+        value = env[key]
+        if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
+            raise UserDataError(f"environment variable name {key!r} is not valid (use [A-Za-z_][A-Za-z0-9_]*)")
+        if not isinstance(value, str):
+            raise UserDataError(f"environment variable {key} must be a string, not {type(value).__name__}")
+        _check_text(value, f"environment variable {key}")
+        escaped = re.sub(r'(["\\`$])', r"\\\1", value)
+        lines.append(f'{key}="{escaped}"')
+    return "".join(line + "\n" for line in lines)
+
+
+def systemd_quote(arg: str) -> str:
+    """One ``ExecStart=`` argument, double-quoted: C escapes, ``%`` -> ``%%``, ``$`` -> ``$$``."""
+    _check_text(arg, "command argument")
+    out = []
+    for ch in arg:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "%":
+            out.append("%%")
+        elif ch == "$":
+            out.append("$$")
+        elif ch in _SYSTEMD_C_ESCAPES:
+            out.append(_SYSTEMD_C_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def unit_file(*, username: str, homedir: str, cmd: Sequence[str]) -> str:
+    """The systemd unit running ``cmd`` as ``username`` with the environment file. No secrets."""
+    if not cmd:
+        raise UserDataError("the single-user command is empty (set Spawner.cmd)")
+    exec_start = " ".join(systemd_quote(str(a)) for a in cmd)
+    return (
+        "[Unit]\n"
+        "Description=JupyterHub single-user server (started by jupyter-libcloudspawner)\n"
+        "Wants=network-online.target\n"
+        "After=network-online.target\n"
+        "\n"
+        "[Service]\n"
+        "Type=simple\n"
+        f"User={username}\n"
+        f"WorkingDirectory={homedir}\n"
+        f"EnvironmentFile={ENV_PATH}\n"
+        f"ExecStart={exec_start}\n"
+        "Restart=on-failure\n"
+        "RestartSec=5\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
+def load_template(path: str | None = None) -> str:
+    """The template text: ``path`` if given (an administrator's override), else the packaged default.
+
+    The packaged template is ``libcloudspawner/cloudinit/`` in the wheel, or the repository's
+    ``cloudinit/`` when running from a source tree.
+    """
+    if path is not None:
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise UserDataError(f"cannot read the cloud-init template {path}: {e}") from e
+    packaged = resources.files("libcloudspawner").joinpath("cloudinit", DEFAULT_TEMPLATE)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    source_tree = Path(__file__).resolve().parents[2] / "cloudinit" / DEFAULT_TEMPLATE
+    if source_tree.is_file():
+        return source_tree.read_text(encoding="utf-8")
+    raise UserDataError(
+        f"the cloud-init template {DEFAULT_TEMPLATE} is missing from the installation; reinstall"
+        " jupyter-libcloudspawner or set LibcloudSpawner.cloudinit_template"
+    )
+
+
+def _environment() -> jinja2.Environment:
+    # YAML, not HTML: every value goes through tojson (a YAML-safe quoting), so autoescape is off
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701
+    )
+    env.filters["tojson"] = yaml_quote
+    return env
+
+
+def render_userdata(
+    *,
+    username: str,
+    env: Mapping[str, str],
+    cmd: Sequence[str],
+    template: str | None = None,
+) -> str:
+    """Render the cloud-config for ``username`` running ``cmd`` with ``env``.
+
+    ``template`` is template *text* (``None``: the packaged ``singleuser.yaml.j2``). Raises
+    ``UserDataError`` for an invalid username, environment name or value, or a document over Nova's
+    64 KiB limit.
+    """
+    if not isinstance(username, str) or not _LINUX_USER_RE.match(username):
+        raise UserDataError(f"{username!r} is not a valid Linux username ([a-z_][a-z0-9_-]{{0,31}})")
+    homedir = f"/home/{username}"
+    source = load_template() if template is None else template
+    try:
+        rendered = (
+            _environment()
+            .from_string(source)
+            .render(
+                username=username,
+                homedir=homedir,
+                env_file=env_file(env),
+                unit_file=unit_file(username=username, homedir=homedir, cmd=list(cmd)),
+                env_path=ENV_PATH,
+                unit_path=UNIT_PATH,
+                unit_name=UNIT_NAME,
+            )
+        )
+    except jinja2.TemplateError as e:
+        raise UserDataError(f"the cloud-init template does not render: {e}") from e
+    size = len(rendered.encode("utf-8"))
+    if size > MAX_USERDATA_BYTES:
+        raise UserDataError(
+            f"the rendered user-data is {size} bytes, over the cloud's limit of {MAX_USERDATA_BYTES}:"
+            " shorten the environment (Spawner.environment) or the command"
+        )
+    return rendered

@@ -1,0 +1,128 @@
+"""Choices on offer: configured lists, profiles, the build manifest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from libcloudspawner.catalog import (
+    Catalog,
+    CatalogError,
+    Choice,
+    build_catalog,
+    load_manifest,
+    manifest_choices,
+    normalize_choices,
+    normalize_profiles,
+)
+
+OVERRIDES = {"userserver_net", "security_groups"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ([("1vcpu 2Go RAM", "m1.small")], (Choice("1vcpu 2Go RAM", "m1.small"),)),
+        ([["Big", "4c.extramem"]], (Choice("Big", "4c.extramem"),)),
+        (["m1.tiny"], (Choice("m1.tiny", "m1.tiny"),)),
+        ((), ()),
+    ],
+)
+def test_normalize_choices_accepts_the_original_shapes(value, expected):
+    assert normalize_choices(value, "userserver_sizes") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("m1.small", "must be a list"),
+        ([("only one",)], "pair"),
+        ([("a", "b", "c")], "pair"),
+        ([("", "m1")], "non-empty"),
+        ([("ok", 3)], "non-empty string"),
+        ([("ok", "x" * 300)], "longer than"),
+    ],
+)
+def test_normalize_choices_refuses_clearly(value, message):
+    with pytest.raises(CatalogError, match=message):
+        normalize_choices(value, "userserver_sizes")
+
+
+def test_profiles_normalized_with_derived_slug():
+    (p,) = normalize_profiles(
+        [{"display_name": "Small CPU", "size": "m1.small", "image": "img", "overrides": {"userserver_net": "n"}}],
+        OVERRIDES,
+    )
+    assert (p.slug, p.size, p.image, dict(p.overrides)) == ("small-cpu", "m1.small", "img", {"userserver_net": "n"})
+
+
+@pytest.mark.parametrize(
+    ("profiles", "message"),
+    [
+        ([{"display_name": "A", "size": "s"}], "image"),
+        ([{"display_name": "A", "size": "s", "image": "i", "overrides": {"cmd": ["x"]}}], "cannot set"),
+        ([{"display_name": "A", "size": "s", "image": "i", "colour": "red"}], "unknown key"),
+        ([{"display_name": "A", "size": "s", "image": "i"}] * 2, "duplicate slug"),
+        ([{"display_name": "A", "slug": "Bad Slug", "size": "s", "image": "i"}], "slug"),
+        (
+            [
+                {"display_name": "A", "size": "s", "image": "i", "default": True},
+                {"display_name": "B", "size": "s", "image": "i", "default": True},
+            ],
+            "at most one",
+        ),
+        (["not a dict"], "must be a dict"),
+    ],
+)
+def test_profiles_refused_clearly(profiles, message):
+    with pytest.raises(CatalogError, match=message):
+        normalize_profiles(profiles, OVERRIDES)
+
+
+def test_manifest_ours_filtered_by_cloud(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text(
+        json.dumps(
+            {
+                "manifest_version": 1,
+                "images": [
+                    {"name": "debian-12-jupyter-1", "display_name": "Debian 12", "cloud": "devcloud"},
+                    {"name": "ubuntu-22-jupyter-1", "cloud": "other", "image_id": "uuid-2"},
+                    {"name": "anywhere", "image_id": "uuid-3"},
+                ],
+            }
+        )
+    )
+    assert load_manifest(path, cloud="devcloud") == (
+        Choice("Debian 12", "debian-12-jupyter-1"),
+        Choice("anywhere", "uuid-3"),
+    )
+
+
+def test_manifest_packer_format():
+    data = {"builds": [{"name": "qemu", "artifact_id": "abc", "custom_data": {"display_name": "Deb"}}]}
+    assert manifest_choices(data) == (Choice("Deb", "abc"),)
+
+
+@pytest.mark.parametrize("content", ["not json", "[]", '{"images": {}}', '{"other": 1}', '{"images": [1]}'])
+def test_manifest_errors(tmp_path, content):
+    path = tmp_path / "m.json"
+    path.write_text(content)
+    with pytest.raises(CatalogError):
+        load_manifest(path)
+
+
+def test_build_catalog_merges_manifest_after_configured():
+    catalog = build_catalog(
+        [("S", "m1.small")],
+        [("Default image", "img-a")],
+        manifest_images=[Choice("A again", "img-a"), Choice("B", "img-b")],
+    )
+    assert [c.cloud_name for c in catalog.images] == ["img-a", "img-b"]
+    assert catalog.default_image() == Choice("Default image", "img-a")
+
+
+def test_defaults_prefer_flagged_entries():
+    catalog = Catalog(images=(Choice("a", "a"), Choice("b", "b", default=True)))
+    assert catalog.default_image().cloud_name == "b"
+    assert Catalog().default_size() is None
