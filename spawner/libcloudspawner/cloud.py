@@ -1,0 +1,425 @@
+"""The only module that talks to the cloud: an async wrapper over a (synchronous) libcloud driver.
+
+- Every call runs in a ``ThreadPoolExecutor``; each worker thread has its own driver (libcloud drivers are
+  not thread-safe), all sharing one in-memory Keystone token cache, so the hub authenticates once per
+  process rather than once per thread and service.
+- Every call has a deadline (``asyncio.wait_for``) on top of the driver's own socket timeout.
+- Transient failures (5xx, connection errors and timeouts, 429/413 honouring Retry-After) are retried
+  with exponential backoff and jitter; other 4xx are not. A 401 (token expired) is retried once, after
+  libcloud dropped the cached token.
+- A create is never retried blindly: :meth:`CloudClient.create_node` reports an *unknown* outcome, and
+  the caller looks the instance up by name and tags first.
+- Image, size and network lists are cached (TTL) and shared by all spawners of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .config import DriverArguments
+from .naming import tags_match
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_MAX_SECONDS = 60.0
+_RAISE = object()
+
+
+class CloudError(Exception):
+    """A cloud call failed. ``transient``: retrying later may work. ``status``: HTTP status if any."""
+
+    def __init__(self, message: str, *, transient: bool = False, status: int | None = None):
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+
+
+class CloudNotFound(CloudError):
+    """An image, size or network named in the configuration does not exist in the cloud."""
+
+
+class CreateOutcomeUnknown(CloudError):
+    """The create request may or may not have created the instance: look it up before doing anything."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What the spawner needs to know of a cloud instance (decoupled from libcloud's Node)."""
+
+    id: str
+    name: str
+    state: str  # libcloud NodeState value: "running", "pending", "error", "terminated", "stopped", ...
+    private_ips: tuple[str, ...] = ()
+    public_ips: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] | None = None
+    task_state: str | None = None
+
+    @property
+    def deleting(self) -> bool:
+        return self.task_state == "deleting" or self.state in ("terminated",)
+
+
+def _to_instance(node) -> Instance:
+    extra = getattr(node, "extra", None) or {}
+    state = node.state
+    return Instance(
+        id=str(node.id),
+        name=node.name,
+        state=str(getattr(state, "value", state)).lower(),
+        private_ips=tuple(node.private_ips or ()),
+        public_ips=tuple(node.public_ips or ()),
+        metadata=extra.get("metadata") or {},
+        task_state=extra.get("task_state"),
+    )
+
+
+def classify(exc: BaseException) -> tuple[bool, int | None, float | None]:
+    """(transient?, HTTP status, Retry-After seconds) of an exception raised by a libcloud call."""
+    status = getattr(exc, "code", None)
+    if not isinstance(status, int):
+        status = getattr(exc, "http_code", None)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = getattr(exc, "headers", None) or {}
+    if retry_after is None and isinstance(headers, Mapping) and "retry-after" in headers:
+        try:
+            retry_after = float(headers["retry-after"])
+        except (TypeError, ValueError):
+            retry_after = None
+    if isinstance(status, int):
+        if status >= 500 or status == 429 or (status == 413 and retry_after is not None):
+            return True, status, retry_after
+        return False, status, retry_after
+    if isinstance(exc, ssl.SSLError):  # certificate problems do not heal by retrying
+        return False, None, None
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError | ConnectionError | OSError):
+        return True, None, None
+    try:
+        import requests
+
+        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            if isinstance(exc, requests.exceptions.SSLError):
+                return False, None, None
+            return True, None, None
+    except ImportError:  # pragma: no cover - libcloud depends on requests
+        pass
+    return False, None, None
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a cloud error for logs and messages (libcloud messages hold no secret)."""
+    text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class _TokenCache:
+    """libcloud ``OpenStackAuthenticationCache``, in memory and thread-safe, shared by all drivers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[Any, Any] = {}
+
+    def get(self, key):
+        with self._lock:
+            return self._data.get(key)
+
+    def put(self, key, context):
+        with self._lock:
+            self._data[key] = context
+
+    def clear(self, key):
+        with self._lock:
+            self._data.pop(key, None)
+
+
+def make_driver_factory(args: DriverArguments) -> Callable[[], Any]:
+    """A function building a new libcloud driver from ``args`` (called once per worker thread)."""
+    from libcloud.compute.providers import get_driver
+
+    try:
+        from libcloud.common.openstack_identity import OpenStackAuthenticationCache
+    except ImportError:  # pragma: no cover
+        OpenStackAuthenticationCache = object
+
+    if args.ca_bundle:
+        import libcloud.security
+
+        # libcloud reads the CA path per connection from this module setting; verification stays on
+        libcloud.security.VERIFY_SSL_CERT = True
+        libcloud.security.CA_CERTS_PATH = args.ca_bundle
+
+    try:
+        cls = get_driver(args.provider)
+    except AttributeError as e:
+        raise CloudError(f"libcloud has no compute provider {args.provider!r}") from e
+    kwargs = dict(args.kwargs)
+    if args.provider.lower() == "openstack" and "ex_auth_cache" not in kwargs:
+        cache = type("SharedTokenCache", (_TokenCache, OpenStackAuthenticationCache), {})()
+        kwargs["ex_auth_cache"] = cache
+
+    def factory():
+        positional = [a for a in (args.key, args.secret) if a is not None]
+        return cls(*positional, **kwargs)
+
+    return factory
+
+
+def _destroy(driver, node_id: str):
+    from libcloud.compute.base import Node
+
+    node = Node(id=node_id, name=None, state=None, public_ips=[], private_ips=[], driver=driver)
+    return driver.destroy_node(node)
+
+
+def _create(driver, *, security_groups: Iterable[str] = (), **kwargs):
+    """``create_node`` taking security groups by name (no lookup call: Nova takes names)."""
+    groups = list(security_groups)
+    if groups:
+        from libcloud.compute.drivers.openstack import OpenStackSecurityGroup
+
+        kwargs["ex_security_groups"] = [
+            OpenStackSecurityGroup(id=None, tenant_id=None, name=g, description=None, driver=driver) for g in groups
+        ]
+    return driver.create_node(**kwargs)
+
+
+def _fault(driver, node_id: str) -> str | None:
+    response = driver.connection.request(f"/servers/{node_id}")
+    fault = (response.object or {}).get("server", {}).get("fault") or {}
+    return fault.get("message")
+
+
+class CloudClient:
+    """Async access to one cloud account. Share one per configuration (see :func:`shared_client`)."""
+
+    def __init__(
+        self,
+        driver_factory: Callable[[], Any],
+        *,
+        timeout_seconds: float = 30.0,
+        retries: int = 4,
+        backoff_base_seconds: float = 1.0,
+        backoff_max_seconds: float = 30.0,
+        max_workers: int = 8,
+        cache_ttl_seconds: float = 300.0,
+        provider: str = "openstack",
+    ) -> None:
+        self._factory = driver_factory
+        self.timeout_seconds = timeout_seconds
+        self.retries = retries
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.cache_ttl_seconds = cache_ttl_seconds
+        self.provider = provider.lower()
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="libcloud")
+        self._local = threading.local()
+        self._cache: dict[str, tuple[float, list]] = {}
+        self._cache_locks: dict[str, asyncio.Lock] = {}
+        #: libcloud calls made, by method name (for the benchmark and the tests)
+        self.calls: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------ plumbing
+    def _driver(self):
+        driver = getattr(self._local, "driver", None)
+        if driver is None:
+            driver = self._local.driver = self._factory()
+        return driver
+
+    def _run(self, method: str | Callable[[Any], Any], args: tuple, kwargs: dict):
+        driver = self._driver()
+        if callable(method):
+            return method(driver, *args, **kwargs)
+        return getattr(driver, method)(*args, **kwargs)
+
+    async def _once(self, method: str | Callable[[Any], Any], label: str, *args, **kwargs):
+        self.calls[label] = self.calls.get(label, 0) + 1
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self._run, method, args, kwargs)
+        return await asyncio.wait_for(future, timeout=self.timeout_seconds)
+
+    def backoff_seconds(self, attempt: int, retry_after: float | None = None) -> float:
+        """Exponential backoff with "equal jitter"; never less than a server's Retry-After (capped)."""
+        cap = min(self.backoff_max_seconds, self.backoff_base_seconds * (2**attempt))
+        delay = cap / 2 + random.uniform(0, cap / 2)
+        if retry_after:
+            delay = max(delay, min(float(retry_after), RETRY_AFTER_MAX_SECONDS))
+        return delay
+
+    async def call(
+        self,
+        method: str | Callable[[Any], Any],
+        *args,
+        retry: bool = True,
+        retries: int | None = None,
+        what: str | None = None,
+        on_404: Any = _RAISE,
+        **kwargs,
+    ):
+        """Run ``driver.<method>(*args, **kwargs)`` (or ``method(driver, ...)``) off the loop, with a
+        timeout, and retries with backoff on transient errors (``retries`` overrides the budget).
+
+        ``on_404``: value to return when the cloud answers 404 (default: raise).
+        Raises ``CloudError`` (``transient`` set when the budget ran out on transient failures).
+        """
+        label = method if isinstance(method, str) else getattr(method, "__name__", "call")
+        what = what or label
+        budget = self.retries if retries is None else retries
+        reauthed = False
+        attempt = 0
+        while True:
+            try:
+                return await self._once(method, label, *args, **kwargs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                transient, status, retry_after = classify(e)
+                if status == 404 and on_404 is not _RAISE:
+                    return on_404
+                if status == 401 and not reauthed:
+                    # libcloud dropped its cached token on the 401: one more try authenticates again
+                    reauthed = True
+                    log.info("Cloud API answered 401 to %s; authenticating again", what)
+                    continue
+                if not transient or not retry or attempt >= budget:
+                    raise CloudError(f"{what} failed: {describe(e)}", transient=transient, status=status) from e
+                delay = self.backoff_seconds(attempt, retry_after)
+                attempt += 1
+                log.warning(
+                    "Cloud API %s failed (%s); retry %d/%d in %.1fs",
+                    what, describe(e), attempt, budget, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------------------ cached lookups
+    async def _cached_list(self, kind: str, method: str, *, refresh: bool = False) -> list:
+        lock = self._cache_locks.setdefault(kind, asyncio.Lock())
+        async with lock:
+            entry = self._cache.get(kind)
+            if entry and not refresh and time.monotonic() - entry[0] < self.cache_ttl_seconds:
+                return entry[1]
+            items = list(await self.call(method, what=f"list {kind}"))
+            self._cache[kind] = (time.monotonic(), items)
+            return items
+
+    async def _resolve(self, kind: str, method: str, wanted: str):
+        for refresh in (False, True):
+            entry = self._cache.get(kind)
+            if refresh and entry and time.monotonic() - entry[0] < 10:
+                break  # fetched moments ago: do not hammer the API for a name that is not there
+            items = await self._cached_list(kind, method, refresh=refresh)
+            found = [i for i in items if str(getattr(i, "id", "")) == wanted]
+            found = found or [i for i in items if getattr(i, "name", None) == wanted]
+            if found:
+                return found[0]
+        raise CloudNotFound(f"{kind[:-1]} {wanted!r} not found in the cloud", status=404)
+
+    async def image(self, name_or_id: str):
+        return await self._resolve("images", "list_images", name_or_id)
+
+    async def size(self, name_or_id: str):
+        return await self._resolve("sizes", "list_sizes", name_or_id)
+
+    async def network(self, name_or_id: str):
+        return await self._resolve("networks", "ex_list_networks", name_or_id)
+
+    # ------------------------------------------------------------------------------ instances
+    async def create_node(self, *, tracker: Any = None, **kwargs) -> Instance:
+        """Create an instance. Never retried (except once after a 401, which creates nothing).
+
+        ``tracker.pending`` receives the in-flight request, so that a cancelled start can wait for it
+        (see :func:`settle_create`) before looking for what it created.
+        Raises ``CloudError`` when the API refused the request (nothing was created), or
+        ``CreateOutcomeUnknown`` when the outcome is unknown (5xx, timeout, connection lost).
+        """
+        for reauth in (False, True):
+            self.calls["create_node"] = self.calls.get("create_node", 0) + 1
+            pending = self._executor.submit(self._run, _create, (), kwargs)
+            if tracker is not None:
+                tracker.pending = pending
+            try:
+                node = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending)), self.timeout_seconds)
+            except asyncio.TimeoutError as e:
+                raise CreateOutcomeUnknown(
+                    f"create instance: no answer within {self.timeout_seconds:.0f}s", transient=True
+                ) from e
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                transient, status, _ = classify(e)
+                if status == 401 and not reauth:
+                    log.info("Cloud API answered 401 to create instance; authenticating again")
+                    continue
+                if transient or status is None:
+                    raise CreateOutcomeUnknown(
+                        f"create instance failed: {describe(e)}", transient=True, status=status
+                    ) from e
+                raise CloudError(f"create instance failed: {describe(e)}", status=status) from e
+            return _to_instance(node)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get_node(self, node_id: str, *, retries: int | None = None) -> Instance | None:
+        """The instance, or ``None`` once the cloud says it does not exist (404)."""
+        if self.provider == "openstack":
+            node = await self.call("ex_get_node_details", node_id, retries=retries, what="get instance")
+            return None if node is None else _to_instance(node)
+        nodes = await self.call("list_nodes", retries=retries, what="list instances")
+        return next((_to_instance(n) for n in nodes if str(n.id) == node_id), None)
+
+    async def find_nodes(self, *, name: str | None, tags: Mapping[str, str]) -> list[Instance]:
+        """Instances carrying all ``tags`` (and named ``name`` if given)."""
+        nodes = await self.call("list_nodes", what="list instances")
+        found = [_to_instance(n) for n in nodes]
+        return [i for i in found if (name is None or i.name == name) and tags_match(i.metadata, tags)]
+
+    async def destroy_node(self, node_id: str) -> None:
+        """Delete an instance (retried: deleting is idempotent); an instance already gone is fine."""
+        await self.call(_destroy, node_id, what=f"delete instance {node_id}", on_404=None)
+
+    async def fault_message(self, node_id: str) -> str | None:
+        """Nova's ``fault.message`` of an instance in ERROR (one extra call, only on errors)."""
+        if self.provider != "openstack":
+            return None
+        try:
+            return await self.call(_fault, node_id, retries=1, what="read instance fault", on_404=None)
+        except CloudError as e:
+            log.debug("Could not read the fault of instance %s: %s", node_id, e)
+            return None
+
+
+async def settle_create(pending, timeout: float) -> Instance | None:
+    """Wait up to ``timeout`` for an in-flight create request; its instance if it returned one."""
+    if pending is None:
+        return None
+    try:
+        node = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending)), timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        return None
+    return _to_instance(node)
+
+
+_shared: dict[str, CloudClient] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_client(args: DriverArguments, **settings) -> CloudClient:
+    """One client (executor, drivers, token and lookup caches) per credentials + settings, per process."""
+    key = args.fingerprint() + repr(sorted(settings.items()))
+    with _shared_lock:
+        client = _shared.get(key)
+        if client is None:
+            client = _shared[key] = CloudClient(make_driver_factory(args), provider=args.provider, **settings)
+        return client
