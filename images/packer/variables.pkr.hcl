@@ -41,6 +41,15 @@ variable "guest_python_version" {
   }
 }
 
+variable "guest_glibc_version" {
+  type        = string
+  description = "glibc version of the guest: the newest manylinux wheels the wheelhouse may take."
+  validation {
+    condition     = regex_replace(var.guest_glibc_version, "^2\\.[0-9]+$", "") == ""
+    error_message = "The guest_glibc_version must look like 2.36."
+  }
+}
+
 variable "base_image_url" {
   type        = string
   description = "Base disk image (the official cloud image, or file:// the local base from `invoke build-base`)."

@@ -1,0 +1,187 @@
+"""Image benchmark: build figures, sizes, and boot-to-ready of a baked image vs install-at-first-boot.
+
+    sudo .venv/bin/python benchmarks/images.py [--image images/output/NAME.qcow2] [--accelerator tcg]
+
+In one run, one VM at a time (the CPU is shared): the built image booted with the spawner's slim
+cloud-config, then the same base booted with install-at-first-boot user-data (the original project's way: a
+venv and `pip install` of the same Jupyter stack in runcmd, then the same unit). The guest installs from the
+host's wheelhouse served over QEMU user networking: no download time is counted, so the install-at-first-boot
+figure is a lower bound (from PyPI it is slower still). Prints a Markdown table and writes a JSON record next
+to this file (benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "images"))
+sys.path.insert(0, str(ROOT / "spawner"))
+
+import vmtools  # noqa: E402
+from libcloudspawner import userdata as ud  # noqa: E402
+
+USER = "alice"
+DEADLINE_S = 1800
+
+
+def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str, pins: list[str]) -> str:
+    """The original project's approach: the same user, env file and unit, but Jupyter installed by runcmd.
+
+    The install is one `sh -e` script, so a failed install fails the spawn instead of enabling a unit whose
+    binary is missing (runcmd carries on after a failed command)."""
+    install = " && ".join(
+        [
+            "python3 -m venv /opt/jupyter",
+            "/opt/jupyter/bin/pip install --quiet --no-index --find-links " + wheel_url + " " + " ".join(pins),
+            "ln -sf /opt/jupyter/bin/jupyterhub-singleuser /usr/local/bin/jupyterhub-singleuser",
+            "systemctl daemon-reload",
+            "systemctl enable --now " + ud.UNIT_NAME,
+        ]
+    )
+    doc = {
+        "users": ["default", {"name": USER, "homedir": f"/home/{USER}", "shell": "/bin/bash", "lock_passwd": True}],
+        "write_files": [
+            {"path": ud.ENV_PATH, "owner": "root:root", "permissions": "0600", "content": ud.env_file(env)},
+            {
+                "path": ud.UNIT_PATH,
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": ud.unit_file(username=USER, homedir=f"/home/{USER}", cmd=["jupyterhub-singleuser"]),
+            },
+        ],
+        "runcmd": [["sh", "-ec", install]],
+    }
+    return "#cloud-config\n" + json.dumps(doc, indent=1) + "\n"
+
+
+@contextlib.contextmanager
+def _serve(directory: Path):
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def boot(label: str, image: Path, accelerator: str, make_userdata) -> dict:
+    """Boot ``image`` with the user-data ``make_userdata(env)``; seconds to SSH and to a ready server."""
+    from jupyterhub import __version__ as hub_version
+
+    token = secrets.token_hex(16)
+    hub = vmtools.StubHub(version=hub_version, token=token, username=USER).start()
+    ssh_port, su_port = vmtools.free_port(), vmtools.free_port()
+    with tempfile.TemporaryDirectory(prefix=f"lcs-bench-{label}-") as tmp:
+        work = Path(tmp)
+        userdata = make_userdata(vmtools.hub_env(USER, hub.port, token))
+        seed = vmtools.make_seed(work, userdata, "i-" + secrets.token_hex(6), "lcs-bench")
+        vm = vmtools.VM(
+            image=image,
+            workdir=work,
+            seed=seed,
+            accelerator=accelerator,
+            forwards={ssh_port: 22, su_port: vmtools.SINGLEUSER_PORT},
+        )
+        print(f"[{label}] booting {image.name}", flush=True)
+        try:
+            with vmtools.running_vm(vm):
+                vmtools.wait_until("SSH", lambda: vm.alive() and vmtools.ssh_banner(ssh_port), DEADLINE_S, 1)
+                to_ssh = vm.elapsed()
+                print(f"[{label}] SSH after {to_ssh:.0f} s", flush=True)
+                url = f"http://127.0.0.1:{su_port}/user/{USER}/api"
+                vmtools.wait_until("ready", lambda: vm.alive() and vmtools.http_ok(url), DEADLINE_S, 1)
+                to_ready = vm.elapsed()
+                print(f"[{label}] single-user server ready after {to_ready:.0f} s", flush=True)
+        except TimeoutError as e:
+            raise SystemExit(f"[{label}] {e}; console:\n{vm.console_tail()}") from None
+        finally:
+            hub.stop()
+    return {"seconds_to_ssh": round(to_ssh, 1), "seconds_to_ready": round(to_ready, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image", help="built qcow2 (default: newest in images/manifest.json)")
+    p.add_argument("--base", default=str(ROOT / "images/output/base/debian-12.qcow2"), help="the base qcow2")
+    p.add_argument("--accelerator", default="tcg", choices=["kvm", "tcg"])
+    args = p.parse_args()
+
+    manifest = json.loads((ROOT / "images/manifest.json").read_text())
+    wanted = Path(args.image).resolve().relative_to(ROOT).as_posix() if args.image else None
+    entry = next(e for e in reversed(manifest["images"]) if wanted in (None, e["path"]))
+    image, base = ROOT / entry["path"], Path(args.base)
+    build = {}
+    build_record = image.with_suffix(".build.json")
+    if build_record.exists():
+        build = json.loads(build_record.read_text())
+    base_record = base.with_suffix(".json")
+    if base_record.exists():
+        build["base_seconds"] = json.loads(base_record.read_text()).get("build_seconds")
+
+    lock = (ROOT / f"images/packer/files/requirements-{entry['os']}.lock").read_text()
+    pins = [f"{d}=={entry['versions'][d]}" for d in ("jupyterhub", "jupyterlab", "numpy", "matplotlib")]
+    wheelhouse = sorted((ROOT / "images/output/wheelhouse").glob(f"{entry['os']}-*"))[-1]
+    assert all(p.split("==")[0] in lock for p in pins)
+
+    slim = boot(
+        "slim",
+        image,
+        args.accelerator,
+        lambda env: ud.render_userdata(username=USER, env=env, cmd=["jupyterhub-singleuser"]),
+    )
+    with _serve(wheelhouse) as port:
+        url = f"http://{vmtools.GUEST_HOST_ADDR}:{port}/"
+        first = boot(
+            "install-at-first-boot", base, args.accelerator, lambda env: _install_at_first_boot_userdata(env, url, pins)
+        )
+
+    result = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "image": entry["name"],
+        "accelerator": args.accelerator,
+        "build": build,
+        "size": {
+            "data_bytes": entry["size_bytes"],
+            "compressed_bytes": entry["compressed_size_bytes"],
+            "virtual_bytes": entry["virtual_size_bytes"],
+        },
+        "slim": slim,
+        "install_at_first_boot": first,
+        "ratio_ready": round(first["seconds_to_ready"] / slim["seconds_to_ready"], 2),
+        "ratio_ssh": round(first["seconds_to_ssh"] / slim["seconds_to_ssh"], 2),
+    }
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"images-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json").write_text(json.dumps(result, indent=2))
+    mib = 2**20
+    print("\n| | baked image, slim cloud-config | base + install at first boot | ratio |")
+    print("|---|---|---|---|")
+    print(
+        f"| boot to SSH | {slim['seconds_to_ssh']:.0f} s | {first['seconds_to_ssh']:.0f} s | {result['ratio_ssh']}x |"
+    )
+    print(
+        f"| boot to ready | {slim['seconds_to_ready']:.0f} s | {first['seconds_to_ready']:.0f} s | "
+        f"{result['ratio_ready']}x |"
+    )
+    print(
+        f"\nsize: {entry['size_bytes'] / mib:.0f} MiB data, {entry['compressed_size_bytes'] / mib:.0f} MiB compressed"
+    )
+    print(f"build: {json.dumps(build)}")
+
+
+if __name__ == "__main__":
+    main()

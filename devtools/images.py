@@ -1,0 +1,961 @@
+"""Image pipeline: build the base, bake the Jupyter image with Packer, test it, publish it (issue 3).
+
+    invoke build-base --os debian-12          base qcow2 from Debian packages (mmdebstrap), when no cloud
+                                              image can be downloaded
+    invoke build-image --os debian-12         Packer build, artifact checks, image tests, manifest entry
+    invoke test-image [--image PATH]          tests/images/: offline on the file, then booted with QEMU
+    invoke publish-image --cloud devcloud     upload to Glance with properties, record the image id
+    invoke validate                           packer validate + fmt for every OS, shellcheck
+
+Artifacts go to images/output/ (gitignored); images/manifest.json records every build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from invoke import Exit, task
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKER_DIR = ROOT / "images" / "packer"
+OUTPUT_DIR = ROOT / "images" / "output"
+MANIFEST_PATH = ROOT / "images" / "manifest.json"
+TESTS_DIR = ROOT / "tests" / "images"
+
+OSES = ("debian-12", "ubuntu-22.04")
+#: OSes whose base can be built here from packages when the official cloud image is out of reach
+BASE_RECIPES = {"debian-12": PACKER_DIR / "base" / "debian-12.sh"}
+#: where the packages of each OS come from (probed to explain why a build cannot run)
+PACKAGE_ARCHIVES = {
+    "debian-12": "http://deb.debian.org/debian/dists/bookworm/Release",
+    "ubuntu-22.04": "http://archive.ubuntu.com/ubuntu/dists/jammy/Release",
+}
+STACK = ("jupyterhub", "jupyterlab", "numpy", "matplotlib")
+SCHEMA = 1
+
+#: command -> Debian package that provides it
+TOOLS = {
+    "packer": "packer",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "mmdebstrap": "mmdebstrap",
+    "cloud-localds": "cloud-image-utils",
+    "shellcheck": "shellcheck",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "sfdisk": "fdisk",
+    "partx": "util-linux",
+    "losetup": "mount",
+    "fsfreeze": "util-linux",
+    "mkfs.ext4": "e2fsprogs",
+    "chroot": "coreutils",
+}
+APT_PACKAGES = sorted(set(TOOLS.values()) - {"coreutils", "util-linux", "mount"})
+
+
+# --- small helpers ---------------------------------------------------------------------------------------
+
+
+def _need(*tools: str) -> None:
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        pkgs = " ".join(sorted({TOOLS.get(t, t) for t in missing}))
+        raise Exit(f"{', '.join(missing)} not found: install it with `apt-get install {pkgs}` (./bootstrap does)")
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise Exit(f"{what} needs root (loop devices, mounts, chroot): run it as root")
+
+
+def _pty() -> bool:
+    """A pty only when a person watches: CI has no tty."""
+    return sys.stdout.isatty()
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _git_commit(c) -> str:
+    r = c.run(f"git -C {_q(ROOT)} rev-parse HEAD", hide=True, warn=True)
+    sha = r.stdout.strip() if r.ok else ""
+    return sha if re.fullmatch(r"[0-9a-f]{40}", sha) else "unknown"
+
+
+def _os_vars(os_name: str) -> dict[str, str]:
+    """The `key = "value"` lines of vars/<os>.pkrvars.hcl (the OS data shared with Packer)."""
+    if os_name not in OSES:
+        raise Exit(f"unknown --os {os_name!r}: choose one of {', '.join(OSES)}")
+    text = (PACKER_DIR / "vars" / f"{os_name}.pkrvars.hcl").read_text()
+    return dict(re.findall(r'^\s*([a-z_]+)\s*=\s*"([^"]*)"', text, flags=re.M))
+
+
+def _probe_url(url: str, timeout_s: float = 15) -> str | None:
+    """None when ``url`` answers; else why not, in words."""
+    req = urllib.request.Request(url, method="HEAD")  # noqa: S310 - http(s) URLs from our var files
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s):  # noqa: S310
+            return None
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code} {e.reason}"
+    except (urllib.error.URLError, OSError) as e:
+        return str(getattr(e, "reason", e))
+
+
+def _timed(c, cmd: str, **kw) -> float:
+    start = time.monotonic()
+    c.run(cmd, **kw)
+    return time.monotonic() - start
+
+
+def _qemu_img_info(c, path: Path) -> dict:
+    return json.loads(c.run(f"qemu-img info --output=json {_q(path)}", hide=True).stdout)
+
+
+# --- manifest --------------------------------------------------------------------------------------------
+
+
+def load_manifest(path: Path = MANIFEST_PATH) -> dict:
+    if not path.exists():
+        return {"schema": SCHEMA, "images": []}
+    data = json.loads(path.read_text())
+    if data.get("schema") != SCHEMA or not isinstance(data.get("images"), list):
+        raise Exit(f"{path} is not a schema {SCHEMA} image manifest")
+    return data
+
+
+def save_manifest(data: dict, path: Path = MANIFEST_PATH) -> None:
+    """Write atomically (the spawner may be reading it)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def manifest_entry(
+    *, name: str, os_name: str, versions: dict, date: dt.datetime, git_commit: str, builder: str,
+    image: Path | None, sizes: dict, sha256: str | None, min_disk_gb: int, min_ram_mb: int,
+) -> dict:  # fmt: skip
+    """One build, in the schema the spawner's catalog reads."""
+    pretty = {"debian": "Debian", "ubuntu": "Ubuntu"}
+    family, _, release = os_name.partition("-")
+    return {
+        "name": name,
+        "os": os_name,
+        "display_name": f"{pretty.get(family, family.title())} {release} · JupyterLab {versions['jupyterlab']}",
+        "date": date.isoformat().replace("+00:00", "Z"),
+        "git_commit": git_commit,
+        "versions": {k: versions[k] for k in ("python", *STACK)},
+        "format": "qcow2",
+        "path": image.relative_to(ROOT).as_posix() if image else None,
+        "size_bytes": sizes.get("size_bytes"),
+        "virtual_size_bytes": sizes.get("virtual_size_bytes"),
+        "compressed_size_bytes": sizes.get("compressed_size_bytes"),
+        "sha256": sha256,
+        "builder": builder,
+        "min_disk_gb": min_disk_gb,
+        "min_ram_mb": min_ram_mb,
+        "published": {},
+    }
+
+
+def _find_entry(data: dict, image: Path) -> dict | None:
+    rel = image.resolve().relative_to(ROOT).as_posix() if image.resolve().is_relative_to(ROOT) else str(image)
+    for entry in reversed(data["images"]):
+        if entry.get("path") == rel:
+            return entry
+    return None
+
+
+def _default_image() -> Path:
+    for entry in reversed(load_manifest()["images"]):
+        if entry.get("path") and (ROOT / entry["path"]).exists():
+            return ROOT / entry["path"]
+    raise Exit("no built image in images/manifest.json: run `invoke build-image` or pass --image PATH")
+
+
+# --- accelerator ------------------------------------------------------------------------------------------
+
+
+def _kvm_boots(c, probe_image: Path, deadline_s: float = 60) -> tuple[bool, str]:
+    """Boot ``probe_image`` (snapshot) under KVM and watch its serial console for the kernel's banner."""
+    with tempfile.TemporaryDirectory(prefix="lcs-kvm-probe-") as tmp:
+        log = Path(tmp) / "console.log"
+        proc = subprocess.Popen(
+            ["qemu-system-x86_64", "-nodefaults", "-machine", "pc,accel=kvm", "-cpu", "host", "-m", "512",
+             "-display", "none", "-serial", f"file:{log}", "-snapshot",
+             "-drive", f"file={probe_image},format=qcow2,if=virtio"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < deadline_s:
+                if proc.poll() is not None:
+                    out = proc.stdout.read().decode(errors="replace").strip().splitlines()
+                    return False, f"QEMU exited under KVM: {out[-1] if out else proc.returncode}"
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if "Linux version" in text:
+                    return True, f"a kernel booted under KVM in {time.monotonic() - start:.0f} s"
+                time.sleep(1)
+            return False, f"no kernel output under KVM within {deadline_s:.0f} s (stuck in the boot loader)"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def resolve_accelerator(c, requested: str, os_name: str = "debian-12") -> str:
+    """kvm or tcg. ``auto``: KVM only if a real smoke boot of a stock kernel works (cached per kernel)."""
+    if requested in ("kvm", "tcg"):
+        return requested
+    if requested != "auto":
+        raise Exit(f"--accelerator must be auto, kvm or tcg, not {requested!r}")
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        print("accelerator: tcg (no usable /dev/kvm)")
+        return "tcg"
+    probe = OUTPUT_DIR / "base" / f"{os_name}.qcow2"
+    if not probe.exists():
+        probe = next(iter(sorted((OUTPUT_DIR / "base").glob("*.qcow2"))), None) if OUTPUT_DIR.exists() else None
+    if probe is None:
+        print("accelerator: tcg (no local image to smoke-boot KVM with; pass --accelerator kvm to force it)")
+        return "tcg"
+    cache = OUTPUT_DIR / ".accelerator-probe.json"
+    key = f"{os.uname().release} {c.run('qemu-system-x86_64 --version', hide=True).stdout.splitlines()[0]}"
+    with contextlib.suppress(OSError, ValueError):
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            print(f"accelerator: {cached['accelerator']} ({cached['reason']}; cached, delete {cache} to re-probe)")
+            return cached["accelerator"]
+    print("accelerator: probing whether KVM boots a stock kernel here (up to 60 s)...", flush=True)
+    ok, reason = _kvm_boots(c, probe)
+    accel = "kvm" if ok else "tcg"
+    cache.write_text(json.dumps({"key": key, "accelerator": accel, "reason": reason}))
+    print(f"accelerator: {accel} ({reason})")
+    return accel
+
+
+# --- base image -------------------------------------------------------------------------------------------
+
+
+def _base_paths(os_name: str) -> tuple[Path, Path]:
+    base = OUTPUT_DIR / "base" / f"{os_name}.qcow2"
+    return base, base.with_suffix(".json")
+
+
+def _base_valid(c, os_name: str) -> tuple[bool, str]:
+    base, stamp = _base_paths(os_name)
+    if not base.exists() or not stamp.exists():
+        return False, "no base built yet"
+    meta = json.loads(stamp.read_text())
+    if meta.get("recipe_sha256") != _sha256(BASE_RECIPES[os_name]):
+        return False, "the recipe changed since the base was built"
+    if c.run(f"qemu-img check -q {_q(base)}", hide=True, warn=True).failed:
+        return False, "qemu-img check fails"
+    if meta.get("sha256") != _sha256(base):
+        return False, "the base file changed since it was built"
+    return True, f"built {meta.get('date')}"
+
+
+@task(
+    help={
+        "os": f"which OS base to build ({', '.join(BASE_RECIPES)})",
+        "force": "rebuild even if a valid base exists",
+    }
+)
+def build_base(c, os="debian-12", force=False):
+    """Build the local base image from OS packages (mmdebstrap); used where no cloud image downloads."""
+    os_name = os
+    if os_name not in BASE_RECIPES:
+        vars_ = _os_vars(os_name)
+        raise Exit(
+            f"no local base recipe for {os_name}: its build starts from the official cloud image "
+            f"{vars_.get('base_image_url')}"
+        )
+    _need("mmdebstrap", "qemu-img", "sfdisk", "partx", "losetup", "fsfreeze", "mkfs.ext4", "chroot")
+    base, stamp = _base_paths(os_name)
+    ok, why = _base_valid(c, os_name)
+    if ok and not force:
+        print(f"build-base: {base.relative_to(ROOT)} is valid ({why}); --force rebuilds it")
+        return base
+    _need_root("build-base")
+    print(f"build-base: building {base.relative_to(ROOT)} ({why})", flush=True)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lcs-base-", dir="/var/tmp") as work:
+        seconds = _timed(c, f"sh {_q(BASE_RECIPES[os_name])} {_q(base)} {_q(work)}", echo=True, pty=_pty())
+    c.run(f"qemu-img check -q {_q(base)}", hide=True)
+    stamp.write_text(
+        json.dumps(
+            {
+                "os": os_name,
+                "date": _now().isoformat(),
+                "sha256": _sha256(base),
+                "recipe_sha256": _sha256(BASE_RECIPES[os_name]),
+                "build_seconds": round(seconds),
+            },
+            indent=2,
+        )
+    )
+    print(f"build-base: {base.relative_to(ROOT)} built in {seconds:.0f} s")
+    return base
+
+
+# --- Packer ------------------------------------------------------------------------------------------------
+
+
+def _packer_version(c, packer: str) -> tuple[int, int, int]:
+    out = c.run(f"{_q(packer)} version", hide=True, env={"CHECKPOINT_DISABLE": "1"}).stdout
+    m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
+    if not m:
+        raise Exit(f"cannot read the version of {packer}: {out!r}")
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def _packers() -> list[str]:
+    """Packer binaries to use: `packer` on PATH, plus any listed in LCS_PACKER (':'-separated)."""
+    found = [p for p in (os.environ.get("LCS_PACKER", "").split(":")) if p and shutil.which(p)]
+    if shutil.which("packer"):
+        found.insert(0, shutil.which("packer"))
+    return list(dict.fromkeys(found))
+
+
+@contextlib.contextmanager
+def _template(c, packer: str) -> Iterator[Path]:
+    """The template directory for this Packer: a copy without plugins.pkr.hcl for Packer < 1.7 (which does
+    not know `required_plugins`); with it, after `packer init`, for current Packer."""
+    version = _packer_version(c, packer)
+    with tempfile.TemporaryDirectory(prefix="lcs-packer-") as tmp:
+        dest = Path(tmp) / "packer"
+        shutil.copytree(PACKER_DIR, dest, ignore=shutil.ignore_patterns("base"))
+        if version < (1, 7, 0):
+            (dest / "plugins.pkr.hcl").unlink()
+        else:
+            with c.cd(str(dest)):
+                c.run(f"{_q(packer)} init .", echo=True, pty=False)
+        yield dest
+
+
+class _FakeKeystone:
+    """A loopback stand-in for Keystone, only for `packer validate`: Packer 1.6.6's openstack source
+    authenticates while validating. Answers the token request; nothing else exists."""
+
+    def __enter__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                port = self.server.server_address[1]
+                body = json.dumps(
+                    {
+                        "token": {
+                            "expires_at": "2099-01-01T00:00:00.000000Z",
+                            "methods": ["password"],
+                            "user": {"id": "validate", "name": "validate", "domain": {"id": "default"}},
+                            "project": {"id": "validate", "name": "validate", "domain": {"id": "default"}},
+                            "catalog": [
+                                {
+                                    "type": t,
+                                    "name": t,
+                                    "endpoints": [
+                                        {"interface": "public", "region": "RegionOne", "region_id": "RegionOne",
+                                         "url": f"http://127.0.0.1:{port}/{t}"}
+                                    ],
+                                }
+                                for t in ("compute", "image", "network", "identity", "volumev3")
+                            ],
+                        }
+                    }
+                ).encode()  # fmt: skip
+                self.send_response(201)
+                self.send_header("X-Subject-Token", "validate")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        port = self.server.server_address[1]
+        self.tmp.write(
+            "clouds:\n  validate:\n    auth:\n"
+            f"      auth_url: http://127.0.0.1:{port}/v3\n"
+            "      username: validate\n      password: validate\n      project_name: validate\n"
+            "      user_domain_name: Default\n      project_domain_name: Default\n"
+            "    region_name: RegionOne\n"
+        )
+        self.tmp.close()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        Path(self.tmp.name).unlink(missing_ok=True)
+
+
+@task(help={"os": "validate only this OS (default: every OS var file)"})
+def validate(c, os=""):
+    """Validate the Packer templates (every OS, every Packer installed) and shellcheck the scripts."""
+    _need("packer", "shellcheck")
+    oses = [os] if os else list(OSES)
+    for o in oses:
+        _os_vars(o)
+    scripts = sorted(str(p) for p in PACKER_DIR.rglob("*.sh"))
+    c.run("shellcheck -s sh " + " ".join(_q(s) for s in scripts), echo=True, pty=False)
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="lcs-validate-") as tmp, _FakeKeystone() as keystone:
+        wheelhouse = Path(tmp) / "wheelhouse"
+        wheelhouse.mkdir()
+        for packer in _packers():
+            version = ".".join(map(str, _packer_version(c, packer)))
+            with _template(c, packer) as tpl, c.cd(str(tpl)):
+                r = c.run(f"{_q(packer)} fmt -check -diff .", echo=True, warn=True, pty=False)
+                ok = r.ok
+                for o in oses:
+                    r = c.run(f"{_q(packer)} fmt -check -diff vars/{o}.pkrvars.hcl", echo=True, warn=True, pty=False)
+                    ok &= r.ok
+                    args = [
+                        f"-var-file=vars/{o}.pkrvars.hcl",
+                        f"-var=image_name={o}-jupyter-validate",
+                        f"-var=wheelhouse_directory={wheelhouse}",
+                        f"-var=requirements_lock=files/requirements-{o}.lock",
+                        "-var=openstack_cloud=validate",
+                    ]
+                    r = c.run(
+                        f"{_q(packer)} validate {' '.join(_q(a) for a in args)} .",
+                        echo=True,
+                        warn=True,
+                        pty=False,
+                        env={"OS_CLIENT_CONFIG_FILE": keystone.tmp.name, "CHECKPOINT_DISABLE": "1"},
+                    )
+                    ok &= r.ok
+                    print(f"validate: Packer {version}, {o}: {'ok' if r.ok else 'FAILED'}")
+                if not ok:
+                    failures.append(f"Packer {version}")
+    if failures:
+        raise Exit(f"validate failed for: {', '.join(failures)}")
+    print(f"validate: templates valid for {', '.join(oses)} with {len(_packers())} Packer flavour(s); "
+          "scripts shellcheck-clean")  # fmt: skip
+
+
+# --- wheelhouse --------------------------------------------------------------------------------------------
+
+
+def _lock_path(os_name: str) -> Path:
+    return PACKER_DIR / "files" / f"requirements-{os_name}.lock"
+
+
+def _locked_versions(os_name: str) -> dict[str, str]:
+    text = _lock_path(os_name).read_text()
+    return {d: m[1] for d in STACK if (m := re.search(rf"^{d}==([^\s;\\]+)", text, flags=re.M))}
+
+
+def _wheelhouse(c, os_name: str, vars_: dict[str, str]) -> Path:
+    """The pinned wheels for the guest's Python, downloaded on the host (checked against the lock's hashes)."""
+    lock = _lock_path(os_name)
+    digest = _sha256(lock)[:12]
+    dest = OUTPUT_DIR / "wheelhouse" / f"{os_name}-{digest}"
+    if (dest / ".complete").exists():
+        print(f"wheelhouse: {dest.relative_to(ROOT)} (cached)")
+        return dest
+    pyver = vars_["guest_python_version"]
+    major, minor, _ = pyver.split(".")
+    glibc_minor = int(vars_.get("guest_glibc_version", "2.35").split(".")[1])
+    platforms = [f"manylinux_2_{n}_x86_64" for n in range(glibc_minor, 16, -1)]
+    platforms += ["manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = (
+        f"env -u PIP_FIND_LINKS {_q(sys.executable)} -m pip download --quiet --no-deps --require-hashes "
+        f"--only-binary=:all: --implementation cp --python-version {_q(pyver)} --abi cp{major}{minor} "
+        + " ".join(f"--platform {p}" for p in platforms)
+        + f" --dest {_q(tmp)} -r {_q(lock)}"
+    )
+    print(f"wheelhouse: downloading the wheels of {lock.relative_to(ROOT)} for Python {pyver}", flush=True)
+    c.run(cmd, echo=True, pty=False)
+    (tmp / ".complete").write_text(digest + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+# --- image checks -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _mounted_image(c, image: Path) -> Iterator[Path]:
+    """The image's root filesystem, mounted read-only from a raw conversion (never the image itself)."""
+    _need_root("mounting an image")
+    _need("qemu-img", "losetup", "partx")
+    work = Path(tempfile.mkdtemp(prefix="lcs-image-mount-", dir="/var/tmp"))
+    raw, mnt = work / "disk.raw", work / "root"
+    mnt.mkdir()
+    loop = ""
+    try:
+        c.run(f"qemu-img convert -O raw {_q(image)} {_q(raw)}", hide=True)
+        loop = c.run(f"losetup -r -f --show {_q(raw)}", hide=True).stdout.strip()
+        c.run(f"partx -d {_q(loop)}", hide=True, warn=True)
+        c.run(f"partx -a {_q(loop)}", hide=True)
+        deadline = time.monotonic() + 15
+        while not Path(f"{loop}p1").exists():
+            if time.monotonic() > deadline:
+                raise Exit(f"{loop}p1 did not appear after partx -a")
+            time.sleep(0.5)
+        c.run(f"mount -o ro,noload {_q(loop + 'p1')} {_q(mnt)}", hide=True)
+        yield mnt
+    finally:
+        c.run(f"umount {_q(mnt)}", hide=True, warn=True)
+        if loop:
+            c.run(f"partx -d {_q(loop)}", hide=True, warn=True)
+            c.run(f"losetup -d {_q(loop)}", hide=True, warn=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _image_versions(c, root: Path) -> dict[str, str]:
+    """The Jupyter stack's versions, read from the image itself."""
+    code = (
+        "import json, platform, importlib.metadata as m; "
+        f"print(json.dumps({{'python': platform.python_version(), **{{d: m.version(d) for d in {list(STACK)!r}}}}}))"
+    )
+    r = c.run(
+        f"env -i PATH=/usr/bin:/bin chroot {_q(root)} /opt/jupyter/bin/python -I -c {_q(code)}", hide=True, warn=True
+    )
+    if r.failed:
+        raise Exit(f"cannot read the Jupyter stack versions from the image: {r.stderr.strip()}")
+    return json.loads(r.stdout)
+
+
+def _pytest(c, args: list[str], what: str) -> None:
+    cmd = f"{_q(sys.executable)} -m pytest -p no:cacheprovider -o testpaths= -rA {' '.join(_q(a) for a in args)}"
+    with c.cd(str(ROOT)):
+        r = c.run(cmd, echo=True, warn=True, pty=_pty(), env={"PYTHONPATH": str(ROOT / "spawner")})
+    if r.exited == 5:
+        raise Exit(f"{what}: pytest collected no tests: a test phase that tests nothing is a failure", code=1)
+    if r.exited != 0:
+        raise Exit(f"{what}: FAILED (pytest exit {r.exited})", code=r.exited or 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _test_offline(c, image: Path) -> dict[str, str]:
+    with _mounted_image(c, image) as root:
+        versions = _image_versions(c, root)
+        _pytest(c, [str(TESTS_DIR / "test_offline.py"), "--hosts=local://", f"--image-root={root}"], "offline tests")
+    return versions
+
+
+def _test_booted(c, image: Path, accelerator: str, keep_dir: str = "") -> None:
+    _need("qemu-system-x86_64", "qemu-img", "cloud-localds", "ssh", "ssh-keygen")
+    with tempfile.TemporaryDirectory(prefix="lcs-image-test-") as tmp:
+        key = Path(tmp) / "id_ed25519"
+        c.run(f"ssh-keygen -q -t ed25519 -N '' -C lcs-image-test -f {_q(key)}", hide=True)
+        ssh_config = Path(tmp) / "ssh_config"
+        ssh_config.write_text(
+            "Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+            "  ConnectTimeout 20\n  ServerAliveInterval 15\n  IdentitiesOnly yes\n"
+        )
+        ssh_port, su_port = _free_port(), _free_port()
+        args = [
+            str(TESTS_DIR / "test_booted.py"),
+            f"--hosts=ssh://lcs-test@127.0.0.1:{ssh_port}",
+            f"--ssh-config={ssh_config}",
+            f"--ssh-identity-file={key}",
+            "--sudo",
+            f"--image={image}",
+            f"--ssh-port={ssh_port}",
+            f"--singleuser-port={su_port}",
+            f"--accelerator={accelerator}",
+            "-s",
+        ]
+        if keep_dir:
+            args.append(f"--vm-workdir={keep_dir}")
+        _pytest(c, args, "booted tests")
+
+
+def _run_image_tests(c, image: Path, accelerator: str, phase: str = "all", keep_dir: str = "") -> dict | None:
+    versions = None
+    if phase in ("all", "offline"):
+        print(f"=== image tests, offline: {image}", flush=True)
+        versions = _test_offline(c, image)
+    if phase in ("all", "booted"):
+        print(f"=== image tests, booted ({accelerator}): {image}", flush=True)
+        _test_booted(c, image, accelerator, keep_dir)
+    return versions
+
+
+@task(
+    help={
+        "image": "qcow2 to test (default: the newest image in images/manifest.json)",
+        "accelerator": "auto (probe whether KVM boots a guest), kvm or tcg",
+        "phase": "all, offline (the file before first boot) or booted (QEMU + the spawner's user-data)",
+        "keep_vm_dir": "keep the test VM's console log and seed in this directory",
+    }
+)
+def test_image(c, image="", accelerator="auto", phase="all", keep_vm_dir=""):
+    """Run the image tests (tests/images/): offline on the file, then booted with QEMU."""
+    if phase not in ("all", "offline", "booted"):
+        raise Exit("--phase must be all, offline or booted")
+    path = Path(image).resolve() if image else _default_image()
+    if not path.exists():
+        raise Exit(f"{path} does not exist")
+    _need("qemu-img")
+    c.run(f"qemu-img check -q {_q(path)}", hide=True)
+    accel = resolve_accelerator(c, accelerator) if phase != "offline" else "tcg"
+    _run_image_tests(c, path, accel, phase, keep_vm_dir)
+    print(f"test-image: {path.name} passed ({phase})")
+
+
+# --- build -------------------------------------------------------------------------------------------------
+
+
+def _explain_unbuildable(os_name: str, vars_: dict[str, str], reason: str) -> Exit:
+    archive = PACKAGE_ARCHIVES.get(os_name)
+    archive_reason = _probe_url(archive) if archive else None
+    lines = [
+        f"build-image: {os_name} cannot be built on this machine.",
+        f"  - its base, the official cloud image {vars_['base_image_url']}, is unreachable: {reason};",
+    ]
+    if archive and archive_reason:
+        lines.append(f"  - its package archive ({archive}) is unreachable too: {archive_reason}, so no base can be")
+        lines.append("    built locally from its packages either (there is no local recipe for it).")
+    else:
+        lines.append("  - and there is no local base recipe for it (images/packer/base/).")
+    lines.append(f"  The template itself is valid: `invoke validate --os {os_name}`. On a machine that reaches")
+    lines.append(f"  {vars_['base_image_url'].split('/')[2]}, the same command builds it.")
+    return Exit("\n".join(lines), code=2)
+
+
+def _unique_name(os_name: str, date: dt.datetime, commit: str) -> str:
+    base = f"{os_name}-jupyter-{date:%Y%m%d}-{commit[:7] if commit != 'unknown' else 'nogit'}"
+    taken = {e["name"] for e in load_manifest()["images"]}
+    name, n = base, 1
+    while name in taken or (OUTPUT_DIR / f"{name}.qcow2").exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _write_seed(seed_dir: Path, user: str, pubkey: str) -> None:
+    """The NoCloud seed creating the temporary build login (served by Packer's HTTP server)."""
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "user-data").write_text(
+        "#cloud-config\n"
+        + json.dumps(
+            {
+                "users": [
+                    {
+                        "name": user,
+                        "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                        "shell": "/bin/sh",
+                        "lock_passwd": True,
+                        "ssh_authorized_keys": [pubkey.strip()],
+                    }
+                ],
+                "ssh_pwauth": False,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    (seed_dir / "meta-data").write_text(
+        json.dumps({"instance-id": f"lcs-build-{secrets.token_hex(4)}", "local-hostname": "lcs-build"}) + "\n"
+    )
+
+
+def _hcl_map(d: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in sorted(d.items())) + "}"
+
+
+@task(
+    help={
+        "os": f"which OS to build ({', '.join(OSES)})",
+        "builder": "qemu (local qcow2) or openstack (bakes inside a cloud, registers in Glance)",
+        "accelerator": "qemu builder: auto (a smoke boot decides whether KVM boots a guest), kvm or tcg",
+        "extra_ca": "PEM bundle trusted during the build only (intercepting proxy); removed from the image",
+        "skip_tests": "do not run tests/images/ (the artifact is still checked; no manifest entry is written)",
+        "cloud": "openstack builder: clouds.yaml entry",
+        "source_image": "openstack builder: name of the base image in Glance",
+        "flavor": "openstack builder: flavor of the build instance",
+        "network": "openstack builder: network id of the build instance",
+    }
+)
+def build_image(
+    c, os="debian-12", builder="qemu", accelerator="auto", extra_ca="", skip_tests=False,
+    cloud="devcloud", source_image="", flavor="", network="",
+):  # fmt: skip
+    """Bake a Jupyter image with Packer, verify and test it, record it in images/manifest.json."""
+    os_name = os
+    vars_ = _os_vars(os_name)
+    if builder not in ("qemu", "openstack"):
+        raise Exit("--builder must be qemu or openstack")
+    _need("packer", "qemu-img", "ssh-keygen")
+    if builder == "qemu":
+        _need("qemu-system-x86_64", "cloud-localds")
+    if extra_ca and not Path(extra_ca).is_file():
+        raise Exit(f"--extra-ca {extra_ca}: no such file")
+    started = time.monotonic()
+    date = _now()
+    commit = _git_commit(c)
+
+    # The base: the official cloud image where it downloads, else the local base from build-base.
+    base_url, base_checksum = vars_["base_image_url"], vars_["base_image_checksum"]
+    if builder == "qemu":
+        print(f"build-image: probing {base_url}", flush=True)
+        unreachable = _probe_url(base_url)
+        if unreachable:
+            if os_name not in BASE_RECIPES:
+                raise _explain_unbuildable(os_name, vars_, unreachable)
+            print(f"build-image: official image unreachable ({unreachable}); using the local base instead")
+            base = build_base(c, os=os_name)
+            base_url, base_checksum = f"file://{base}", f"sha256:{_sha256(base)}"
+
+    packer = _packers()[0]
+    name = _unique_name(os_name, date, commit)
+    versions_locked = _locked_versions(os_name)
+    wheelhouse = _wheelhouse(c, os_name, vars_)
+    accel = resolve_accelerator(c, accelerator, os_name) if builder == "qemu" else "tcg"
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"lcs-build-{name}-", dir="/var/tmp"))
+    try:
+        key = work / "build_key"
+        c.run(f"ssh-keygen -q -t ed25519 -N '' -C lcs-build -f {_q(key)}", hide=True)
+        _write_seed(work / "seed", "lcs-build", (work / "build_key.pub").read_text())
+        ca = Path(extra_ca).resolve() if extra_ca else None
+        pvars = {
+            "image_name": name,
+            "accelerator": accel,
+            "output_directory": work / "out",
+            "seed_directory": work / "seed",
+            "ssh_private_key_file": key,
+            "serial_log": work / "build-console.log",
+            "wheelhouse_directory": wheelhouse,
+            "requirements_lock": _lock_path(os_name),
+            "git_commit": commit,
+            "build_date": date.isoformat(),
+            "jupyter_versions": _hcl_map(versions_locked),
+            "base_image_url": base_url,
+            "base_image_checksum": base_checksum,
+        }
+        if ca:
+            pvars["extra_ca_bundle"] = ca
+        if builder == "openstack":
+            pvars["openstack_cloud"] = cloud
+            for k, v in {"openstack_source_image": source_image, "openstack_flavor": flavor}.items():
+                if v:
+                    pvars[k] = v
+            if network:
+                pvars["openstack_networks"] = f'["{network}"]'
+        args = " ".join(_q(f"-var={k}={v}") for k, v in pvars.items())
+        env = {"CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": str(OUTPUT_DIR / "packer_cache")}
+        print(f"build-image: {name} with {packer} ({builder}, {accel})", flush=True)
+        with _template(c, packer) as tpl, c.cd(str(tpl)):
+            t0 = time.monotonic()
+            r = c.run(
+                f"{_q(packer)} build -only={builder}.image -var-file=vars/{os_name}.pkrvars.hcl {args} .",
+                echo=True,
+                pty=_pty(),
+                warn=True,
+                env=env,
+            )
+            packer_seconds = time.monotonic() - t0
+        if r.failed:
+            tail = ""
+            log = work / "build-console.log"
+            if log.exists():
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise Exit(f"build-image: Packer failed (exit {r.exited}). Build VM console, last lines:\n{tail}")
+
+        if builder == "openstack":
+            m = re.search(r"An image was created: ([0-9a-f-]{36})", r.stdout)
+            image_id = m[1] if m else "unknown"
+            entry = manifest_entry(
+                name=name, os_name=os_name, versions={"python": vars_["guest_python_version"], **versions_locked},
+                date=date, git_commit=commit, builder="openstack", image=None, sizes={}, sha256=None,
+                min_disk_gb=8, min_ram_mb=1024,
+            )  # fmt: skip
+            entry["published"][cloud] = {"image_id": image_id, "image_name": name, "date": _now().isoformat()}
+            _set_min_ram(cloud, image_id, 1024)
+            data = load_manifest()
+            data["images"].append(entry)
+            save_manifest(data)
+            print(f"build-image: {name} registered in {cloud} as {image_id} (booted tests run on local builds)")
+            return name
+
+        produced = work / "out" / f"{name}.qcow2"
+        if not produced.exists():
+            raise Exit(f"build-image: Packer reported success but wrote no {produced.name}")
+        image = OUTPUT_DIR / f"{name}.qcow2"
+        shutil.move(str(produced), image)
+        shutil.copy(work / "build-console.log", OUTPUT_DIR / f"{name}.build-console.log")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    # Verify the artifact: a sound qcow2 of the expected size, then the image tests (they boot it).
+    if c.run(f"qemu-img check -q {_q(image)}", hide=True, warn=True).failed:
+        raise Exit(f"build-image: {image} fails qemu-img check")
+    info = _qemu_img_info(c, image)
+    measure = json.loads(c.run(f"qemu-img measure --output=json -O qcow2 {_q(image)}", hide=True).stdout)
+    sizes = {
+        "size_bytes": int(measure["required"]),
+        "virtual_size_bytes": int(info["virtual-size"]),
+        "compressed_size_bytes": image.stat().st_size,
+    }
+    if sizes["virtual_size_bytes"] != 8 * 1024**3:
+        raise Exit(f"build-image: {image} has a virtual size of {sizes['virtual_size_bytes']}, expected 8 GiB")
+    if skip_tests:
+        print(f"build-image: {image} built, tests skipped: not recorded in the manifest")
+        return name
+    tests_t0 = time.monotonic()
+    versions = _run_image_tests(c, image, accel)
+    tests_seconds = time.monotonic() - tests_t0
+    entry = manifest_entry(
+        name=name, os_name=os_name, versions=versions, date=date, git_commit=commit, builder="qemu",
+        image=image, sizes=sizes, sha256=_sha256(image), min_disk_gb=8, min_ram_mb=1024,
+    )  # fmt: skip
+    data = load_manifest()
+    data["images"].append(entry)
+    save_manifest(data)
+    total = time.monotonic() - started
+    (OUTPUT_DIR / f"{name}.build.json").write_text(
+        json.dumps(
+            {
+                "packer_seconds": round(packer_seconds),
+                "tests_seconds": round(tests_seconds),
+                "total_seconds": round(total),
+                "accelerator": accel,
+                "packer": packer,
+            },
+            indent=2,
+        )
+    )
+    print(
+        f"build-image: Packer {packer_seconds:.0f} s, tests {tests_seconds:.0f} s, total {total:.0f} s; "
+        f"{sizes['compressed_size_bytes'] / 2**20:.0f} MiB compressed, {sizes['size_bytes'] / 2**20:.0f} MiB data"
+    )
+    print(f"build-image: recorded in {MANIFEST_PATH.relative_to(ROOT)}")
+    print(name)
+    return name
+
+
+# --- publish -----------------------------------------------------------------------------------------------
+
+
+def _connect(cloud: str):
+    try:
+        import openstack
+        import openstack.exceptions
+    except ImportError:
+        raise Exit("openstacksdk is missing: install it with `pip install openstacksdk` (./bootstrap does)") from None
+    try:
+        conn = openstack.connect(cloud=cloud)
+        conn.authorize()
+    except openstack.exceptions.ConfigException as e:
+        raise Exit(f"no usable clouds.yaml entry {cloud!r}: {e}") from None
+    except openstack.exceptions.SDKException as e:
+        raise Exit(f"cannot authenticate to cloud {cloud!r}: {e}") from None
+    return conn
+
+
+def _set_min_ram(cloud: str, image_id: str, min_ram_mb: int) -> None:
+    """The openstack builder sets min_disk but not min_ram: set it through the image API."""
+    if image_id == "unknown":
+        return
+    conn = _connect(cloud)
+    conn.image.update_image(image_id, min_ram=min_ram_mb)
+
+
+@task(
+    help={
+        "cloud": "clouds.yaml entry to publish to (e.g. devcloud)",
+        "image": "qcow2 to upload (default: the newest image in images/manifest.json)",
+        "name": "Glance image name (default: the manifest name)",
+        "visibility": "Glance visibility: private, shared, community or public",
+        "timeout": "seconds to wait for the image to become active",
+    }
+)
+def publish_image(c, cloud, image="", name="", visibility="private", timeout=1800):
+    """Upload a built qcow2 to Glance with its properties; record the image id in the manifest."""
+    path = Path(image).resolve() if image else _default_image()
+    data = load_manifest()
+    entry = _find_entry(data, path)
+    if entry is None:
+        raise Exit(f"{path} is not in images/manifest.json: build it with `invoke build-image` first")
+    if entry["sha256"] != _sha256(path):
+        raise Exit(f"{path} does not match its manifest checksum: rebuild it")
+    conn = _connect(cloud)
+    glance_name = name or entry["name"]
+    vars_ = _os_vars(entry["os"])
+    properties = {
+        "os_distro": vars_["os_distro"],
+        "os_version": vars_["os_version"],
+        "os_type": "linux",
+        "hw_qemu_guest_agent": "yes",
+        "lcs_git_commit": entry["git_commit"],
+        "lcs_build_date": entry["date"],
+        **{f"lcs_{k}_version": v for k, v in entry["versions"].items()},
+    }
+    print(f"publish-image: uploading {path.name} to {cloud} as {glance_name}", flush=True)
+    import openstack.exceptions
+
+    try:
+        img = conn.image.create_image(
+            name=glance_name,
+            filename=str(path),
+            disk_format="qcow2",
+            container_format="bare",
+            visibility=visibility,
+            min_disk=entry["min_disk_gb"],
+            min_ram=entry["min_ram_mb"],
+            allow_duplicates=True,
+            validate_checksum=True,
+            wait=True,
+            timeout=int(timeout),
+            **properties,
+        )
+    except openstack.exceptions.SDKException as e:
+        raise Exit(f"publish-image: upload to {cloud} failed: {e}") from None
+    published = {"image_id": img.id, "image_name": glance_name, "date": _now().isoformat()}
+    entry.setdefault("published", {})[cloud] = published
+    save_manifest(data)
+    print(f"publish-image: {glance_name} is {img.id} in {cloud} (status {img.status}); manifest updated")
+    return img.id
+
+
+TASKS = [build_base, build_image, test_image, publish_image, validate]

@@ -1,0 +1,94 @@
+"""The image booted like a spawned server: the spawner's own user-data for a test user, no video device.
+
+Run by `invoke test-image` with ``--hosts=ssh://lcs-test@127.0.0.1:PORT`` (a login the seed's boothook
+creates) and the VM options of conftest.py. Every check reads effective state (``systemctl show``, ``stat``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+
+import pytest
+
+UNIT = "jupyterhub-singleuser.service"
+
+
+@pytest.fixture(autouse=True)
+def _vm(booted):
+    """Boot the VM once for the session (conftest's ``booted``), before testinfra connects."""
+    return booted
+
+
+def test_cloud_init_done(host):
+    out = host.run("timeout 300 cloud-init status --wait")
+    assert "status: done" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    "prop, expected",
+    [("UnitFileState", "enabled"), ("ActiveState", "active"), ("SubState", "running"), ("User", "alice")],
+)
+def test_unit_state(host, prop, expected):
+    assert host.check_output(f"systemctl show -p {prop} --value {UNIT}") == expected
+
+
+def test_unit_process_runs_as_user(host, booted):
+    pid = host.check_output(f"systemctl show -p MainPID --value {UNIT}")
+    assert pid != "0"
+    assert host.check_output(f"ps -o user= -p {pid}") == booted.username
+
+
+@pytest.mark.parametrize("attr, expected", [("mode", 0o600), ("user", "root"), ("group", "root")])
+def test_env_file(host, attr, expected):
+    f = host.file("/etc/jupyterhub-singleuser/env")
+    assert f.exists
+    assert getattr(f, attr) == expected
+
+
+def test_listens_on_singleuser_port(host):
+    assert host.socket("tcp://0.0.0.0:8000").is_listening
+
+
+def test_singleuser_answers_http(booted):
+    with urllib.request.urlopen(booted.singleuser_url + "api", timeout=10) as r:  # noqa: S310 - loopback
+        assert r.status == 200
+        assert "version" in json.loads(r.read())
+
+
+def test_singleuser_reached_the_hub_api(booted):
+    assert booted.hub.seen("GET", "/hub/api"), booted.hub.requests
+
+
+def test_singleuser_major_version_matches_hub(host):
+    from jupyterhub import __version__ as hub_version
+
+    out = host.check_output("/usr/local/bin/jupyterhub-singleuser --version")
+    assert out.split(".")[0] == hub_version.split(".")[0]
+
+
+@pytest.mark.parametrize(
+    "code", ["import numpy; numpy.ones(3).sum()", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"]
+)
+def test_imports_as_user(host, booted, code):
+    out = host.run(f"runuser -u {booted.username} -- /usr/local/bin/python -c {code!r}")
+    assert out.rc == 0, out.stderr
+
+
+def test_ssh_host_keys_regenerated(host):
+    f = host.file("/etc/ssh/ssh_host_ed25519_key.pub")
+    assert f.exists and f.content_string.startswith("ssh-ed25519 ")
+
+
+def test_machine_id_regenerated(host):
+    assert re.fullmatch(r"[0-9a-f]{32}", host.file("/etc/machine-id").content_string.strip())
+
+
+def test_grub_ran_on_serial_console(booted):
+    """The VM has no video device: GRUB's menu reaches the serial console log only if GRUB is on serial."""
+    assert "GNU GRUB" in booted.vm.console_log.read_text(errors="replace")
+
+
+def test_kernel_console_on_serial(booted):
+    assert "Linux version" in booted.vm.console_log.read_text(errors="replace")

@@ -1,0 +1,98 @@
+"""The image file before its first boot: a clean template carrying the Jupyter stack and no baked unit.
+
+Run by `invoke test-image` against a read-only mount of the image (``--hosts=local:// --image-root=...``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+STACK = ["jupyterhub", "jupyterlab", "numpy", "matplotlib"]
+
+
+def in_image(host, image_root, cmd: str):
+    """Run ``cmd`` in the image (chroot, clean environment: the host's PIP_/SSL_ variables stay out)."""
+    return host.run(f"env -i PATH=/usr/local/bin:/usr/bin:/bin chroot {image_root} {cmd}")
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["etc/ssh/ssh_host_*", "var/lib/cloud/instance", "var/lib/cloud/instances/*", "var/lib/cloud/seed/*",
+     "etc/sudoers.d/90-cloud-init-users", "usr/local/share/ca-certificates/lcs-build-extra-ca.crt",
+     "var/lib/apt/lists/*_Packages", "tmp/lcs-build", "var/tmp/lcs-finalize.sh", "var/log/cloud-init.log",
+     "var/lib/dbus/machine-id", "root/.bash_history"],
+)  # fmt: skip
+def test_absent(host, image_root, pattern):
+    found = sorted(p.relative_to(image_root).as_posix() for p in image_root.glob(pattern))
+    assert found == [], f"the template must not carry {pattern}"
+
+
+def test_machine_id_empty(host, image_root):
+    f = host.file(f"{image_root}/etc/machine-id")
+    assert f.exists and f.size == 0
+
+
+@pytest.mark.parametrize("user", ["lcs-build", "debian", "ubuntu"])
+def test_no_build_or_cloud_user(host, image_root, user):
+    passwd = host.file(f"{image_root}/etc/passwd").content_string
+    assert f"\n{user}:" not in "\n" + passwd
+    assert not host.file(f"{image_root}/home/{user}").exists
+
+
+def test_logs_small(host, image_root):
+    size_kib = int(host.check_output(f"du -sk {image_root}/var/log").split()[0])
+    assert size_kib < 2048, f"/var/log holds {size_kib} KiB"
+
+
+def test_no_singleuser_unit_baked(host, image_root):
+    for d in ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"):
+        assert not list((image_root / d).rglob("jupyterhub-singleuser*")), d
+    assert not host.file(f"{image_root}/etc/jupyterhub-singleuser").exists
+
+
+@pytest.mark.parametrize("cmd", ["jupyterhub-singleuser", "jupyter-lab", "jupyter", "python"])
+def test_command_linked_from_venv(host, image_root, cmd):
+    link = host.file(f"{image_root}/usr/local/bin/{cmd}")
+    assert link.is_symlink and link.linked_to.endswith(f"/opt/jupyter/bin/{cmd}")
+    assert host.file(f"{image_root}/opt/jupyter/bin/{cmd}").exists
+
+
+def test_stack_versions(host, image_root, pytestconfig):
+    from jupyterhub import __version__ as hub_version
+
+    out = in_image(host, image_root, "/opt/jupyter/bin/python -I -c " + repr(
+        "import json, importlib.metadata as m; "
+        f"print(json.dumps({{d: m.version(d) for d in {STACK!r}}}))"
+    ))  # fmt: skip
+    assert out.rc == 0, out.stderr
+    versions = json.loads(out.stdout)
+    assert versions["jupyterhub"].split(".")[0] == hub_version.split(".")[0]
+    assert all(versions[d] for d in STACK)
+
+
+@pytest.mark.parametrize("package", ["cloud-init", "openssh-server", "qemu-guest-agent", "python3-venv"])
+def test_package_installed(host, image_root, package):
+    out = in_image(host, image_root, f"dpkg-query -W -f='${{Status}}' {package}")
+    assert out.stdout == "install ok installed"
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['GRUB_TERMINAL="console serial"', 'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"'],
+)
+def test_grub_serial_console_configured(host, image_root, line):
+    conf = host.run(f"cat {image_root}/etc/default/grub {image_root}/etc/default/grub.d/*.cfg").stdout
+    assert line in conf.splitlines()
+
+
+def test_grub_cfg_uses_serial_terminal(host, image_root):
+    cfg = host.file(f"{image_root}/boot/grub/grub.cfg").content_string
+    assert "terminal_output console serial" in cfg or "terminal_output serial console" in cfg
+    assert "console=ttyS0" in cfg
+
+
+def test_root_fs_by_label_or_uuid(host, image_root):
+    cfg = host.file(f"{image_root}/boot/grub/grub.cfg").content_string
+    assert "root=/dev/loop" not in cfg
