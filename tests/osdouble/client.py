@@ -24,6 +24,8 @@ class DoubleError(RuntimeError):
 
 class DoubleClient:
     def __init__(self, control_url: str, timeout_s: float = 30.0):
+        if not control_url.startswith(("http://", "https://")):
+            raise ValueError(f"not an http URL: {control_url!r}")
         self.base = control_url.rstrip("/")
         self.timeout_s = timeout_s
 
@@ -31,11 +33,11 @@ class DoubleClient:
 
     def _request(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310 (http only)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 (loopback URL)
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             text = exc.read().decode(errors="replace")

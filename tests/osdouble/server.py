@@ -636,7 +636,11 @@ class BaseHandler(web.RequestHandler):
     async def apply_effect(self, effect: dict[str, Any]) -> None:
         kind = effect["type"]
         if kind == "status":
-            self.send_error_body(int(effect["status"]), effect.get("message"), effect.get("retry_after"))
+            status, message = int(effect["status"]), effect.get("message")
+            m = re.match(r"^/v2\.1/servers/([^/]+)$", self.request.path)
+            if status == 404 and message is None and m and m.group(1) != "detail":
+                message = f"Instance {m.group(1)} could not be found."
+            self.send_error_body(status, message, effect.get("retry_after"))
         elif kind == "rate_limit":
             self.send_error_body(int(effect.get("status", 413)), effect.get("message"),
                                  float(effect.get("retry_after", 1)))

@@ -101,6 +101,9 @@ def split_words(text: str) -> list[str]:
                 if c in "'\"":
                     quote = c
                     i += 1
+                elif c == "\\" and i + 1 < n and text[i + 1] in WHITESPACE:
+                    word.append(text[i + 1])  # EXTRACT_UNESCAPE_SEPARATORS
+                    i += 2
                 elif c == "\\":
                     ch, i = _cunescape_one(text, i + 1)
                     word.append(ch)
