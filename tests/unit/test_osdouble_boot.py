@@ -18,7 +18,7 @@ from libcloud.compute.types import Provider
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root, so `tests.osdouble` imports
 
-from tests.osdouble.fixture import DoubleHandle, running_double  # noqa: E402
+from tests.osdouble.fixture import DoubleHandle, running_double
 
 PORT = 18765
 
@@ -157,7 +157,7 @@ def test_instance_runs_the_unit_with_exactly_its_environment(fresh: DoubleHandle
     status, _ = http_get(f"http://{address}:{PORT}/")
     assert status == 200
     with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=2)  # noqa: S310 (only its own address)
+        urllib.request.urlopen(f"http://127.0.0.1:{PORT}/", timeout=2)
 
 
 def test_two_instances_share_the_port_on_their_own_addresses(fresh: DoubleHandle) -> None:
@@ -234,7 +234,7 @@ def test_no_run_mode_answers_with_a_stand_in(fresh: DoubleHandle) -> None:
     driver(fresh).destroy_node(driver(fresh).ex_get_node_details(server_id))
     fresh.client.wait_for_server(server_id, status="DELETED", timeout_s=10)
     with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://{report['address']}:{PORT}/user/alice/api", timeout=2)  # noqa: S310
+        urllib.request.urlopen(f"http://{report['address']}:{PORT}/user/alice/api", timeout=2)
 
 
 def test_leaving_the_fixture_kills_instance_processes(tmp_path: Path) -> None:
