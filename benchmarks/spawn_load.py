@@ -1,0 +1,156 @@
+"""Hub event-loop lag and cloud API calls per spawn, with N spawns at once against the API double.
+
+Side by side in one run: LibcloudSpawner (every libcloud call in an executor) and a naive variant that
+calls libcloud directly in the coroutine (the original project's pattern). Both run inside a real
+JupyterHub process with its real proxy; the loop-lag probe runs in the hub's own event loop (installed
+from the hub's config file): it sleeps 10 ms again and again and records how late it wakes up.
+The double answers every API call after `--latency` seconds and, in its `--no-run` mode, answers the
+single-user HTTP checks with a stand-in, so 100 "VMs" cost no Jupyter processes.
+
+    python -m benchmarks.spawn_load --spawns 100 --naive-spawns 25 --latency 1.0 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.hub.conftest import Hub, free_port, original_config, wait_until  # noqa: E402
+from tests.osdouble.fixture import running_double  # noqa: E402
+
+LAG_PROBE = """
+import asyncio as _asyncio, time as _time
+_LAG_FILE = {path!r}
+async def _lag_probe(interval=0.01):
+    samples, flushed = [], _time.monotonic()
+    while True:
+        t0 = _time.perf_counter()
+        await _asyncio.sleep(interval)
+        samples.append('%.3f %.6f\\n' % (_time.time(), _time.perf_counter() - t0 - interval))
+        if _time.monotonic() - flushed > 0.5:
+            with open(_LAG_FILE, 'a') as f:
+                f.write(''.join(samples))
+            samples.clear()
+            flushed = _time.monotonic()
+_lag_probe_task = _asyncio.get_running_loop().create_task(_lag_probe())
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def run_variant(name: str, spawner_class: str, spawns: int, latency: float, workdir: Path) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    lag_file = workdir / "lag.txt"
+    port = free_port()
+    with running_double(workdir, latency=latency, no_run=True, standin_port=port) as double:
+        extra = "\n".join(
+            [
+                LAG_PROBE.format(path=str(lag_file)),
+                f"c.JupyterHub.spawner_class = {spawner_class!r}",
+                "c.JupyterHub.concurrent_spawn_limit = 0",
+                "c.JupyterHub.log_level = 'INFO'",
+                "c.LibcloudSpawner.api_timeout_seconds = 120",
+                "c.LibcloudSpawner.startup_poll_interval_seconds = 1.0",
+                f"import sys; sys.path.insert(0, {str(REPO)!r})",
+            ]
+        )
+        hub = Hub(workdir, double, original_config(double.url), extra_config=extra)
+        hub.singleuser_port = port
+        hub.write_config()
+        hub.start()
+        try:
+            users = [f"bench{i:03d}" for i in range(spawns)]
+            r = hub.api("POST", "/users", json={"usernames": users})
+            assert r.status_code in (201, 409), r.text
+            double.client.clear_calls()
+            t_start = time.time()
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                statuses = list(pool.map(lambda u: hub.api("POST", f"/users/{u}/server").status_code, users))
+            assert all(s in (201, 202) for s in statuses), statuses
+
+            def all_ready():
+                r = hub.api("GET", "/users?state=ready&limit=1000")
+                return r.status_code == 200 and len(r.json()) >= spawns
+
+            wait_until(all_ready, timeout_s=max(600, spawns * latency * 12), interval_s=1.0, what="all servers ready")
+            t_end = time.time()
+            counts = double.client.call_counts()
+            calls = double.client.calls()
+        finally:
+            hub.stop()
+    samples = []
+    for line in lag_file.read_text().splitlines():
+        ts, lag = line.split()
+        if t_start <= float(ts) <= t_end:
+            samples.append(float(lag) * 1000)
+    by_route = counts.get("by_route", {})
+    polls = by_route.get("GET /v2.1/servers/{id}", 0) - by_route.get("POST /v2.1/servers", 0)
+    total = counts.get("total", len(calls))
+    return {
+        "variant": name,
+        "spawns": spawns,
+        "latency_s": latency,
+        "wall_s": round(t_end - t_start, 1),
+        "lag_ms": {
+            "samples": len(samples),
+            "p50": round(statistics.median(samples), 2) if samples else None,
+            "p99": round(percentile(samples, 99), 2),
+            "max": round(max(samples), 2) if samples else None,
+        },
+        "api_calls": {
+            "total": total,
+            "by_route": by_route,
+            "polls": polls,
+            "per_spawn_excluding_polls": round((total - polls) / spawns, 2),
+            "polls_per_spawn": round(polls / spawns, 2),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spawns", type=int, default=100)
+    p.add_argument("--naive-spawns", type=int, default=25, help="the naive variant serialises every call")
+    p.add_argument("--latency", type=float, default=1.0, help="seconds the double waits before each answer")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lcs-bench-") as tmp:
+        variants = [
+            ("executor (LibcloudSpawner)", "libcloudspawner.spawner.LibcloudSpawner", args.spawns),
+            ("naive (libcloud in the coroutine)", "benchmarks.naive_spawner.NaiveLibcloudSpawner", args.naive_spawns),
+        ]
+        for name, cls, n in variants:
+            if n <= 0:
+                continue
+            print(f"--- {name}: {n} spawns at once, {args.latency}s per API call", flush=True)
+            res = run_variant(name, cls, n, args.latency, Path(tmp) / cls.rsplit(".", 1)[-1])
+            print(json.dumps(res, indent=1), flush=True)
+            results.append(res)
+    if len(results) == 2 and results[0]["lag_ms"]["p99"]:
+        ratio = results[1]["lag_ms"]["p99"] / results[0]["lag_ms"]["p99"]
+        print(f"p99 loop lag, naive / executor: {ratio:.0f}x")
+    out = args.out / "spawn_load.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Orphan reaper: find (and, when asked, delete) this hub's instances that the hub does not know.
+
+An instance is this hub's when its metadata carries ``jupyterhub-managed-by: libcloudspawner`` and
+``jupyterhub-hub-id: <hub_id>``. It is an orphan when no server of the hub (running or pending) owns it:
+
+- the hub's server state names a different instance (or none) for that user and server name, and
+- the instance is older than ``--min-age-seconds`` (a spawn may be between its create and its state save).
+
+Untagged instances and instances of other hubs are never touched. Dry run by default.
+
+Usage (reads the hub's own configuration file for the cloud credentials and the hub id)::
+
+    libcloudspawner-reaper --config /etc/jupyterhub/jupyterhub_config.py            # list orphans
+    libcloudspawner-reaper --config /etc/jupyterhub/jupyterhub_config.py --delete   # and delete them
+
+As a JupyterHub service (the hub passes ``JUPYTERHUB_API_URL`` and ``JUPYTERHUB_API_TOKEN``)::
+
+    c.JupyterHub.services = [{"name": "libcloud-reaper", "command": [
+        "libcloudspawner-reaper", "--config", "/etc/jupyterhub/jupyterhub_config.py",
+        "--delete", "--every-seconds", "600"]}]
+    c.JupyterHub.load_roles = [{"name": "libcloud-reaper", "services": ["libcloud-reaper"],
+        "scopes": ["list:users", "read:users:name", "read:servers", "admin:server_state"]}]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import naming
+
+log = logging.getLogger("libcloudspawner.reaper")
+
+
+@dataclass(frozen=True)
+class HubServer:
+    """A server the hub knows: its owner, its name ('' = default server), and its instance id if saved."""
+
+    user: str
+    server: str
+    instance_id: str | None
+    pending: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    instance_id: str
+    instance_name: str
+    user: str
+    server: str
+    age_seconds: float | None
+    orphan: bool
+    reason: str
+
+
+def _age_seconds(created: str | None, now: dt.datetime) -> float | None:
+    if not created:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return (now - when).total_seconds()
+
+
+def judge(
+    instances: Iterable[Mapping[str, Any]],
+    hub_servers: Iterable[HubServer],
+    *,
+    hub_id: str,
+    min_age_seconds: float,
+    now: dt.datetime | None = None,
+) -> list[Verdict]:
+    """Decide, for each instance of this hub, whether it is an orphan. Pure: no cloud, no hub.
+
+    ``instances``: dicts with ``id``, ``name``, ``metadata``, ``created`` (ISO 8601, may be missing).
+    Instances not tagged for this hub are left out of the result altogether.
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    hub_tag = naming.metadata_value(hub_id)
+    known: dict[tuple[str, str], HubServer] = {}
+    for s in hub_servers:
+        known[(naming.metadata_value(s.user), naming.metadata_value(s.server))] = s
+    verdicts = []
+    for inst in instances:
+        meta = inst.get("metadata") or {}
+        if meta.get(naming.TAG_MANAGED_BY) != naming.MANAGED_BY or meta.get(naming.TAG_HUB_ID) != hub_tag:
+            continue  # untagged, or another hub's: never ours to judge
+        user = str(meta.get(naming.TAG_USER, ""))
+        server = str(meta.get(naming.TAG_SERVER_NAME, ""))
+        age = _age_seconds(inst.get("created"), now)
+        owner = known.get((user, server))
+
+        def verdict(orphan: bool, reason: str, inst=inst, user=user, server=server, age=age) -> Verdict:
+            return Verdict(str(inst["id"]), str(inst.get("name", "")), user, server, age, orphan, reason)
+
+        if owner is not None and owner.instance_id == str(inst["id"]):
+            verdicts.append(verdict(False, "the hub's server state names this instance"))
+        elif owner is not None and (owner.pending or owner.instance_id is None):
+            verdicts.append(verdict(False, f"the hub's server is {owner.pending or 'starting'}; not judged"))
+        elif age is None:
+            verdicts.append(verdict(False, "creation time unknown; not judged"))
+        elif age < min_age_seconds:
+            verdicts.append(verdict(False, f"younger than {min_age_seconds:.0f}s; not judged yet"))
+        elif owner is not None:
+            verdicts.append(verdict(True, f"the hub's server uses another instance ({owner.instance_id})"))
+        else:
+            verdicts.append(verdict(True, "no server of the hub owns it"))
+    return verdicts
+
+
+def hub_servers_from_api(api_url: str, token: str, *, timeout_seconds: float = 30.0) -> list[HubServer]:
+    """Every running or pending server the hub knows, with its spawner state (paginated REST API)."""
+    import requests
+
+    servers: list[HubServer] = []
+    offset = 0
+    headers = {"Authorization": f"token {token}", "Accept": "application/jupyterhub-pagination+json"}
+    while True:
+        r = requests.get(
+            f"{api_url.rstrip('/')}/users", params={"offset": offset, "limit": 200}, headers=headers,
+            timeout=timeout_seconds,
+        )  # fmt: skip
+        if r.status_code != 200:
+            raise RuntimeError(f"the hub API answered {r.status_code} to GET /users: {r.text[:200]}")
+        body = r.json()
+        items = body["items"] if isinstance(body, dict) else body
+        for user in items:
+            for name, model in (user.get("servers") or {}).items():
+                state = model.get("state")
+                if state is None:
+                    raise RuntimeError(
+                        "the hub API gave no server state: the reaper's token needs the admin:server_state scope"
+                    )
+                servers.append(HubServer(user["name"], name, state.get("instance_id"), model.get("pending")))
+        nxt = body.get("_pagination", {}).get("next") if isinstance(body, dict) else None
+        if not nxt:
+            return servers
+        offset = nxt["offset"]
+
+
+def _spawner_from_config(path: str):
+    from traitlets.config import PyFileConfigLoader
+
+    from .spawner import LibcloudSpawner
+
+    directory, filename = os.path.split(os.path.abspath(path))
+    config = PyFileConfigLoader(filename, path=directory).load_config()
+    return LibcloudSpawner(config=config)
+
+
+async def _list_instances(client) -> list[dict[str, Any]]:
+    nodes = await client.call("list_nodes", what="list instances")
+    return [
+        {
+            "id": str(n.id),
+            "name": n.name,
+            "metadata": (n.extra or {}).get("metadata") or {},
+            "created": (n.extra or {}).get("created"),
+        }
+        for n in nodes
+    ]
+
+
+async def reap_once(spawner, hub_servers: list[HubServer], *, delete: bool, min_age_seconds: float) -> list[Verdict]:
+    client = spawner._client()
+    instances = await _list_instances(client)
+    verdicts = judge(instances, hub_servers, hub_id=spawner.hub_id, min_age_seconds=min_age_seconds)
+    for v in verdicts:
+        if v.orphan and delete:
+            log.warning("Deleting orphan instance %s (%s) of %s/%s: %s", v.instance_name, v.instance_id,
+                        v.user, v.server, v.reason)  # fmt: skip
+            await client.destroy_node(v.instance_id)
+        elif v.orphan:
+            log.warning("Orphan instance %s (%s) of %s/%s: %s (dry run: not deleted)", v.instance_name,
+                        v.instance_id, v.user, v.server, v.reason)  # fmt: skip
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="libcloudspawner-reaper", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="the hub's jupyterhub_config.py (cloud credentials, hub_id)")
+    p.add_argument(
+        "--hub-api-url",
+        default=os.environ.get("JUPYTERHUB_API_URL"),
+        help="the hub's API URL (default: $JUPYTERHUB_API_URL, set when run as a hub service)",
+    )
+    p.add_argument(
+        "--token-env",
+        default="JUPYTERHUB_API_TOKEN",
+        help="environment variable holding the hub API token (never passed on the command line)",
+    )
+    p.add_argument("--delete", action="store_true", help="delete the orphans (default: only list them)")
+    p.add_argument(
+        "--min-age-seconds",
+        type=float,
+        default=900.0,
+        help="never judge instances younger than this (a spawn may be between create and save)",
+    )
+    p.add_argument("--every-seconds", type=float, default=0.0, help="run forever, once per interval (service mode)")
+    p.add_argument("--json", action="store_true", help="print the verdicts as JSON lines")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = os.environ.get(args.token_env)
+    if not args.hub_api_url or not token:
+        p.error(f"the hub API URL (--hub-api-url) and a token in ${args.token_env} are both needed")
+    spawner = _spawner_from_config(args.config)
+
+    async def run() -> int:
+        while True:
+            servers = hub_servers_from_api(args.hub_api_url, token)
+            verdicts = await reap_once(spawner, servers, delete=args.delete, min_age_seconds=args.min_age_seconds)
+            orphans = [v for v in verdicts if v.orphan]
+            for v in verdicts:
+                if args.json:
+                    print(json.dumps(asdict(v)), flush=True)
+            print(f"hub {spawner.hub_id}: {len(verdicts)} instances, {len(orphans)} orphans"
+                  + (" deleted" if args.delete else " (dry run)"), file=sys.stderr, flush=True)  # fmt: skip
+            if args.every_seconds <= 0:
+                return 0
+            await asyncio.sleep(args.every_seconds)
+
+    try:
+        return asyncio.run(run())
+    except Exception as e:  # a clear line for cron mail, not a traceback
+        log.error("reaper failed: %s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
