@@ -147,9 +147,10 @@ class DoubleClient:
         return self._request("POST", f"/_double/servers/{server_id}/error",
                              {"message": message, "code": code, "kill": kill})
 
-    def kill_instance_process(self, server_id: str) -> list[int]:
-        """The service inside the VM dies; the instance stays ACTIVE."""
-        return self._request("POST", f"/_double/servers/{server_id}/kill", {})["killed"]
+    def kill_instance_process(self, server_id: str, signal: str = "SIGKILL") -> list[int]:
+        """The service inside the VM gets ``signal``; the instance stays ACTIVE. systemd's Restart= is
+        honoured (``on-failure`` restarts after SIGKILL, not after the clean SIGTERM)."""
+        return self._request("POST", f"/_double/servers/{server_id}/kill", {"signal": signal})["killed"]
 
     def wait_for_server(self, server_id: str | None = None, *, name: str | None = None,
                         status: str = "ACTIVE", boot_status: str | None = None,

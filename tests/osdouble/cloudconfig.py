@@ -66,6 +66,7 @@ class UnitPlan:
     environment_files: list[str] = field(default_factory=list)
     type: str = "simple"
     restart: str = "no"
+    restart_sec: float = 0.1
     runnable: bool = False
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
@@ -339,7 +340,7 @@ def _plan_unit(plan: BootPlan, name: str, action: str, known_users: set[str]) ->
         return unit
     unit.user, unit.group = spec.user, spec.group
     unit.working_directory = spec.working_directory
-    unit.type, unit.restart = spec.type, spec.restart
+    unit.type, unit.restart, unit.restart_sec = spec.type, spec.restart, spec.restart_sec
     unit.exec_start = list(spec.exec_start)
     unit.environment_files = list(spec.environment_files)
     user = spec.user or "root"

@@ -23,6 +23,7 @@ import shutil
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tornado import httpserver, netutil, web
 
+from . import systemd
 from .cloudconfig import BootPlan, UnitPlan
 
 log = logging.getLogger("osdouble.instances")
 
 BIND_OPTIONS = ("--ip", "--bind", "--ServerApp.ip", "--SingleUserNotebookApp.ip")
 ANY_ADDRESS = "0.0.0.0"
+START_LIMIT_BURST = 5  # systemd's DefaultStartLimitBurst / DefaultStartLimitIntervalSec
+START_LIMIT_INTERVAL_S = 10.0
 
 
 def substitute_bind(argv: list[str], env: dict[str, str], address: str) -> tuple[list[str], dict[str, str]]:
@@ -110,6 +114,8 @@ class RunningUnit:
     started_at: float | None = None
     exited_at: float | None = None
     exec_note: str = ""
+    starts: list[float] = field(default_factory=list)
+    restarts: int = 0
 
 
 @dataclass
@@ -129,6 +135,8 @@ class InstanceHost:
     reason: str = ""
     booted_at: float | None = None
     log_lines: list[str] = field(default_factory=list)
+    stopping: bool = False
+    on_pids_changed: Callable[[], None] | None = None
 
     @property
     def root(self) -> Path:
@@ -226,32 +234,51 @@ class InstanceHost:
                 run.returncode = 203
                 self.note(f"unit {u.name} failed: {note}")
                 continue
-            # a written file given as an argument (e.g. a script) is read from the instance root
-            args = [str(self.local_path(a)) if a.startswith("/") and self.plan.file(a) else a for a in argv[1:]]
-            with open(self.console_log, "ab") as logf:
-                logf.write(f"--- osdouble: starting {u.name}: {argv!r}\n".encode())
-                logf.flush()
-                try:
-                    proc = await asyncio.create_subprocess_exec(
-                        exe, *args, env=base_env, cwd=str(self.home), stdin=asyncio.subprocess.DEVNULL,
-                        stdout=logf, stderr=logf, start_new_session=True,
-                    )
-                except OSError as exc:
-                    run.returncode = 203
-                    self.note(f"unit {u.name} failed to exec: {exc}")
-                    continue
-            run.process, run.pid, run.started_at = proc, proc.pid, time.time()
-            self.note(f"unit {u.name} started, pid {proc.pid}, as User={u.user or 'root'} (requested)")
-            asyncio.get_running_loop().create_task(self._reap(run))
+            await self._start(run, exe)
         self.status = "running" if any(r.pid for r in self.units) else "not-started"
         if self.status == "not-started":
             self.reason = "no unit could be executed"
 
-    async def _reap(self, run: RunningUnit) -> None:
+    async def _start(self, run: RunningUnit, exe: str) -> None:
+        u, argv = run.unit, run.argv
+        # a written file given as an argument (e.g. a script) is read from the instance root
+        args = [str(self.local_path(a)) if a.startswith("/") and self.plan.file(a) else a for a in argv[1:]]
+        with open(self.console_log, "ab") as logf:
+            logf.write(f"--- osdouble: starting {u.name}: {argv!r}\n".encode())
+            logf.flush()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    exe, *args, env=run.env, cwd=str(self.home), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf, stderr=logf, start_new_session=True,
+                )
+            except OSError as exc:
+                run.returncode = 203
+                self.note(f"unit {u.name} failed to exec: {exc}")
+                return
+        run.process, run.pid, run.started_at, run.returncode = proc, proc.pid, time.time(), None
+        run.exited_at = None
+        run.starts.append(run.started_at)
+        if self.on_pids_changed is not None:
+            self.on_pids_changed()
+        self.note(f"unit {u.name} started, pid {proc.pid}, as User={u.user or 'root'} (requested)")
+        asyncio.get_running_loop().create_task(self._reap(run, exe))
+
+    async def _reap(self, run: RunningUnit, exe: str) -> None:
         assert run.process is not None
         run.returncode = await run.process.wait()
         run.exited_at = time.time()
         self.note(f"unit {run.unit.name} exited with status {run.returncode}")
+        if not self.stopping and systemd.restart_wanted(run.unit.restart, run.returncode):
+            recent = [t for t in run.starts if t > time.time() - START_LIMIT_INTERVAL_S]
+            if len(recent) >= START_LIMIT_BURST:
+                self.note(f"unit {run.unit.name}: start request repeated too quickly, refusing to start")
+            else:
+                await asyncio.sleep(run.unit.restart_sec)
+                if not self.stopping:
+                    run.restarts += 1
+                    self.note(f"unit {run.unit.name}: scheduled restart (Restart={run.unit.restart})")
+                    await self._start(run, exe)
+                    return
         if all(r.returncode is not None for r in self.units) and self.status == "running":
             self.status = "exited"
 
@@ -277,6 +304,7 @@ class InstanceHost:
 
     async def stop(self, kill_timeout_s: float) -> None:
         """SIGTERM each process group, SIGKILL what is left after ``kill_timeout_s``."""
+        self.stopping = True
         if self.standin is not None:
             self.standin.stop()
             self.standin = None
@@ -302,13 +330,14 @@ class InstanceHost:
         if self.status in ("running", "stand-in"):
             self.status = "stopped"
 
-    def kill_process(self) -> list[int]:
-        """Simulate the service crashing inside a running VM (the instance stays ACTIVE)."""
+    def kill_process(self, sig: int = signal.SIGKILL) -> list[int]:
+        """The service dies inside a running VM (the instance stays ACTIVE); systemd restarts it if
+        the unit's Restart= says so (SIGKILL is a failure, SIGTERM a clean stop)."""
         killed = []
         for r in self.units:
             if r.pid and r.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(r.pid, signal.SIGKILL)
+                    os.killpg(r.pid, sig)
                     killed.append(r.pid)
         return killed
 
@@ -338,6 +367,8 @@ class InstanceHost:
                     "started_at": r.started_at,
                     "exited_at": r.exited_at,
                     "exec_note": r.exec_note,
+                    "restart": r.unit.restart,
+                    "restarts": r.restarts,
                 }
                 for r in self.units
             ],

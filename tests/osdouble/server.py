@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import secrets
+import signal
 import socket
 import struct
 import time
@@ -443,6 +444,7 @@ class Double:
                 plan=rec.plan,
                 no_run=rec.no_run,
                 standin_port=self.config.standin_port,
+                on_pids_changed=self._write_pidfile,
             )
             await rec.host.boot()
             (rec.host.directory / "boot.json").write_text(json.dumps(rec.host.report(), indent=1))
@@ -1403,7 +1405,10 @@ class CtlServer(ControlHandler):
                 asyncio.get_running_loop().create_task(s.host.stop(self.double.config.kill_timeout_s))
             self.reply(self.server_summary(s))
         elif what == "kill":
-            killed = s.host.kill_process() if s.host else []
+            sig = getattr(signal, str(data.get("signal", "SIGKILL")), None)
+            if not isinstance(sig, signal.Signals):
+                raise web.HTTPError(400, f"unknown signal {data.get('signal')!r}")
+            killed = s.host.kill_process(sig) if s.host else []
             self.reply({"killed": killed})
         else:
             raise web.HTTPError(404)

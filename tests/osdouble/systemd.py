@@ -351,6 +351,7 @@ class ServiceSpec:
     group: str | None = None
     type: str = "simple"
     restart: str = "no"
+    restart_sec: float = 0.1
     other: dict[str, str] = field(default_factory=dict)
 
 
@@ -384,9 +385,38 @@ def service_spec(unit: str, texts: list[str]) -> ServiceSpec:
                 spec.type = value
             elif key == "Restart":
                 spec.restart = value
+            elif key == "RestartSec":
+                spec.restart_sec = parse_timespan(value)
             else:
                 spec.other[key] = value
     return spec
+
+
+def parse_timespan(value: str) -> float:
+    """systemd time spans: ``5``, ``5s``, ``500ms``, ``1min 30s``; a bare number is seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "": 1.0}
+    total = 0.0
+    for number, unit in re.findall(r"([0-9.]+)\s*([a-z]*)", value):
+        if unit not in units:
+            raise UnitError(f"bad time span {value!r}")
+        total += float(number) * units[unit]
+    return total
+
+
+# Restart= policies: does systemd restart after this exit? (exit code, or -signal as asyncio reports it)
+CLEAN_SIGNALS = {1, 2, 13, 15}  # SIGHUP, SIGINT, SIGPIPE, SIGTERM
+
+
+def restart_wanted(policy: str, returncode: int) -> bool:
+    clean = returncode == 0 or (returncode < 0 and -returncode in CLEAN_SIGNALS)
+    signalled = returncode < 0 and not clean
+    return {
+        "always": True,
+        "on-success": clean,
+        "on-failure": not clean,
+        "on-abnormal": signalled,
+        "on-abort": signalled,
+    }.get(policy, False)
 
 
 EXEC_PREFIXES = "@-:+!"

@@ -245,3 +245,28 @@ def test_leaving_the_fixture_kills_instance_processes(tmp_path: Path) -> None:
         assert alive(proc["pid"])
     assert handle.process.poll() is not None
     wait_gone(proc["pid"], timeout_s=10)
+
+
+def test_restart_policy_is_honoured(fresh: DoubleHandle) -> None:
+    unit = UNIT.replace("[Service]\n", "[Service]\nRestart=on-failure\nRestartSec=0.2\n")
+    server_id = create(fresh, "restarting", user_data(unit=unit))
+    fresh.client.wait_for_server(server_id, status="ACTIVE", boot_status="running", timeout_s=20)
+    [first] = fresh.client.boot_report(server_id)["processes"]
+    address = fresh.client.boot_report(server_id)["address"]
+
+    assert fresh.client.kill_instance_process(server_id, "SIGKILL") == [first["pid"]]
+    deadline = time.monotonic() + 10
+    while True:
+        [proc] = fresh.client.boot_report(server_id)["processes"]
+        if proc["pid"] != first["pid"] and proc["returncode"] is None:
+            break
+        assert time.monotonic() < deadline, proc
+        time.sleep(0.05)
+    assert proc["restarts"] == 1
+    assert http_get(f"http://{address}:{PORT}/")[0] == 200
+
+    fresh.client.kill_instance_process(server_id, "SIGTERM")  # a clean stop: on-failure does not restart
+    fresh.client.wait_for_server(server_id, status="ACTIVE", boot_status="exited", timeout_s=10)
+    time.sleep(0.5)
+    [proc] = fresh.client.boot_report(server_id)["processes"]
+    assert (proc["restarts"], proc["returncode"]) == (1, -15)
