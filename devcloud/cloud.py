@@ -1,0 +1,423 @@
+#!/usr/bin/python3
+"""The dev cloud's OpenStack-side set-up, health checks and reset, through openstacksdk.
+
+Runs on Debian's /usr/bin/python3 (python3-openstacksdk, installed with the cloud), never on the
+project's venv. Called by devcloud.sh; settings come from the environment (see lib/common.sh):
+
+    cloud.py catalog    projects, users, roles, services and endpoints in Keystone
+    cloud.py resources  flat network, flavors, security group rules, the 'blank' image
+    cloud.py health [services]  one JSON line per API-level check (exit 1 when one fails)
+    cloud.py reset      delete every server of the jupyter project, re-create network and flavors
+    cloud.py facts      what clients need (JSON): auth URL, names, ids, flavors, images
+
+Everything is idempotent: what exists and is right is left alone.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import openstack
+
+E = os.environ
+PW = E.get("DEVCLOUD_PASSWORD", "secret")
+JUPYTER_PW = E.get("DEVCLOUD_JUPYTER_PASSWORD", PW)
+KS = E.get("KS", "http://127.0.0.1:5000")
+REGION = E.get("REGION", "RegionOne")
+NET_NAME = E.get("NET_NAME", "flatnet")
+NET_CIDR = E.get("NET_CIDR", "10.99.0.0/24")
+HOST_IP = E.get("HOST_IP", "10.99.0.1")
+WORK = E.get("WORK", "/var/tmp/devcloud")
+# Ports the host (the hub and its proxy, tests over SSH) reaches on every VM: SSH, the single-user
+# server's port as the spawner configures it (8000), and jupyter's default 8888.
+GUEST_PORTS = [int(p) for p in E.get("DEVCLOUD_GUEST_PORTS", "22 8000 8888").split()]
+PROJECT = "jupyter"
+USER = "jupyter"
+
+# name: (vCPUs, RAM MiB, disk GiB). j1.* fit the project's Jupyter image (8 GiB disk);
+# m1.* are for tiny test guests.
+FLAVORS = {
+    "j1.small": (2, 2048, 8),
+    "j1.tiny": (1, 1024, 8),
+    "m1.tiny": (1, 256, 1),
+    "m1.small": (1, 512, 2),
+}
+
+# service name: (type, URL) for the catalog; keystone's own entries come from keystone-manage
+CATALOG = {
+    "glance": ("image", "http://127.0.0.1:9292"),
+    "placement": ("placement", "http://127.0.0.1:8778"),
+    "nova": ("compute", "http://127.0.0.1:8774/v2.1"),
+    "neutron": ("network", "http://127.0.0.1:9696"),
+}
+
+
+def log(msg):
+    print("[cloud.py] " + msg, flush=True)
+
+
+def connect(project="admin", user="admin", password=PW, deadline_s=120):
+    """A connection that has answered once; Keystone may still be starting."""
+    end = time.monotonic() + deadline_s
+    while True:
+        conn = openstack.connect(
+            auth_url=KS + "/v3",
+            username=user,
+            password=password,
+            project_name=project,
+            user_domain_name="Default",
+            project_domain_name="Default",
+            region_name=REGION,
+            identity_api_version="3",
+        )
+        try:
+            conn.authorize()
+            return conn
+        except Exception as exc:  # keystone starting, DB not yet reachable...
+            if time.monotonic() > end:
+                raise SystemExit(f"keystone at {KS} does not accept {user}@{project}: {exc}")
+            time.sleep(2)
+
+
+def wait_for(what, check, deadline_s, every_s=2):
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            result = check()
+        except Exception as exc:  # a service still starting answers 5xx or resets
+            result, last = None, exc
+        else:
+            last = None
+        if result:
+            return result
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out after {deadline_s}s waiting for {what}" + (f" ({last})" if last else ""))
+        time.sleep(every_s)
+
+
+# --- catalog ------------------------------------------------------------------------------------
+
+
+def catalog():
+    conn = connect()
+    idn = conn.identity
+    dom = idn.find_domain("default")
+
+    def project(name):
+        return idn.find_project(name, domain_id=dom.id) or idn.create_project(name=name, domain_id=dom.id)
+
+    def role(name):
+        return idn.find_role(name) or idn.create_role(name=name)
+
+    def user(name, password, proj, roles):
+        u = idn.find_user(name, domain_id=dom.id)
+        if u is None:
+            u = idn.create_user(name=name, password=password, domain_id=dom.id, default_project_id=proj.id)
+        else:
+            idn.update_user(u, password=password)
+        for r in roles:
+            conn.grant_role(role(r).id, user=u.id, project=proj.id)
+        return u
+
+    for r in ("member", "reader", "service"):
+        role(r)
+    service_project = project("service")
+    user(USER, JUPYTER_PW, project(PROJECT), ["member", "reader"])
+    for name, (typ, url) in CATALOG.items():
+        user(name, PW, service_project, ["admin", "service"])
+        svc = next(iter(idn.services(type=typ)), None) or idn.create_service(name=name, type=typ)
+        for iface in ("public", "internal", "admin"):
+            eps = list(idn.endpoints(service_id=svc.id, interface=iface, region_id=REGION))
+            if not eps:
+                idn.create_endpoint(service_id=svc.id, interface=iface, url=url, region_id=REGION)
+            elif eps[0].url != url:
+                idn.update_endpoint(eps[0], url=url)
+    log("keystone: projects, users, roles, catalog ok")
+
+
+# --- resources ----------------------------------------------------------------------------------
+
+
+def ensure_network(conn):
+    net = conn.network.find_network(NET_NAME)
+    if net is None:
+        net = conn.network.create_network(
+            name=NET_NAME,
+            is_shared=True,
+            provider_network_type="flat",
+            provider_physical_network="physnet1",
+        )
+    if not list(conn.network.subnets(network_id=net.id)):
+        # No gateway and no DNS server: guests reach the host on-link (10.99.0.1) and nothing else.
+        conn.network.create_subnet(
+            name=NET_NAME + "-v4",
+            network_id=net.id,
+            ip_version=4,
+            cidr=NET_CIDR,
+            gateway_ip=None,
+            allocation_pools=[{"start": "10.99.0.100", "end": "10.99.0.250"}],
+            dns_nameservers=[],
+            enable_dhcp=True,
+        )
+    # The first VM can boot before dnsmasq serves and get no lease: wait for the DHCP port.
+    wait_for(
+        "the DHCP port of " + NET_NAME,
+        lambda: any(p.status == "ACTIVE" for p in conn.network.ports(network_id=net.id, device_owner="network:dhcp")),
+        deadline_s=180,
+    )
+    return net
+
+
+def ensure_flavors(conn):
+    for name, (vcpus, ram, disk) in FLAVORS.items():
+        f = conn.compute.find_flavor(name)
+        if f is not None and (f.vcpus, f.ram, f.disk) != (vcpus, ram, disk):
+            conn.compute.delete_flavor(f)  # servers keep a copy of their flavor: safe
+            f = None
+        if f is None:
+            conn.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk, is_public=True)
+
+
+def ensure_security_rules():
+    """Let the host reach SSH and the single-user server ports of the jupyter project's VMs."""
+    conn = connect(PROJECT, USER, JUPYTER_PW)
+    # Listing as the project makes Neutron create the project's 'default' group if needed.
+    groups = [g for g in conn.network.security_groups(name="default") if g.project_id == conn.current_project_id]
+    sg = groups[0]
+    have = {
+        (r.protocol, r.port_range_min, r.remote_ip_prefix)
+        for r in conn.network.security_group_rules(security_group_id=sg.id, direction="ingress")
+    }
+    wanted = [("tcp", p) for p in GUEST_PORTS] + [("icmp", None)]
+    for proto, port in wanted:
+        if (proto, port, HOST_IP + "/32") in have:
+            continue
+        conn.network.create_security_group_rule(
+            security_group_id=sg.id,
+            direction="ingress",
+            ethertype="IPv4",
+            protocol=proto,
+            port_range_min=port,
+            port_range_max=port,
+            remote_ip_prefix=HOST_IP + "/32",
+        )
+
+
+def ensure_blank_image(conn):
+    """'blank': a 1 GiB empty disk. Boots to 'no bootable device'; good for never-ready spawns."""
+    img = conn.image.find_image("blank")
+    if img is not None and img.status == "active":
+        return
+    if img is not None:
+        conn.image.delete_image(img)
+    path = os.path.join(WORK, "blank.qcow2")
+    if not os.path.exists(path):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "1G"], check=True)
+    conn.image.create_image(
+        name="blank",
+        filename=path,
+        disk_format="qcow2",
+        container_format="bare",
+        visibility="public",
+        wait=True,
+    )
+
+
+def resources():
+    conn = connect()
+    t0 = time.monotonic()
+    ensure_network(conn)
+    ensure_flavors(conn)
+    ensure_security_rules()
+    ensure_blank_image(conn)
+    log(f"network {NET_NAME}, flavors, security rules, image 'blank' ok ({time.monotonic() - t0:.1f}s)")
+
+
+# --- health -------------------------------------------------------------------------------------
+
+
+def health(scope="all"):
+    """API-level checks, one JSON line each: {"name", "ok", "detail"}.
+
+    scope "services": only what the services themselves report (not the network and flavors
+    that `resources` creates).
+    """
+    results = []
+
+    def check(name, fn):
+        try:
+            ok, detail = fn()
+        except Exception as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"[:300]
+        results.append({"name": name, "ok": bool(ok), "detail": detail})
+
+    try:
+        conn = connect(deadline_s=0)
+    except SystemExit as exc:
+        print(json.dumps({"name": "keystone", "ok": False, "detail": str(exc)[:300]}))
+        return 1
+    results.append({"name": "keystone", "ok": True, "detail": "token issued"})
+
+    def compute_service(binary):
+        def fn():
+            svcs = [s for s in conn.compute.services() if s.binary == binary]
+            if not svcs:
+                return False, "not registered"
+            s = svcs[0]
+            return s.state == "up" and s.status == "enabled", f"state {s.state}, {s.status}"
+
+        return fn
+
+    def agent(agent_type):
+        def fn():
+            agents = list(conn.network.agents(agent_type=agent_type))
+            if not agents:
+                return False, "not registered"
+            a = agents[0]
+            return a.is_alive and a.is_admin_state_up, "alive" if a.is_alive else "not alive (no heartbeat)"
+
+        return fn
+
+    def hypervisor():
+        hvs = list(conn.compute.hypervisors())
+        return bool(hvs), f"{len(hvs)} hypervisor(s)"
+
+    def placement():
+        rps = conn.placement.resource_providers()
+        n = len(list(rps))
+        return n > 0, f"{n} resource provider(s)"
+
+    def api(url):
+        def fn():
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    code = r.status
+            except urllib.error.HTTPError as exc:  # version documents answer 300 Multiple Choices
+                code = exc.code
+            return code < 500, f"{url} answers {code}"
+
+        return fn
+
+    def images():
+        n = len(list(conn.image.images()))
+        return True, f"{n} image(s)"
+
+    def network():
+        net = conn.network.find_network(NET_NAME)
+        if net is None:
+            return False, f"network {NET_NAME} missing (run: invoke devcloud reset)"
+        dhcp = list(conn.network.ports(network_id=net.id, device_owner="network:dhcp"))
+        ok = any(p.status == "ACTIVE" for p in dhcp)
+        return ok, "DHCP port ACTIVE" if ok else f"DHCP port {[p.status for p in dhcp]}"
+
+    def flavors():
+        have = {f.name for f in conn.compute.flavors()}
+        missing = sorted(set(FLAVORS) - have)
+        return not missing, "missing " + ", ".join(missing) if missing else ", ".join(sorted(FLAVORS))
+
+    check("nova-api", api("http://127.0.0.1:8774/"))
+    check("neutron-api", api("http://127.0.0.1:9696/"))
+    check("glance-api", images)
+    check("placement-api", placement)
+    check("nova-conductor", compute_service("nova-conductor"))
+    check("nova-scheduler", compute_service("nova-scheduler"))
+    check("nova-compute", compute_service("nova-compute"))
+    check("hypervisor", hypervisor)
+    check("neutron-linuxbridge-agent", agent("Linux bridge agent"))
+    check("neutron-dhcp-agent", agent("DHCP agent"))
+    if scope == "all":
+        check("network " + NET_NAME, network)
+        check("flavors", flavors)
+    for r in results:
+        print(json.dumps(r))
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+# --- reset --------------------------------------------------------------------------------------
+
+
+def reset():
+    conn = connect()
+    proj = conn.identity.find_project(PROJECT, domain_id="default")
+    servers = list(conn.compute.servers(all_projects=True, project_id=proj.id)) if proj else []
+    for s in servers:
+        log(f"delete server {s.name} ({s.id}, {s.status})")
+        conn.compute.delete_server(s, force=True)
+    if servers:
+        wait_for(
+            "servers of project jupyter to be gone",
+            lambda: not list(conn.compute.servers(all_projects=True, project_id=proj.id)),
+            deadline_s=180,
+        )
+    net = conn.network.find_network(NET_NAME)
+    if net is not None:
+        # ports of just-deleted servers go a moment after the servers
+        wait_for(
+            "compute ports to be gone",
+            lambda: not [
+                p
+                for p in conn.network.ports(network_id=net.id)
+                if (p.device_owner or "").startswith("compute:")
+            ],
+            deadline_s=120,
+        )
+        log(f"delete network {NET_NAME}")
+        conn.network.delete_network(net)
+    for name in FLAVORS:
+        f = conn.compute.find_flavor(name)
+        if f is not None:
+            conn.compute.delete_flavor(f)
+    ensure_network(conn)
+    ensure_flavors(conn)
+    ensure_security_rules()
+    log(f"reset done: {len(servers)} server(s) deleted, {NET_NAME} and flavors re-created")
+
+
+# --- facts --------------------------------------------------------------------------------------
+
+
+def facts():
+    conn = connect(PROJECT, USER, JUPYTER_PW)
+    net = conn.network.find_network(NET_NAME)
+    print(
+        json.dumps(
+            {
+                "auth_url": KS,
+                "auth_version": "3.x_password",
+                "region": REGION,
+                "project": PROJECT,
+                "project_domain": "default",
+                "user": USER,
+                "user_domain": "default",
+                "password_env": "DEVCLOUD_JUPYTER_PASSWORD",
+                "network": NET_NAME,
+                "network_id": net.id if net else None,
+                "network_cidr": NET_CIDR,
+                "host_ip": HOST_IP,
+                "hub_connect_url": f"http://{HOST_IP}:8081",
+                "guest_ports_open_from_host": GUEST_PORTS,
+                "flavors": {n: {"vcpus": v, "ram_mib": r, "disk_gib": d} for n, (v, r, d) in FLAVORS.items()},
+                "images": sorted(i.name for i in conn.image.images()),
+                "virt_type": E.get("VIRT_TYPE", "qemu"),
+            },
+            indent=2,
+        )
+    )
+
+
+def main(argv):
+    cmds = {"catalog": catalog, "resources": resources, "health": health, "reset": reset, "facts": facts}
+    if len(argv) < 2 or argv[1] not in cmds:
+        print(__doc__, file=sys.stderr)
+        return 2
+    # openstacksdk logs a warning per deprecated option; keep our output readable
+    openstack.enable_logging(debug=False)
+    return cmds[argv[1]](*argv[2:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,198 @@
+#!/bin/bash
+# devcloud.sh: a single-node OpenStack (Debian 12 packages, Zed) on this machine, without systemd.
+#
+# keystone, glance (file store), placement, nova (libvirt, qemu software emulation, config drive
+# forced), neutron (ML2 linuxbridge, one flat network with no uplink and no NAT), mariadb, rabbitmq,
+# memcached. Every endpoint is on 127.0.0.1; guests are on 10.99.0.0/24, the host is 10.99.0.1.
+#
+# Usage: devcloud.sh COMMAND   (as root; `invoke devcloud ...` calls this)
+#   up              install what is missing, configure (when changed), start, wait until healthy
+#   down            stop every service and power off the VMs (packages and data stay)
+#   status          health of every service; exit 1 naming what is broken and how to fix it
+#   reset           delete every server of the jupyter project, re-create network and flavors
+#   restart NAME    restart one service (NAME as `status` shows it)
+#   test-guest      build and upload 'testvm', a tiny busybox guest (DHCP, config drive, HTTP :8000)
+#   facts           print what clients need as JSON
+#   configure       force re-configuration (db syncs, catalog, resources) and restart
+#
+# Settings (environment): DEVCLOUD_PASSWORD (services and admin, default secret),
+# DEVCLOUD_JUPYTER_PASSWORD (user jupyter, default: DEVCLOUD_PASSWORD), DEVCLOUD_VIRT_TYPE (qemu),
+# DEVCLOUD_FIREWALL (auto|noop), DEVCLOUD_GUEST_PORTS ("22 8000 8888"), DEVCLOUD_WORK (/var/tmp/devcloud).
+set -euo pipefail
+
+# shellcheck source=lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
+# shellcheck source=lib/install.sh
+source "$HERE/lib/install.sh"
+# shellcheck source=lib/configure.sh
+source "$HERE/lib/configure.sh"
+# shellcheck source=lib/services.sh
+source "$HERE/lib/services.sh"
+
+# The environment cloud.py reads (all its settings have the same defaults as here).
+cloud_py() {
+  DEVCLOUD_PASSWORD=$PW DEVCLOUD_JUPYTER_PASSWORD=$JUPYTER_PW KS=$KS REGION=$REGION NET_NAME=$NET_NAME \
+    NET_CIDR=$NET_CIDR HOST_IP=$HOST_IP WORK=$WORK VIRT_TYPE=$VIRT_TYPE "$PY" "$HERE/cloud.py" "$@"
+}
+
+# config_stamp: changes whenever what `configure` would write changes
+config_stamp() {
+  {
+    cat "$HERE/lib/common.sh" "$HERE/lib/configure.sh" "$HERE/cloud.py"
+    echo "$PW $JUPYTER_PW $VIRT_TYPE ${DEVCLOUD_FIREWALL:-auto} ${DEVCLOUD_GUEST_PORTS:-}"
+  } | sha256sum | cut -d' ' -f1
+}
+STAMP_FILE=$WORK/configured.stamp
+
+configure_all() {
+  conf_databases
+  conf_keystone
+  conf_glance
+  conf_placement
+  conf_nova
+  conf_neutron
+  step "restart the OpenStack services with the new configuration"
+  local i
+  for ((i = ${#OS_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${OS_SERVICES[i]}"; done
+  # Keystone and the catalog first: the others authenticate with their service users as they start.
+  start_one keystone
+  wait_port 5000 keystone 120
+  step "keystone catalog, projects, users"
+  cloud_py catalog
+}
+
+# wait_healthy SECONDS: until every service-level health check passes
+wait_healthy() {
+  local deadline=$(( $(date +%s) + $1 )) out
+  while true; do
+    if out=$(cloud_py health services 2>&1); then return 0; fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "$out" | grep -v '"ok": true' >&2 || true
+      return 1
+    fi
+    sleep 3
+  done
+}
+
+# heal: restart the services whose health check fails (a hung agent is running but dead)
+heal() {
+  local name
+  for name in $(cloud_py health services 2>/dev/null | "$PY" -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    if not r["ok"] and r["name"] in sys.argv[1:]:
+        print(r["name"])' "${OS_SERVICES[@]}"); do
+    step "restart $name (unhealthy)"
+    restart_one "$name" || true
+  done
+}
+
+do_up() {
+  do_install
+  conf_base
+  conf_libvirt
+  start_infra
+  local stamp
+  stamp=$(config_stamp)
+  if [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "$stamp" ]; then
+    rm -f "$STAMP_FILE"
+    configure_all
+  fi
+  start_openstack
+  step "wait until nova and neutron report healthy"
+  if ! wait_healthy 240; then
+    heal
+    wait_healthy 180 || die "not healthy; see 'devcloud.sh status' and $LOG"
+  fi
+  if [ ! -f "$STAMP_FILE" ]; then
+    # Map the compute host into cell1 now rather than at the scheduler's next periodic discovery.
+    run_as nova nova-manage cell_v2 discover_hosts >/dev/null
+  fi
+  step "network $NET_NAME, flavors, security group rules, images"
+  cloud_py resources
+  echo "$stamp" >"$STAMP_FILE"
+  step "up: the dev cloud is healthy"
+}
+
+do_status() {
+  local s broken=() out line name ok detail
+  printf '%-28s %-7s %s\n' SERVICE STATE DETAIL
+  report() { # name ok detail
+    if [ "$2" = ok ]; then
+      printf '%-28s %-7s %s\n' "$1" OK "$3"
+    else
+      printf '%-28s %-7s %s\n' "$1" BROKEN "$3"
+      broken+=("$1")
+    fi
+  }
+  for s in "${INFRA_SERVICES[@]}" "${OS_SERVICES[@]}"; do
+    if is_running "$s"; then report "$s" ok "running"; else report "$s" broken "not running (log: $(svc_log "$s"))"; fi
+  done
+  if mysqladmin ping >/dev/null 2>&1; then report mariadb ok "answers"; else report mariadb broken "does not answer"; fi
+  if port_open 5672; then report rabbitmq-server ok "port 5672"; else report rabbitmq-server broken "port 5672 closed"; fi
+  if port_open 11211; then report memcached ok "port 11211"; else report memcached broken "port 11211 closed"; fi
+  if virsh -c qemu:///system version >/dev/null 2>&1; then report libvirtd ok "answers"; else report libvirtd broken "does not answer"; fi
+  if ip -4 addr show dev "$HOSTIF" 2>/dev/null | has " $HOST_IP/"; then
+    report "$HOSTIF" ok "$HOST_IP/24"
+  else
+    report "$HOSTIF" broken "no $HOST_IP on $HOSTIF (fix: invoke devcloud up)"
+  fi
+  out=$(cloud_py health 2>&1) || true
+  while IFS= read -r line; do
+    case $line in
+      '{'*) ;;
+      *) continue ;;
+    esac
+    name=$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["name"])' "$line")
+    ok=$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); print("ok" if r["ok"] else "broken")' "$line")
+    detail=$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["detail"])' "$line")
+    report "$name" "$ok" "$detail"
+  done <<<"$out"
+  if [ ${#broken[@]} -eq 0 ]; then
+    echo "devcloud: healthy"
+    return 0
+  fi
+  echo
+  echo "devcloud: BROKEN: $(printf '%s\n' "${broken[@]}" | sort -u | tr '\n' ' ')"
+  echo "fix: 'invoke devcloud up' starts what is stopped and restarts unhealthy services;"
+  echo "     one service: '$HERE/devcloud.sh restart NAME'; network or flavors: 'invoke devcloud reset'."
+  return 1
+}
+
+do_restart() {
+  local name=${1:?restart needs a service name}
+  case " ${INFRA_SERVICES[*]} ${OS_SERVICES[*]} " in
+    *" $name "*) ;;
+    *) die "unknown service $name (one of: ${INFRA_SERVICES[*]} ${OS_SERVICES[*]})" ;;
+  esac
+  if [ "$name" = rabbitmq-server ] || [ "$name" = mariadb ]; then conf_base; fi
+  restart_one "$name"
+  step "restarted $name"
+}
+
+do_down() {
+  step "stop the guests and every service"
+  do_stop_services
+  step "down (packages, data and configuration kept; 'invoke devcloud up' brings it back)"
+}
+
+do_reset() {
+  step "reset: servers of project jupyter, network $NET_NAME, flavors"
+  cloud_py reset
+}
+
+[ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts system daemons)"
+cmd=${1:-}
+shift || true
+case $cmd in
+  up) do_up ;;
+  down) do_down ;;
+  status) do_status ;;
+  reset) do_reset ;;
+  restart) do_restart "$@" ;;
+  test-guest) "$HERE/test-guest.sh" ;;
+  facts) cloud_py facts ;;
+  configure) rm -f "$STAMP_FILE"; do_up ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac

@@ -1,0 +1,54 @@
+# shellcheck shell=bash
+# Package installation (Debian 12 "bookworm" packages of OpenStack Zed). Sourced by devcloud.sh.
+
+# Everything the dev cloud runs on. --no-install-recommends keeps it to about 1.5 GB on disk.
+PKGS=(
+  # infrastructure
+  mariadb-server python3-pymysql rabbitmq-server memcached python3-memcache
+  # OpenStack services
+  keystone glance-api placement-api
+  nova-api nova-conductor nova-scheduler nova-compute-kvm
+  neutron-server neutron-linuxbridge-agent neutron-dhcp-agent
+  # clients (status checks, resources, debugging)
+  python3-openstackclient
+  # what nova and neutron call on the host
+  iptables ebtables ipset dnsmasq-base libvirt-daemon-system qemu-system-x86 qemu-utils genisoimage
+)
+# Only for the busybox test guest (`devcloud.sh test-guest`), not needed by `up`.
+TEST_GUEST_PKGS=(debian-installer-12-netboot-amd64 cpio)
+
+# missing_pkgs PKG...: print the packages that are not installed
+missing_pkgs() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | has '^install ok installed$' || echo "$p"
+  done
+}
+
+# apt_install PKG...: install what is missing, without starting any daemon
+apt_install() {
+  local missing
+  mapfile -t missing < <(missing_pkgs "$@")
+  if [ ${#missing[@]} -eq 0 ]; then
+    return 0
+  fi
+  step "apt-get install ${#missing[@]} packages (log: $WORK/apt-install.log)"
+  # Postinst scripts must not start half-configured daemons: we configure, then start them ourselves.
+  # A policy-rc.d someone else put there is kept aside and restored.
+  local policy=/usr/sbin/policy-rc.d
+  if [ -e $policy ] && [ ! -e $policy.devcloud-saved ]; then mv $policy $policy.devcloud-saved; fi
+  printf '#!/bin/sh\n# written by devcloud during apt-get install\nexit 101\n' >$policy
+  chmod +x $policy
+  local rc=0
+  # The lock timeout lets us queue behind another apt-get (the image builds use apt too).
+  retry 3 10 apt-get -o DPkg::Lock::Timeout=900 -y -q install --no-install-recommends "${missing[@]}" \
+    >>"$WORK/apt-install.log" 2>&1 || rc=$?
+  rm -f $policy
+  if [ -e $policy.devcloud-saved ]; then mv $policy.devcloud-saved $policy; fi
+  if [ $rc -ne 0 ]; then
+    tail -n 20 "$WORK/apt-install.log" >&2
+    die "apt-get install failed (full log: $WORK/apt-install.log); try 'apt-get update' and run again"
+  fi
+}
+
+do_install() { apt_install "${PKGS[@]}"; }

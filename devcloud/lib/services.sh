@@ -1,0 +1,113 @@
+# shellcheck shell=bash
+# Starting, stopping and checking the daemons without systemd. Sourced by devcloud.sh.
+#
+# Every daemon is started in a session of its own (setsid), with no terminal and its output in a
+# log, so that it outlives the shell (or CI step, or invoke pty) that started it. MariaDB's init
+# script, for one, leaves mysqld_safe in the caller's process group: it died with that shell.
+
+# In start order; stop goes the other way.
+INFRA_SERVICES=(mariadb rabbitmq-server memcached virtlogd libvirtd)
+OS_SERVICES=(keystone glance-api placement-api nova-api nova-conductor nova-scheduler nova-compute
+             neutron-api neutron-rpc-server neutron-linuxbridge-agent neutron-dhcp-agent)
+
+# is_running NAME: the daemon's process exists (not: it answers; see the health checks)
+is_running() {
+  case $1 in
+    mariadb) pgrep -x mariadbd >/dev/null ;;
+    rabbitmq-server) pgrep -f 'beam.*-s rabbit' >/dev/null || pgrep -f 'beam.*rabbit' >/dev/null ;;
+    memcached|virtlogd|libvirtd) pgrep -x "$1" >/dev/null ;;
+    # Not `/etc/init.d/NAME status`: for the uwsgi-run APIs it asks whether *any* uwsgi runs.
+    *) start-stop-daemon --status --pidfile "/run/$(project_of "$1")/$1.pid" ;;
+  esac
+}
+
+# project_of SERVICE: keystone, glance, placement, nova or neutron (the /run/PROJECT directory)
+project_of() { echo "${1%%-*}"; }
+
+# start_one NAME: start a daemon detached from this shell, unless it runs already
+start_one() {
+  local name=$1 log="$WORK/$1.start.log"
+  if is_running "$name"; then return 0; fi
+  echo "[$(date -u +%FT%TZ)] start $name" >>"$log"
+  case $name in
+    virtlogd|libvirtd) setsid -w "$name" -d </dev/null >>"$log" 2>&1 ;;
+    rabbitmq-server) ERL_EPMD_ADDRESS=127.0.0.1 setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 ;;
+    *) setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 ;;
+  esac || { echo "devcloud: $name did not start (see $log and $(svc_log "$name"))" >&2; return 1; }
+}
+
+# stop_one NAME: stop a daemon (no error when it is not running)
+stop_one() {
+  local name=$1 pids
+  case $name in
+    virtlogd|libvirtd|memcached)
+      pids=$(pgrep -x "$name" || true)
+      if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086  # one word per pid
+        kill $pids 2>/dev/null || true
+      fi ;;
+    *) setsid -w /etc/init.d/"$name" stop </dev/null >>"$WORK/$name.start.log" 2>&1 || true ;;
+  esac
+}
+
+restart_one() { stop_one "$1"; sleep 1; start_one "$1"; }
+
+# net_up: the veth pair of the flat network and the host's address on it
+net_up() {
+  ip link show "$PHY" >/dev/null 2>&1 || ip link add "$PHY" type veth peer name "$HOSTIF"
+  ip -4 addr show dev "$HOSTIF" | has " $HOST_IP/" || ip addr add "$HOST_IP/24" dev "$HOSTIF"
+  ip link set "$PHY" up
+  ip link set "$HOSTIF" up
+}
+
+start_infra() {
+  step "start mariadb rabbitmq memcached libvirt; network $HOSTIF $HOST_IP/24"
+  net_up
+  [ -e /dev/kvm ] && chmod 666 /dev/kvm
+  local s
+  for s in "${INFRA_SERVICES[@]}"; do start_one "$s"; done
+  retry 60 1 mysqladmin ping >/dev/null 2>&1 || die "mariadb does not answer (see $(svc_log mariadb))"
+  retry 30 1 virsh -c qemu:///system version >/dev/null 2>&1 || die "libvirtd does not answer (see $(svc_log libvirtd))"
+  # libvirt's own NAT network would give guests a way out: never run it.
+  virsh -c qemu:///system net-autostart --disable default >/dev/null 2>&1 || true
+  virsh -c qemu:///system net-destroy default >/dev/null 2>&1 || true
+  wait_port 5672 rabbitmq-server 120
+  wait_port 11211 memcached 30
+}
+
+start_openstack() {
+  step "start ${OS_SERVICES[*]}"
+  local s failed=()
+  for s in "${OS_SERVICES[@]}"; do
+    start_one "$s" || failed+=("$s")
+    # keystone first: everything else authenticates against it as it starts
+    if [ "$s" = keystone ]; then wait_port 5000 keystone 120; fi
+  done
+  if [ ${#failed[@]} -gt 0 ]; then die "could not start: ${failed[*]}"; fi
+}
+
+restart_openstack() {
+  local s
+  for ((i = ${#OS_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${OS_SERVICES[i]}"; done
+  start_openstack
+}
+
+# stop_guests: power off every VM nova made (libvirt domains instance-*); nova marks them SHUTOFF
+stop_guests() {
+  local d
+  virsh -c qemu:///system version >/dev/null 2>&1 || return 0
+  for d in $(virsh -c qemu:///system list --name 2>/dev/null | grep '^instance-' || true); do
+    virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
+  done
+}
+
+do_stop_services() {
+  local i f
+  for ((i = ${#OS_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${OS_SERVICES[i]}"; done
+  # the DHCP agent's dnsmasq outlives the agent
+  for f in /var/lib/neutron/dhcp/*/pid; do
+    if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+  done
+  stop_guests
+  for ((i = ${#INFRA_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${INFRA_SERVICES[i]}"; done
+}
