@@ -1220,6 +1220,27 @@ class NeutronSecurityGroupsHandler(NeutronHandler):
         self.send_json(200, {"security_groups": groups})
 
 
+class KeystoneVersionHandler(BaseHandler):
+    """Version discovery (keystoneauth / openstacksdk ask for it; libcloud does not)."""
+
+    service = "identity"
+    route = "/v3"
+    needs_token = False
+
+    def version(self) -> dict[str, Any]:
+        return {
+            "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+            "links": [{"rel": "self", "href": f"{self.base_url}/v3/"}],
+            "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+        }
+
+    async def get(self, root: str = "") -> None:
+        if self.request.path.rstrip("/") == "":
+            self.send_json(300, {"versions": {"values": [self.version()]}})
+        else:
+            self.send_json(200, {"version": self.version()})
+
+
 class ApiNotFoundHandler(BaseHandler):
     needs_token = False
     route = "*"
@@ -1485,6 +1506,7 @@ def api_routes(double: Double) -> list[Any]:
     return [
         *control_routes(double),
         (r"/v3/auth/tokens", KeystoneTokensHandler, kw),
+        (r"/(v3/?)?", KeystoneVersionHandler, kw),
         (r"/v2\.1/flavors/(detail)", FlavorsHandler, kw),
         (r"/v2\.1/flavors/([^/]+)", type("FlavorHandler", (FlavorsHandler,), {"route": "/v2.1/flavors/{id}"}), kw),
         (r"/v2\.1/images/(detail)", NovaImagesHandler, kw),

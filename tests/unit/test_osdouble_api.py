@@ -715,3 +715,32 @@ def test_user_data_round_trip(default: DoubleHandle) -> None:
                            image=by_name(drv.list_images(), "debian-12-base"), ex_userdata=text)
     assert default.client.user_data(node.id) == text
     assert base64.b64decode(base64.b64encode(text.encode())).decode() == text
+
+
+def test_keystone_version_discovery(default: DoubleHandle) -> None:
+    root = requests.get(default.url + "/", timeout=10)
+    v3 = requests.get(default.url + "/v3", timeout=10)
+    assert root.status_code == 300 and root.json()["versions"]["values"][0]["id"] == "v3.14"
+    assert v3.status_code == 200 and v3.json()["version"]["links"][0]["href"] == default.url + "/v3/"
+
+
+def test_concurrent_creates_with_latency_stay_concurrent(default: DoubleHandle) -> None:
+    import concurrent.futures
+
+    default.client.set_config(latency_s=0.5, no_run=True)
+    tok = token(default)
+    flavor = next(f["id"] for f in default.client.catalogue()["flavors"] if f["name"] == "m1.small")
+    image = next(i["id"] for i in default.client.catalogue()["images"] if i["name"] == "debian-12-base")
+
+    def create(i: int) -> int:
+        body = {"server": {"name": f"load-{i}", "flavorRef": flavor, "imageRef": image}}
+        return requests.post(f"{default.url}/v2.1/servers", json=body, headers={"X-Auth-Token": tok},
+                             timeout=30).status_code
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(create, range(50)))
+    assert statuses == [202] * 50
+    assert time.monotonic() - started < 5  # 50 creates of 0.5 s each, served concurrently
+    servers = [default.client.wait_for_server(name=f"load-{i}", status="ACTIVE", timeout_s=30) for i in range(50)]
+    assert len({s["address"] for s in servers}) == 50
