@@ -6,7 +6,7 @@ project's venv. Called by devcloud.sh; settings come from the environment (see l
 
     cloud.py catalog    projects, users, roles, services and endpoints in Keystone
     cloud.py resources  flat network, flavors, security group rules, the 'blank' image
-    cloud.py health [services]  one JSON line per API-level check (exit 1 when one fails)
+    cloud.py health [all|services] [json|tsv]  one line per API-level check (exit 1 when one fails)
     cloud.py reset      delete every server of the jupyter project, re-create network and flavors
     cloud.py facts      what clients need (JSON): auth URL, names, ids, flavors, images
 
@@ -79,7 +79,7 @@ def connect(project="admin", user="admin", password=PW, deadline_s=120):
             return conn
         except Exception as exc:  # keystone starting, DB not yet reachable...
             if time.monotonic() > end:
-                raise SystemExit(f"keystone at {KS} does not accept {user}@{project}: {exc}")
+                raise SystemExit(f"keystone at {KS} does not accept {user}@{project}: {exc}") from None
             time.sleep(2)
 
 
@@ -240,12 +240,19 @@ def resources():
 # --- health -------------------------------------------------------------------------------------
 
 
-def health(scope="all"):
-    """API-level checks, one JSON line each: {"name", "ok", "detail"}.
+def health(scope="all", fmt="json"):
+    """API-level checks, one line each: JSON {"name", "ok", "detail"}, or fmt "tsv": name TAB OK|BROKEN TAB detail.
 
     scope "services": only what the services themselves report (not the network and flavors
     that `resources` creates).
     """
+
+    def emit(r):
+        if fmt == "tsv":
+            print("\t".join([r["name"], "OK" if r["ok"] else "BROKEN", " ".join(r["detail"].split())]))
+        else:
+            print(json.dumps(r))
+
     results = []
 
     def check(name, fn):
@@ -258,7 +265,7 @@ def health(scope="all"):
     try:
         conn = connect(deadline_s=0)
     except SystemExit as exc:
-        print(json.dumps({"name": "keystone", "ok": False, "detail": str(exc)[:300]}))
+        emit({"name": "keystone", "ok": False, "detail": str(exc)[:300]})
         return 1
     results.append({"name": "keystone", "ok": True, "detail": "token issued"})
 
@@ -294,7 +301,7 @@ def health(scope="all"):
     def api(url):
         def fn():
             try:
-                with urllib.request.urlopen(url, timeout=10) as r:
+                with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (our http:// URLs)
                     code = r.status
             except urllib.error.HTTPError as exc:  # version documents answer 300 Multiple Choices
                 code = exc.code
@@ -333,7 +340,7 @@ def health(scope="all"):
         check("network " + NET_NAME, network)
         check("flavors", flavors)
     for r in results:
-        print(json.dumps(r))
+        emit(r)
     return 0 if all(r["ok"] for r in results) else 1
 
 
@@ -358,11 +365,9 @@ def reset():
         # ports of just-deleted servers go a moment after the servers
         wait_for(
             "compute ports to be gone",
-            lambda: not [
-                p
-                for p in conn.network.ports(network_id=net.id)
-                if (p.device_owner or "").startswith("compute:")
-            ],
+            lambda: (
+                not [p for p in conn.network.ports(network_id=net.id) if (p.device_owner or "").startswith("compute:")]
+            ),
             deadline_s=120,
         )
         log(f"delete network {NET_NAME}")

@@ -65,7 +65,7 @@ configure_all() {
 wait_healthy() {
   local deadline=$(( $(date +%s) + $1 )) out
   while true; do
-    if out=$(cloud_py health services 2>&1); then return 0; fi
+    if out=$(cloud_py health services json 2>&1); then return 0; fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
       echo "$out" | grep -v '"ok": true' >&2 || true
       return 1
@@ -77,12 +77,8 @@ wait_healthy() {
 # heal: restart the services whose health check fails (a hung agent is running but dead)
 heal() {
   local name
-  for name in $(cloud_py health services 2>/dev/null | "$PY" -c '
-import json, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    if not r["ok"] and r["name"] in sys.argv[1:]:
-        print(r["name"])' "${OS_SERVICES[@]}"); do
+  for name in $(cloud_py health services tsv 2>/dev/null | awk -F'\t' '$2 == "BROKEN" {print $1}'); do
+    case " ${OS_SERVICES[*]} " in *" $name "*) ;; *) continue ;; esac
     step "restart $name (unhealthy)"
     restart_one "$name" || true
   done
@@ -116,45 +112,43 @@ do_up() {
 }
 
 do_status() {
-  local s broken=() out line name ok detail
-  printf '%-28s %-7s %s\n' SERVICE STATE DETAIL
-  report() { # name ok detail
-    if [ "$2" = ok ]; then
-      printf '%-28s %-7s %s\n' "$1" OK "$3"
-    else
-      printf '%-28s %-7s %s\n' "$1" BROKEN "$3"
-      broken+=("$1")
-    fi
+  # One line per service: its process, then what it answers. STATE/DETAIL in two arrays by name.
+  local s name st detail order=()
+  declare -A state=() info=()
+  note() { # name OK|BROKEN detail: the first BROKEN wins, details accumulate
+    if [ -z "${state[$1]:-}" ]; then order+=("$1"); state[$1]=$2; info[$1]=$3; return; fi
+    if [ "${state[$1]}" = OK ] && [ "$2" = BROKEN ]; then state[$1]=BROKEN; info[$1]="$3; ${info[$1]}"
+    elif [ "$2" = OK ] && [ "${state[$1]}" = OK ]; then info[$1]="${info[$1]}; $3"; fi
   }
   for s in "${INFRA_SERVICES[@]}" "${OS_SERVICES[@]}"; do
-    if is_running "$s"; then report "$s" ok "running"; else report "$s" broken "not running (log: $(svc_log "$s"))"; fi
+    if is_running "$s"; then note "$s" OK running; else note "$s" BROKEN "not running (log: $(svc_log "$s"))"; fi
   done
-  if mysqladmin ping >/dev/null 2>&1; then report mariadb ok "answers"; else report mariadb broken "does not answer"; fi
-  if port_open 5672; then report rabbitmq-server ok "port 5672"; else report rabbitmq-server broken "port 5672 closed"; fi
-  if port_open 11211; then report memcached ok "port 11211"; else report memcached broken "port 11211 closed"; fi
-  if virsh -c qemu:///system version >/dev/null 2>&1; then report libvirtd ok "answers"; else report libvirtd broken "does not answer"; fi
+  if mysqladmin ping >/dev/null 2>&1; then note mariadb OK answers; else note mariadb BROKEN "does not answer"; fi
+  if port_open 5672; then note rabbitmq-server OK "port 5672"; else note rabbitmq-server BROKEN "port 5672 closed"; fi
+  if port_open 11211; then note memcached OK "port 11211"; else note memcached BROKEN "port 11211 closed"; fi
+  if virsh -c qemu:///system version >/dev/null 2>&1; then note libvirtd OK answers; else note libvirtd BROKEN "does not answer"; fi
   if ip -4 addr show dev "$HOSTIF" 2>/dev/null | has " $HOST_IP/"; then
-    report "$HOSTIF" ok "$HOST_IP/24"
+    note "$HOSTIF" OK "$HOST_IP/24"
   else
-    report "$HOSTIF" broken "no $HOST_IP on $HOSTIF (fix: invoke devcloud up)"
+    note "$HOSTIF" BROKEN "no $HOST_IP on $HOSTIF"
   fi
-  out=$(cloud_py health 2>&1) || true
-  while IFS= read -r line; do
-    case $line in
-      '{'*) ;;
-      *) continue ;;
-    esac
-    name=$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["name"])' "$line")
-    ok=$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); print("ok" if r["ok"] else "broken")' "$line")
-    detail=$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["detail"])' "$line")
-    report "$name" "$ok" "$detail"
-  done <<<"$out"
+  local answers=0
+  while IFS=$'\t' read -r name st detail; do
+    if [ -n "$detail" ]; then note "$name" "$st" "$detail"; answers=$((answers + 1)); fi
+  done < <(cloud_py health all tsv 2>/dev/null || true)
+  if [ $answers -eq 0 ]; then note "API checks" BROKEN "$HERE/cloud.py health gave no answer"; fi
+  local broken=()
+  printf '%-26s %-7s %s\n' SERVICE STATE DETAIL
+  for name in "${order[@]}"; do
+    printf '%-26s %-7s %s\n' "$name" "${state[$name]}" "${info[$name]}"
+    if [ "${state[$name]}" = BROKEN ]; then broken+=("$name"); fi
+  done
   if [ ${#broken[@]} -eq 0 ]; then
     echo "devcloud: healthy"
     return 0
   fi
   echo
-  echo "devcloud: BROKEN: $(printf '%s\n' "${broken[@]}" | sort -u | tr '\n' ' ')"
+  echo "devcloud: BROKEN: ${broken[*]}"
   echo "fix: 'invoke devcloud up' starts what is stopped and restarts unhealthy services;"
   echo "     one service: '$HERE/devcloud.sh restart NAME'; network or flavors: 'invoke devcloud reset'."
   return 1

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the settings are used by the files that source this one
 # Settings and helpers shared by every devcloud step. Sourced by devcloud.sh, never run.
 #
 # Every setting can be overridden from the environment (DEVCLOUD_*); the defaults are what

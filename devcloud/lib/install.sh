@@ -14,6 +14,7 @@ PKGS=(
   # what nova and neutron call on the host
   iptables ebtables ipset dnsmasq-base libvirt-daemon-system qemu-system-x86 qemu-utils genisoimage
 )
+# shellcheck disable=SC2034  # used by test-guest.sh
 # Only for the busybox test guest (`devcloud.sh test-guest`), not needed by `up`.
 TEST_GUEST_PKGS=(debian-installer-12-netboot-amd64 cpio)
 

@@ -17,12 +17,17 @@ is_running() {
     rabbitmq-server) pgrep -f 'beam.*-s rabbit' >/dev/null || pgrep -f 'beam.*rabbit' >/dev/null ;;
     memcached|virtlogd|libvirtd) pgrep -x "$1" >/dev/null ;;
     # Not `/etc/init.d/NAME status`: for the uwsgi-run APIs it asks whether *any* uwsgi runs.
-    *) start-stop-daemon --status --pidfile "/run/$(project_of "$1")/$1.pid" ;;
+    *) start-stop-daemon --status --pidfile "$(pidfile_of "$1")" ;;
   esac
 }
 
-# project_of SERVICE: keystone, glance, placement, nova or neutron (the /run/PROJECT directory)
-project_of() { echo "${1%%-*}"; }
+# pidfile_of SERVICE: where its init script keeps the pid (/run/PROJECT/NAME.pid)
+pidfile_of() {
+  case $1 in
+    neutron-api) echo /run/neutron/neutron-server.pid ;;
+    *) echo "/run/${1%%-*}/$1.pid" ;;
+  esac
+}
 
 # start_one NAME: start a daemon detached from this shell, unless it runs already
 start_one() {
@@ -84,12 +89,6 @@ start_openstack() {
     if [ "$s" = keystone ]; then wait_port 5000 keystone 120; fi
   done
   if [ ${#failed[@]} -gt 0 ]; then die "could not start: ${failed[*]}"; fi
-}
-
-restart_openstack() {
-  local s
-  for ((i = ${#OS_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${OS_SERVICES[i]}"; done
-  start_openstack
 }
 
 # stop_guests: power off every VM nova made (libvirt domains instance-*); nova marks them SHUTOFF
