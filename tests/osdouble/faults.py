@@ -123,11 +123,14 @@ class Rule:
             return False
         return not (self.service is not None and self.service != service)
 
-    def consider(self, method: str, path: str, service: str) -> bool:
-        """Count a matching request and decide whether the rule fires for it."""
+    def consider(self, method: str, path: str, service: str, may_fire: bool = True) -> bool:
+        """Count a matching request and decide whether the rule fires for it (``may_fire=False``: an
+        earlier rule already fired; the request still counts as a match for nth/after)."""
         if not self.matches_request(method, path, service):
             return False
         self.matches += 1
+        if not may_fire:
+            return False
         if self.nth is not None:
             fire = self.matches == self.nth
         else:

@@ -181,7 +181,7 @@ class Double:
     def match_rule(self, method: str, path: str, service: str) -> Rule | None:
         fired = None
         for rule in self.rules:
-            if rule.consider(method, path, service) and fired is None:
+            if rule.consider(method, path, service, may_fire=fired is None):
                 fired = rule
         return fired
 

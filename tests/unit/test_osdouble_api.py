@@ -744,3 +744,54 @@ def test_concurrent_creates_with_latency_stay_concurrent(default: DoubleHandle) 
     assert time.monotonic() - started < 5  # 50 creates of 0.5 s each, served concurrently
     servers = [default.client.wait_for_server(name=f"load-{i}", status="ACTIVE", timeout_s=30) for i in range(50)]
     assert len({s["address"] for s in servers}) == 50
+
+
+def test_first_firing_rule_wins_and_others_still_count(default: DoubleHandle) -> None:
+    headers = {"X-Auth-Token": token(default)}
+    first = default.client.add_fault({"type": "status", "status": 500}, path="/flavors/detail", nth=1)
+    second = default.client.add_fault({"type": "status", "status": 503}, path="/flavors/detail", nth=2)
+    statuses = [requests.get(f"{default.url}/v2.1/flavors/detail", headers=headers, timeout=10).status_code
+                for _ in range(3)]
+    assert statuses == [500, 503, 200]
+    assert [(r["matches"], r["hits"]) for r in (default.client.fault(first["id"]), default.client.fault(second["id"]))
+            ] == [(3, 1), (3, 1)]
+
+
+def test_token_validation_endpoint(default: DoubleHandle) -> None:
+    tok = token(default)
+    ok = requests.get(f"{default.url}/v3/auth/tokens", headers={"X-Auth-Token": tok, "X-Subject-Token": tok},
+                      timeout=10)
+    assert ok.status_code == 200 and ok.headers["X-Subject-Token"] == tok
+    default.client.expire_tokens()
+    assert requests.get(f"{default.url}/v3/auth/tokens", headers={"X-Auth-Token": tok, "X-Subject-Token": tok},
+                        timeout=10).status_code == 401
+
+
+def test_glance_pagination_is_followed_by_libcloud(default: DoubleHandle) -> None:
+    default.client.set_catalogue(images=[{"name": f"img-{i:02d}"} for i in range(30)])
+    assert [i.name for i in driver(default, "2.0").list_images()] == [f"img-{i:02d}" for i in range(30)]
+    tok = token(default)
+    first = requests.get(f"{default.url}/v2/images", headers={"X-Auth-Token": tok}, timeout=10).json()
+    assert len(first["images"]) == 25 and first["next"].startswith("/v2/images?marker=")
+
+
+def test_server_metadata_calls(default: DoubleHandle) -> None:
+    drv = driver(default)
+    node = drv.create_node(name="meta", size=by_name(drv.list_sizes(), "m1.small"),
+                           image=by_name(drv.list_images(), "debian-12-base"), ex_metadata={"a": "1"})
+    assert drv.ex_get_metadata(node) == {"a": "1"}
+    drv.ex_set_metadata(node, {"b": "2"})
+    assert drv.ex_get_node_details(node.id).extra["metadata"] == {"b": "2"}
+
+
+def test_catalogue_from_a_json_file(tmp_path: Path) -> None:
+    import json
+
+    spec = tmp_path / "cat.json"
+    spec.write_text(json.dumps({"preset": "recorded", "flavors": [{"name": "only.one", "ram": 1024}],
+                                "quotas": {"instances": 2}}))
+    with running_double(tmp_path, catalogue=str(spec)) as handle:
+        cat = handle.client.catalogue()
+        assert [f["name"] for f in cat["flavors"]] == ["only.one"]
+        assert cat["quotas"] == {"instances": 2, "cores": 20, "ram": 51200}
+        assert "debian-12-jupyter-grubfix" in [i["name"] for i in cat["images"]]

@@ -270,3 +270,16 @@ def test_restart_policy_is_honoured(fresh: DoubleHandle) -> None:
     time.sleep(0.5)
     [proc] = fresh.client.boot_report(server_id)["processes"]
     assert (proc["restarts"], proc["returncode"]) == (1, -15)
+
+
+def test_an_address_whose_port_is_taken_on_the_host_is_skipped(fresh: DoubleHandle) -> None:
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.2", PORT))
+        squatter.listen()
+        server_id = create(fresh, "not-on-2", user_data())
+        fresh.client.wait_for_server(server_id, status="ACTIVE", boot_status="running", timeout_s=20)
+        address = fresh.client.boot_report(server_id)["address"]
+        assert address not in ("127.0.0.1", "127.0.0.2")
+        assert http_get(f"http://{address}:{PORT}/")[0] == 200

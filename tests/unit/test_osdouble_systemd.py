@@ -231,3 +231,22 @@ def test_service_port_from_plan() -> None:
     plan = build_plan(cloud_config("[[systemctl, start, jupyterhub-singleuser]]"))
     assert service_port(plan, 1234) == 8888
     assert service_port(build_plan(b"#cloud-config\n"), 1234) == 1234
+
+
+def test_template_unit_and_drop_in() -> None:
+    unit = "[Service]\nUser=alice\nExecStart=/usr/bin/env echo %i %p\nEnvironment=A=base\n"
+    dropin = "[Service]\nEnvironment=A=override\nExecStart=\nExecStart=/usr/bin/env echo dropin %i\n"
+    doc = {
+        "users": [{"name": "alice"}],
+        "write_files": [
+            {"path": "/etc/systemd/system/hello@.service", "content": unit},
+            {"path": "/etc/systemd/system/hello@world.service.d/10-x.conf", "content": dropin},
+        ],
+        "runcmd": [["systemctl", "start", "hello@world"]],
+    }
+    import yaml
+
+    [planned] = build_plan(("#cloud-config\n" + yaml.safe_dump(doc)).encode()).units
+    assert planned.runnable, planned.reason
+    assert planned.argv == ["/usr/bin/env", "echo", "dropin", "world"]
+    assert planned.env == {"A": "override"}
