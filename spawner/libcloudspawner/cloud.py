@@ -212,7 +212,9 @@ class CloudClient:
         max_workers: int = 8,
         cache_ttl_seconds: float = 300.0,
         provider: str = "openstack",
+        log: logging.Logger | None = None,
     ) -> None:
+        self.log = log or logging.getLogger(__name__)
         self._factory = driver_factory
         self.timeout_seconds = timeout_seconds
         self.retries = retries
@@ -287,13 +289,13 @@ class CloudClient:
                 if status == 401 and not reauthed:
                     # libcloud dropped its cached token on the 401: one more try authenticates again
                     reauthed = True
-                    log.info("Cloud API answered 401 to %s; authenticating again", what)
+                    self.log.info("Cloud API answered 401 to %s; authenticating again", what)
                     continue
                 if not transient or not retry or attempt >= budget:
                     raise CloudError(f"{what} failed: {describe(e)}", transient=transient, status=status) from e
                 delay = self.backoff_seconds(attempt, retry_after)
                 attempt += 1
-                log.warning(
+                self.log.warning(
                     "Cloud API %s failed (%s); retry %d/%d in %.1fs",
                     what, describe(e), attempt, budget, delay,
                 )  # fmt: skip
@@ -359,7 +361,7 @@ class CloudClient:
             except Exception as e:
                 transient, status, _ = classify(e)
                 if status == 401 and not reauth:
-                    log.info("Cloud API answered 401 to create instance; authenticating again")
+                    self.log.info("Cloud API answered 401 to create instance; authenticating again")
                     continue
                 if transient or status is None:
                     raise CreateOutcomeUnknown(
@@ -394,7 +396,7 @@ class CloudClient:
         try:
             return await self.call(_fault, node_id, retries=1, what="read instance fault", on_404=None)
         except CloudError as e:
-            log.debug("Could not read the fault of instance %s: %s", node_id, e)
+            self.log.debug("Could not read the fault of instance %s: %s", node_id, e)
             return None
 
 
@@ -415,11 +417,11 @@ _shared: dict[str, CloudClient] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_client(args: DriverArguments, **settings) -> CloudClient:
+def shared_client(args: DriverArguments, log: logging.Logger | None = None, **settings) -> CloudClient:
     """One client (executor, drivers, token and lookup caches) per credentials + settings, per process."""
     key = args.fingerprint() + repr(sorted(settings.items()))
     with _shared_lock:
         client = _shared.get(key)
         if client is None:
-            client = _shared[key] = CloudClient(make_driver_factory(args), provider=args.provider, **settings)
+            client = _shared[key] = CloudClient(make_driver_factory(args), provider=args.provider, log=log, **settings)
         return client

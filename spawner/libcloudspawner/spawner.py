@@ -484,6 +484,7 @@ class LibcloudSpawner(Spawner):
                 args = type(args)(**{**args.__dict__, "ca_bundle": self.ca_bundle})
             return shared_client(
                 args,
+                log=self.log,
                 timeout_seconds=self.api_timeout_seconds,
                 retries=self.api_retries,
                 backoff_base_seconds=self.api_backoff_base_seconds,
@@ -617,6 +618,13 @@ class LibcloudSpawner(Spawner):
                 reason="config",
                 status_code=500,
                 log_message=f"LibcloudSpawner: {e}",
+            )
+        if isinstance(e, CloudError) and e.status == 401:
+            return SpawnException(
+                "The hub's cloud credentials were refused; please tell the administrator.",
+                reason="config",
+                status_code=500,
+                log_message=f"Cloud credentials refused while starting {self._log_name}: {e}",
             )
         if isinstance(e, CloudError):
             message = (
