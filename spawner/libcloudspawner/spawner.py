@@ -574,8 +574,25 @@ class LibcloudSpawner(Spawner):
     async def start(self):
         self._events = []
         self._progress_done = False
+        # our own deadline, a little before the hub's start_timeout, so that the user gets a message
+        # saying what was too slow (the hub's own timeout says only "Spawn failed") and cleanup starts
+        budget = self.start_timeout - 5 if self.start_timeout >= 20 else None
         try:
-            return await self._start()
+            return await asyncio.wait_for(self._start(), budget)
+        except asyncio.TimeoutError:
+            phase = self._events[-1]["message"] if self._events else "starting"
+            self.log.warning("Start of %s timed out after %ss (last phase: %s)", self._log_name, budget, phase)
+            if self._cleanup_task is not None:
+                try:
+                    await asyncio.shield(self._cleanup_task)
+                except Exception:
+                    self.log.exception("Cleanup after the timed-out start of %s failed", self._log_name)
+            raise SpawnException(
+                f"Your server did not start within {self.start_timeout:.0f} seconds (last step: {phase})."
+                " Please try again; if it keeps happening, tell the administrator.",
+                reason="timeout",
+                status_code=504,
+            ) from None
         finally:
             self._progress_done = True
             changed, self._events_changed = self._events_changed, asyncio.Event()
