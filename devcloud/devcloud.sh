@@ -38,7 +38,7 @@ cloud_py() {
 # config_stamp: changes whenever what `configure` would write changes
 config_stamp() {
   {
-    cat "$HERE/lib/common.sh" "$HERE/lib/configure.sh" "$HERE/cloud.py"
+    cat "$HERE/lib/common.sh" "$HERE/lib/configure.sh"
     echo "$PW $JUPYTER_PW $VIRT_TYPE ${DEVCLOUD_FIREWALL:-auto} ${DEVCLOUD_GUEST_PORTS:-}"
   } | sha256sum | cut -d' ' -f1
 }
