@@ -1,0 +1,252 @@
+"""LibcloudSpawner's lifecycle against a fake cloud client: cancellation, cleanup, poll, stop, state."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from types import SimpleNamespace
+
+import pytest
+from jupyterhub.spawner import SpawnException
+
+from libcloudspawner.cloud import CloudError, CreateOutcomeUnknown, Instance
+from libcloudspawner.spawner import LibcloudSpawner
+
+
+class FakeCloud:
+    """In-memory instances; every method counts its calls. ``create_delay`` holds creates."""
+
+    timeout_seconds = 1.0
+
+    def __init__(self):
+        self.nodes: dict[str, Instance] = {}
+        self.calls: list[str] = []
+        self.ids = itertools.count(1)
+        self.create_delay = 0.0
+        self.create_error: Exception | None = None
+        self.get_error: Exception | None = None
+        self.boot_state = "running"
+
+    async def image(self, name):
+        self.calls.append("image")
+        return SimpleNamespace(id=name, name=name)
+
+    async def size(self, name):
+        self.calls.append("size")
+        return SimpleNamespace(id=name, name=name)
+
+    async def network(self, name):
+        self.calls.append("network")
+        return SimpleNamespace(id=name, name=name)
+
+    async def find_nodes(self, *, name, tags):
+        self.calls.append("find_nodes")
+        return [
+            n for n in self.nodes.values() if n.name == name and all(n.metadata.get(k) == v for k, v in tags.items())
+        ]
+
+    async def create_node(self, *, tracker=None, name, ex_metadata, **_):
+        self.calls.append("create_node")
+        node = Instance(id=f"id-{next(self.ids)}", name=name, state=self.boot_state, private_ips=("10.0.0.9",),
+                        metadata=dict(ex_metadata))  # fmt: skip
+        self.nodes[node.id] = node  # the cloud has it, whatever happens to the answer
+        await asyncio.sleep(self.create_delay)
+        if self.create_error is not None:
+            raise self.create_error
+        return node
+
+    async def get_node(self, node_id, retries=None):
+        self.calls.append("get_node")
+        if self.get_error is not None:
+            raise self.get_error
+        return self.nodes.get(node_id)
+
+    async def destroy_node(self, node_id):
+        self.calls.append("destroy_node")
+        self.nodes.pop(node_id, None)
+
+    async def fault_message(self, node_id):
+        return "No valid host was found."
+
+
+@pytest.fixture
+def cloud():
+    return FakeCloud()
+
+
+@pytest.fixture
+def spawner(cloud, monkeypatch):
+    s = LibcloudSpawner(
+        user=SimpleNamespace(name="alice", url="/user/alice/", escaped_name="alice"),
+        userserver_sizes=[("Small", "m1.small")],
+        userserver_images=[("Debian", "debian-12-jupyter")],
+        userserver_net="flatnet",
+        hub_id="unit",
+        startup_poll_interval_seconds=0.01,
+        stop_timeout_seconds=2,
+        start_timeout=600,
+    )
+    monkeypatch.setattr(s, "_client", lambda: cloud)
+    monkeypatch.setattr(s, "_render_userdata", lambda: "#cloud-config\n")
+    s.http_ready = asyncio.Event()
+    s.http_ready.set()
+
+    async def wait_http(client, instance_id, url):
+        await s.http_ready.wait()
+
+    monkeypatch.setattr(s, "_wait_http", wait_http)
+    return s
+
+
+async def test_start_returns_the_url_and_keeps_state(spawner, cloud):
+    url = await spawner.start()
+    assert url == "http://10.0.0.9:8000"
+    state = spawner.get_state()
+    assert state == {"instance_id": "id-1", "instance_name": "jupyter-alice", "address": "10.0.0.9"}
+    assert cloud.nodes["id-1"].metadata["jupyterhub-hub-id"] == "unit"
+    fresh = LibcloudSpawner(user=spawner.user)
+    fresh.load_state(state)
+    assert (fresh.instance_id, fresh.instance_address) == ("id-1", "10.0.0.9")
+
+
+async def test_invalid_options_make_no_cloud_call(spawner, cloud):
+    spawner.user_options = {"size": "m1.huge"}
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert info.value.status_code == 400
+    assert cloud.calls == []
+
+
+async def test_cancelled_start_removes_its_instance(spawner, cloud):
+    spawner.http_ready.clear()  # Jupyter never answers
+    task = asyncio.ensure_future(spawner.start())
+    while not cloud.nodes:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await spawner.poll() is None or not cloud.nodes  # cleanup running: not "stopped" yet
+    await spawner.stop()  # what the hub does next: waits for the cleanup
+    assert cloud.nodes == {}
+    assert await spawner.poll() == 0
+
+
+async def test_cancel_while_the_create_answer_is_pending_still_cleans_up(spawner, cloud):
+    cloud.create_delay = 0.3
+    task = asyncio.ensure_future(spawner.start())
+    while not cloud.nodes:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await spawner.stop()
+    assert cloud.nodes == {}
+
+
+async def test_lost_create_answer_adopts_the_instance_found_by_name(spawner, cloud):
+    cloud.create_error = CreateOutcomeUnknown("connection reset", transient=True)
+    assert await spawner.start() == "http://10.0.0.9:8000"
+    assert cloud.calls.count("create_node") == 1
+    assert list(cloud.nodes) == [spawner.instance_id]
+
+
+async def test_instance_in_error_fails_clearly_and_is_removed(spawner, cloud):
+    cloud.boot_state = "error"
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert "No valid host" in info.value.message
+    assert cloud.nodes == {}
+
+
+async def test_refused_create_is_a_user_message(spawner, cloud):
+    cloud.create_error = CloudError("create instance failed: 403 Forbidden Quota exceeded for ram", status=403)
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert "Quota exceeded" in info.value.message and info.value.status_code == 503
+    assert cloud.nodes == {}
+
+
+async def test_leftover_of_an_interrupted_start_is_removed(spawner, cloud):
+    leftover = Instance(id="old", name="jupyter-alice", state="running", metadata=dict(spawner._tags()))
+    cloud.nodes["old"] = leftover
+    await spawner.start()
+    assert "old" not in cloud.nodes and spawner.instance_id in cloud.nodes
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda c: None, None),
+        (lambda c: setattr(c, "get_error", CloudError("503", transient=True, status=503)), None),
+        (lambda c: setattr(c, "get_error", CloudError("403", status=403)), None),
+        (lambda c: c.nodes.clear(), 0),
+        (
+            lambda c: c.nodes.update(
+                {"id-1": c.nodes["id-1"].__class__(**{**c.nodes["id-1"].__dict__, "state": "error"})}
+            ),
+            1,
+        ),
+    ],
+    ids=["running", "transient-error", "permanent-error", "gone", "error-state"],
+)
+async def test_poll(spawner, cloud, setup, expected):
+    await spawner.start()
+    setup(cloud)
+    assert await spawner.poll() == expected
+
+
+async def test_poll_removes_a_broken_instance(spawner, cloud):
+    await spawner.start()
+    node = cloud.nodes["id-1"]
+    cloud.nodes["id-1"] = Instance(**{**node.__dict__, "state": "error"})
+    assert await spawner.poll() == 1
+    assert cloud.nodes == {}
+
+
+async def test_stop_is_idempotent(spawner, cloud):
+    await spawner.start()
+    await spawner.stop()
+    assert cloud.nodes == {}
+    await spawner.stop()
+    assert cloud.calls.count("destroy_node") == 1
+    assert await spawner.poll() == 0
+
+
+async def test_progress_reports_phases_in_order(spawner, cloud):
+    events = []
+
+    async def collect():
+        async for event in spawner.progress():
+            events.append(event)
+
+    spawner._progress_done = False
+    collector = asyncio.ensure_future(collect())
+    await spawner.start()
+    await asyncio.wait_for(collector, 5)
+    percentages = [e["progress"] for e in events]
+    assert percentages == sorted(percentages) and percentages[-1] == 95
+    assert any("Creating virtual machine jupyter-alice" in e["message"] for e in events)
+
+
+def test_alias_libcloud_driver_params():
+    s = LibcloudSpawner(libcloud_driver_params={"arg_user_id": "u", "arg_key": "k"})
+    assert s.libcloudparams == {"arg_user_id": "u", "arg_key": "k"}
+
+
+@pytest.mark.parametrize(
+    ("trait", "value", "message"),
+    [
+        ("forceuser", "root", "system account"),
+        ("instance_name_template", "{user}", "unknown field"),
+        ("userserver_sizes", [("only",)], "pair"),
+        ("instance_metadata", {"jupyterhub-user": "x"}, "reserved"),
+        ("openstack_api_version", "3", "openstack_api_version"),
+        ("api_retries", -1, "between"),
+        ("ca_bundle", "/nonexistent/ca.pem", "no such file"),
+        ("profiles", [{"display_name": "A", "size": "s", "image": "i", "overrides": {"port": 1}}], "cannot set"),
+    ],
+)
+def test_traits_refuse_bad_values_clearly(trait, value, message):
+    with pytest.raises(Exception, match=message):
+        LibcloudSpawner(**{trait: value})
