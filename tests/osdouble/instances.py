@@ -136,6 +136,7 @@ class InstanceHost:
     booted_at: float | None = None
     log_lines: list[str] = field(default_factory=list)
     stopping: bool = False
+    root_shim: bool = False
     on_pids_changed: Callable[[], None] | None = None
 
     @property
@@ -212,6 +213,7 @@ class InstanceHost:
             await self._start_standin()
             return
         double_path = os.environ.get("PATH", os.defpath)
+        self._root_shim(runnable)
         for u in runnable:
             argv, env = substitute_bind(u.argv, u.env, self.address)
             base_env = {
@@ -238,6 +240,18 @@ class InstanceHost:
         self.status = "running" if any(r.pid for r in self.units) else "not-started"
         if self.status == "not-started":
             self.reason = "no unit could be executed"
+
+    def _root_shim(self, runnable: list[UnitPlan]) -> None:
+        """The process cannot switch to ``User=``; when the double runs as root that would make Jupyter
+        refuse to start ("Running as root is not recommended"), which the real, unprivileged service
+        never sees. The instance's HOME gets a Jupyter config allowing root, and the report says so."""
+        if os.geteuid() != 0 or all((u.user or "root") == "root" for u in runnable):
+            return
+        config_dir = self.home / ".jupyter"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / "jupyter_server_config.json").write_text(json.dumps({"ServerApp": {"allow_root": True}}))
+        self.root_shim = True
+        self.note("double runs as root while the unit asks for a user: ~/.jupyter allows root (emulation)")
 
     async def _start(self, run: RunningUnit, exe: str) -> None:
         u, argv = run.unit, run.argv
@@ -350,6 +364,7 @@ class InstanceHost:
             reason=self.reason,
             address=self.address,
             no_run=self.no_run,
+            root_shim=self.root_shim,
             directory=str(self.directory),
             root=str(self.root),
             home=str(self.home),

@@ -283,3 +283,53 @@ def test_an_address_whose_port_is_taken_on_the_host_is_skipped(fresh: DoubleHand
         address = fresh.client.boot_report(server_id)["address"]
         assert address not in ("127.0.0.1", "127.0.0.2")
         assert http_get(f"http://{address}:{PORT}/")[0] == 200
+
+
+@pytest.fixture
+def fake_hub_api() -> Iterator[str]:
+    """Just enough of the hub's API for jupyterhub-singleuser's start-up check (GET /hub/api)."""
+    import http.server
+    import json
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-JupyterHub-Version", "6.1.1")
+            self.end_headers()
+            self.wfile.write(json.dumps({"version": "6.1.1"}).encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=hub.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{hub.server_address[1]}/hub/api"
+    finally:
+        hub.shutdown()
+        hub.server_close()
+
+
+def test_real_jupyterhub_singleuser_starts_on_the_instance_address(fresh: DoubleHandle, fake_hub_api: str) -> None:
+    port = PORT + 1
+    env = {
+        "JUPYTERHUB_API_TOKEN": "t0ken", "JUPYTERHUB_API_URL": fake_hub_api, "JUPYTERHUB_USER": "alice",
+        "JUPYTERHUB_SERVICE_PREFIX": "/user/alice/", "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:{port}/user/alice/",
+        "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-alice", "JUPYTERHUB_OAUTH_CALLBACK_URL": "/user/alice/oauth_callback",
+        "JUPYTERHUB_BASE_URL": "/",
+    }
+    env_file = "".join(f'{k}="{v}"\n' for k, v in env.items())
+    unit = UNIT.replace(f"ExecStart=python3 -m http.server --bind 0.0.0.0 {PORT}",
+                        f'WorkingDirectory=/home/alice\nExecStart=jupyterhub-singleuser "--ip=0.0.0.0" "--port={port}"')
+    server_id = create(fresh, "singleuser", user_data(unit=unit, env_file=env_file))
+    fresh.client.wait_for_server(server_id, status="ACTIVE", boot_status="running", timeout_s=20)
+    address = fresh.client.boot_report(server_id)["address"]
+    try:
+        status, body = http_get(f"http://{address}:{port}/user/alice/api", timeout_s=60)
+    finally:
+        log = fresh.client.instance_log(server_id)
+    assert status == 200 and b'"version"' in body, log
+    assert f"http://{address}:{port}/user/alice/" in log
