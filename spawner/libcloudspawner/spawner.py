@@ -564,6 +564,23 @@ class LibcloudSpawner(Spawner):
         self.instance_name = state.get("instance_name")
         self.instance_address = state.get("address")
 
+    def _persist_state(self) -> None:
+        """Save the state now, not only after start() returns: a hub that crashes mid-spawn then finds
+        the instance at restart (poll/get_url), adopts it if it answers, and stops it otherwise."""
+        if self.orm_spawner is None or self.db is None:
+            return
+        try:
+            self.orm_spawner.state = self.get_state()
+            self.db.commit()
+        except Exception:
+            self.log.exception("Could not save the state of %s early", self._log_name)
+
+    async def get_url(self):
+        """The server's URL from the saved instance address (a restarted hub checks it against its DB)."""
+        if self.instance_address and self.server is not None:
+            return f"http://{self.instance_address}:{self.port}{self.server.base_url}"
+        return await super().get_url()
+
     def clear_state(self):
         super().clear_state()
         self.instance_id = None
@@ -701,12 +718,14 @@ class LibcloudSpawner(Spawner):
         assert instance is not None
         attempt.instance_id = instance.id
         self.instance_id = instance.id
+        self._persist_state()
         self.log.info("Created instance %s (%s) for %s", attempt.name, instance.id, self._log_name)
 
         self._emit(30, "Virtual machine created; the cloud is booting it")
         instance = await self._wait_running(client, instance)
         address = self._address(instance)
         self.instance_address = address
+        self._persist_state()
         url = f"http://{address}:{self.port}"
         self._emit(60, f"Virtual machine running at {address}; waiting for Jupyter to answer")
         await self._wait_http(client, instance.id, url)

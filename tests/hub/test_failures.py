@@ -124,3 +124,29 @@ def test_create_refused_by_api_is_not_retried(hub, double):
     # one create, then (outcome unknown, nothing found by name+tags) at most one more: never a blind loop
     assert after - before <= 2
     no_instance_left(double, "rita")
+
+
+def test_hub_killed_mid_spawn_adopts_or_removes_the_instance(hub, double):
+    double.client.set_config(boot_delay_s=5)
+    hub.create_user("kim")
+    assert hub.api("POST", "/users/kim/server", json={}).status_code in (201, 202)
+    wait_until(lambda: cloud_servers(double, user="kim"), timeout_s=60, what="kim's instance created")
+    hub.process.kill()  # SIGKILL mid-spawn: no cleanup code runs in the hub
+    hub.process.wait(timeout=30)
+    hub.start()
+
+    def settled():
+        model = hub.spawner_model("kim")
+        servers = cloud_servers(double, user="kim")
+        if model and model.get("ready") and len(servers) == 1:
+            return "adopted"
+        if model is None and not servers:
+            return "removed"
+        return None
+
+    outcome = wait_until(settled, timeout_s=120, interval_s=0.5, what="kim's server adopted or removed")
+    if outcome == "adopted":
+        assert hub.through_proxy("kim").status_code == 200
+        assert hub.api("DELETE", "/users/kim/server").status_code in (202, 204)
+        hub.wait_gone("kim")
+    no_instance_left(double, "kim")
