@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.hub.conftest import Hub, free_port, original_config, wait_until  # noqa: E402
+from tests.hub.hubtools import PASSWORD, Hub, free_port, original_config, wait_until  # noqa: E402
 from tests.osdouble.fixture import running_double  # noqa: E402
 
 LAG_PROBE = """
@@ -58,6 +58,9 @@ def run_variant(name: str, spawner_class: str, spawns: int, latency: float, work
     lag_file = workdir / "lag.txt"
     port = free_port()
     with running_double(workdir, latency=latency, no_run=True, standin_port=port) as double:
+        identity = double.client.catalogue()["identity"]
+        identity["user"]["password"] = PASSWORD
+        double.client.set_catalogue(identity=identity)
         extra = "\n".join(
             [
                 LAG_PROBE.format(path=str(lag_file)),
@@ -81,7 +84,8 @@ def run_variant(name: str, spawner_class: str, spawns: int, latency: float, work
             t_start = time.time()
             with ThreadPoolExecutor(max_workers=32) as pool:
                 statuses = list(pool.map(lambda u: hub.api("POST", f"/users/{u}/server").status_code, users))
-            assert all(s in (201, 202) for s in statuses), statuses
+            if not all(s in (201, 202) for s in statuses):
+                raise SystemExit(f"spawn requests failed: {statuses}\n{hub.log_tail(80)}")
 
             def all_ready():
                 r = hub.api("GET", "/users?state=ready&limit=1000")
