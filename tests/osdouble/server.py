@@ -247,6 +247,8 @@ class Double:
                 continue
             # another process (another double, a stale server) may hold addr:port: skip it
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # like the servers that will bind it (tornado, http.server): TIME_WAIT does not count
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((addr, port))
                 except OSError:
@@ -602,7 +604,11 @@ class BaseHandler(web.RequestHandler):
     def send_error_body(self, status: int, message: str | None = None, retry_after: float | None = None) -> None:
         headers, body = error_response(self.service, status, message, retry_after=retry_after)
         self.set_status(status)
-        self.service_headers()
+        if status == 401 and self.service != "identity":
+            # keystonemiddleware refuses before the service adds its own (version) headers
+            self.set_header("x-openstack-request-id", self.req_id)
+        else:
+            self.service_headers()
         for k, v in headers.items():
             self.set_header(k, v)
         if status == 401:

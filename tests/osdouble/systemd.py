@@ -213,7 +213,7 @@ def parse_env_file(text: str) -> tuple[dict[str, str], list[str]]:
                 key, value, last_ws, last_key_ws = [c], [], None, None
         elif state == "KEY":
             if c in newline:
-                warnings.append(f"line {line}: no '=' in {''.join(key)!r}, ignoring")
+                warnings.append(f"line {line}: no '=' on the line, ignoring it")
                 state = "PRE_KEY"
             elif c == "=":
                 state = "PRE_VALUE"
@@ -291,7 +291,7 @@ def parse_env_file(text: str) -> tuple[dict[str, str], list[str]]:
             warnings.append("unterminated quote at end of file, value kept as read")
         push()
     elif state == "KEY" and key:
-        warnings.append(f"line {line}: no '=' in {''.join(key)!r}, ignoring")
+        warnings.append(f"line {line}: no '=' on the line, ignoring it")
     return env, warnings
 
 

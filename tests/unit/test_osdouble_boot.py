@@ -276,6 +276,7 @@ def test_an_address_whose_port_is_taken_on_the_host_is_skipped(fresh: DoubleHand
     import socket
 
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.2", PORT))
         squatter.listen()
         server_id = create(fresh, "not-on-2", user_data())
