@@ -103,35 +103,40 @@ def wait_for(what, check, deadline_s, every_s=2):
 
 
 def catalog():
+    """Projects, users, roles, services and endpoints; few API calls (Keystone is slow when just started)."""
     conn = connect()
     idn = conn.identity
     dom = idn.find_domain("default")
+    roles = {r.name: r for r in idn.roles()}
+    for name in ("member", "reader", "service"):
+        if name not in roles:
+            roles[name] = idn.create_role(name=name)
+    projects = {p.name: p for p in idn.projects(domain_id=dom.id)}
+    users = {u.name: u for u in idn.users(domain_id=dom.id)}
 
     def project(name):
-        return idn.find_project(name, domain_id=dom.id) or idn.create_project(name=name, domain_id=dom.id)
+        if name not in projects:
+            projects[name] = idn.create_project(name=name, domain_id=dom.id)
+        return projects[name]
 
-    def role(name):
-        return idn.find_role(name) or idn.create_role(name=name)
-
-    def user(name, password, proj, roles):
-        u = idn.find_user(name, domain_id=dom.id)
+    def user(name, password, proj, role_names):
+        u = users.get(name)
         if u is None:
             u = idn.create_user(name=name, password=password, domain_id=dom.id, default_project_id=proj.id)
         else:
-            idn.update_user(u, password=password)
-        for r in roles:
-            conn.grant_role(role(r).id, user=u.id, project=proj.id)
-        return u
+            idn.update_user(u, password=password)  # the password may have changed
+        for r in role_names:
+            idn.assign_project_role_to_user(proj, u, roles[r])  # a PUT: idempotent
 
-    for r in ("member", "reader", "service"):
-        role(r)
     service_project = project("service")
     user(USER, JUPYTER_PW, project(PROJECT), ["member", "reader"])
+    services = {s.type: s for s in idn.services()}
+    endpoints = list(idn.endpoints())
     for name, (typ, url) in CATALOG.items():
         user(name, PW, service_project, ["admin", "service"])
-        svc = next(iter(idn.services(type=typ)), None) or idn.create_service(name=name, type=typ)
+        svc = services.get(typ) or idn.create_service(name=name, type=typ)
         for iface in ("public", "internal", "admin"):
-            eps = list(idn.endpoints(service_id=svc.id, interface=iface, region_id=REGION))
+            eps = [e for e in endpoints if e.service_id == svc.id and e.interface == iface and e.region_id == REGION]
             if not eps:
                 idn.create_endpoint(service_id=svc.id, interface=iface, url=url, region_id=REGION)
             elif eps[0].url != url:

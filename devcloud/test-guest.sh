@@ -25,7 +25,7 @@ build_initrd() {
   kv=$(ls "$w/di/lib/modules")
   k=lib/modules/$kv/kernel
   # The modules of exactly the installer's kernel, from the mirror's .deb.
-  (cd "$w" && apt-get -o DPkg::Lock::Timeout=900 download -q "linux-image-$kv" >/dev/null &&
+  (cd "$w" && apt-get -o DPkg::Lock::Timeout=900 -o APT::Sandbox::User=root download -q "linux-image-$kv" >/dev/null &&
     dpkg-deb -x linux-image-"$kv"*.deb k)
   cp "$w/di/bin/busybox" "$w/s/bin/"
   cp /lib/x86_64-linux-gnu/libc.so.6 "$w/s/lib/x86_64-linux-gnu/"

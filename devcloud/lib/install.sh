@@ -42,8 +42,13 @@ apt_install() {
   chmod +x $policy
   local rc=0
   # The lock timeout lets us queue behind another apt-get (the image builds use apt too).
-  retry 3 10 apt-get -o DPkg::Lock::Timeout=900 -y -q install --no-install-recommends "${missing[@]}" \
-    >>"$WORK/apt-install.log" 2>&1 || rc=$?
+  local apt=(apt-get -o DPkg::Lock::Timeout=900 -y -q)
+  if ! "${apt[@]}" install --no-install-recommends "${missing[@]}" >>"$WORK/apt-install.log" 2>&1; then
+    # Stale or missing package lists (a fresh machine) or a mirror hiccup: update, then try again.
+    step "apt-get install failed; apt-get update and retry"
+    retry 3 10 "${apt[@]}" update >>"$WORK/apt-install.log" 2>&1 || true
+    retry 2 10 "${apt[@]}" install --no-install-recommends "${missing[@]}" >>"$WORK/apt-install.log" 2>&1 || rc=$?
+  fi
   rm -f $policy
   if [ -e $policy.devcloud-saved ]; then mv $policy.devcloud-saved $policy; fi
   if [ $rc -ne 0 ]; then

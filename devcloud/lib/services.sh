@@ -100,9 +100,19 @@ stop_guests() {
   done
 }
 
+# stop_openstack: stop every OpenStack service, side by side (each init script waits for its daemon)
+stop_openstack() {
+  local s pids=() p
+  for s in "${OS_SERVICES[@]}"; do
+    stop_one "$s" &
+    pids+=("$!")
+  done
+  for p in "${pids[@]}"; do wait "$p" || true; done
+}
+
 do_stop_services() {
   local i f
-  for ((i = ${#OS_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${OS_SERVICES[i]}"; done
+  stop_openstack
   # the DHCP agent's dnsmasq outlives the agent
   for f in /var/lib/neutron/dhcp/*/pid; do
     if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
