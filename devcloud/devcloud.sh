@@ -77,11 +77,13 @@ wait_healthy() {
   done
 }
 
-# heal: restart the services whose health check fails (a hung agent is running but dead)
+# heal [SKIP...]: restart the services whose health check fails (a hung agent runs but is dead),
+# except SKIP (services that were just started and may still be on their way up)
 heal() {
   local name
   for name in $(cloud_py health services tsv 2>/dev/null | awk -F'\t' '$2 == "BROKEN" {print $1}'); do
     case " ${OS_SERVICES[*]} " in *" $name "*) ;; *) continue ;; esac
+    case " $* " in *" $name "*) continue ;; esac
     step "restart $name (unhealthy)"
     restart_one "$name" || true
   done
@@ -98,11 +100,17 @@ do_up() {
     rm -f "$STAMP_FILE"
     configure_all
   fi
+  STARTED=()
   start_openstack
   step "wait until nova and neutron report healthy"
-  if ! wait_healthy 240; then
-    heal
-    wait_healthy 180 || die "not healthy; see 'devcloud.sh status' and $LOG"
+  # A service that was running before this `up` and fails its check is at fault (a hung agent,
+  # say): restart it now. Services just started get minutes to register and report.
+  if ! wait_healthy 15; then
+    heal "${STARTED[@]}"
+    if ! wait_healthy 240; then
+      heal
+      wait_healthy 180 || die "not healthy; see 'devcloud.sh status' and $LOG"
+    fi
   fi
   if [ ! -f "$STAMP_FILE" ]; then
     # Map the compute host into cell1 now rather than at the scheduler's next periodic discovery.

@@ -29,10 +29,13 @@ pidfile_of() {
   esac
 }
 
+STARTED=()   # the daemons start_one started (empty: everything was running already)
+
 # start_one NAME: start a daemon detached from this shell, unless it runs already
 start_one() {
   local name=$1 log="$WORK/$1.start.log"
   if is_running "$name"; then return 0; fi
+  STARTED+=("$name")
   echo "[$(date -u +%FT%TZ)] start $name" >>"$log"
   case $name in
     virtlogd|libvirtd) setsid -w "$name" -d </dev/null >>"$log" 2>&1 ;;
