@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from libcloud.common.exceptions import BaseHTTPError, RateLimitReachedError
+
 from libcloudspawner.cloud import CloudClient, CloudError, CloudNotFound, CreateOutcomeUnknown, classify
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html.parser
 
 import pytest
+
 from libcloudspawner.catalog import Catalog, Choice, normalize_profiles
 from libcloudspawner.options import (
     InvalidUserOptions,
