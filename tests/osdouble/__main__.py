@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--catalogue", default="default", help="preset name (default, recorded) or a JSON file")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every API call")
     p.add_argument("--no-run", action="store_true", help="do not run ExecStart; answer HTTP 200 with a stand-in")
+    p.add_argument("--no-run-names", default=None, help="regex: only servers whose name matches get the stand-in")
     p.add_argument("--scheduling-s", type=float, default=Config.scheduling_s)
     p.add_argument("--spawning-s", type=float, default=Config.spawning_s)
     p.add_argument("--delete-linger-s", type=float, default=Config.delete_linger_s)
@@ -67,8 +68,8 @@ async def main_async(args: argparse.Namespace) -> None:
     config = Config(
         latency_s=args.latency, scheduling_s=args.scheduling_s, spawning_s=args.spawning_s,
         delete_linger_s=args.delete_linger_s, boot_delay_s=args.boot_delay_s, token_ttl_s=args.token_ttl_s,
-        token_revoke_after_s=args.token_revoke_after_s, no_run=args.no_run, standin_port=args.standin_port,
-        kill_timeout_s=args.kill_timeout_s, subnet=args.subnet,
+        token_revoke_after_s=args.token_revoke_after_s, no_run=args.no_run, no_run_names=args.no_run_names,
+        standin_port=args.standin_port, kill_timeout_s=args.kill_timeout_s, subnet=args.subnet,
     )
     double, port, ctl_port, ctl_server = await serve(
         config, state_dir, args.host, args.port, args.control_port, load_catalogue(args.catalogue)

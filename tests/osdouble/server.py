@@ -72,6 +72,7 @@ class Config:
     token_ttl_s: float = 3600.0  # expires_at - issued_at, enforced
     token_revoke_after_s: float | None = None  # tokens stop working after this, whatever expires_at says
     no_run: bool = False  # do not run ExecStart; answer HTTP 200 with a stand-in instead
+    no_run_names: str | None = None  # regex: servers whose name matches get the stand-in (per instance)
     standin_port: int = 8888  # stand-in port when the user-data names none
     kill_timeout_s: float = 5.0  # SIGTERM -> SIGKILL
     subnet: str = "127.0.0.0/24"  # where instance addresses come from (127.0.0.1 is never used)
@@ -82,6 +83,8 @@ class Config:
                 raise KeyError(f"unknown config key {key!r}")
             if key == "subnet":
                 ipaddress.ip_network(value)
+            if key == "no_run_names" and value is not None:
+                re.compile(value)
             setattr(self, key, value)
 
 
@@ -366,7 +369,9 @@ class Double:
             user_id=token_user,
             created=now,
             updated=now,
-            no_run=self.config.no_run,
+            no_run=self.config.no_run or bool(
+                self.config.no_run_names and re.search(self.config.no_run_names, name)
+            ),
         )
         rec.mac = "fa:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         rec.planned_fault = self._planned_fault(rec, image, flavor, build_error)
@@ -1320,7 +1325,7 @@ class CtlConfig(ControlHandler):
     def patch(self) -> None:
         try:
             self.double.config.update(self.body())
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, re.error) as exc:
             raise web.HTTPError(400, str(exc)) from exc
         self.reply(asdict(self.double.config))
 

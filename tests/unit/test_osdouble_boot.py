@@ -334,3 +334,11 @@ def test_real_jupyterhub_singleuser_starts_on_the_instance_address(fresh: Double
         log = fresh.client.instance_log(server_id)
     assert status == 200 and b'"version"' in body, log
     assert f"http://{address}:{port}/user/alice/" in log
+
+
+def test_no_run_per_instance_by_name(fresh: DoubleHandle) -> None:
+    fresh.client.set_config(no_run_names="^bench-")
+    ran = create(fresh, "real-1", user_data())
+    stood_in = create(fresh, "bench-1", user_data())
+    assert fresh.client.wait_for_server(ran, status="ACTIVE", boot_status="running", timeout_s=20)["no_run"] is False
+    assert fresh.client.wait_for_server(stood_in, status="ACTIVE", boot_status="stand-in", timeout_s=20)["no_run"]
