@@ -60,6 +60,13 @@ def request_id() -> str:
     return f"req-{uuid.uuid4()}"
 
 
+def _same_name(given: Any, name: str) -> bool:
+    """Keystone's SQL backend compares names with MySQL's case-insensitive collation: `default` is `Default`
+    (the original documentation's `ex_domain_name: "default"` works on a real cloud, as recorded by the
+    dev cloud's smoke script)."""
+    return isinstance(given, str) and given.casefold() == name.casefold()
+
+
 @dataclass
 class Config:
     """Behaviour knobs; all settable at start (CLI) and at run time (``PATCH /_double/config``)."""
@@ -783,7 +790,7 @@ class KeystoneTokensHandler(BaseHandler):
         if "id" in user:
             return bool(user["id"] == ident["user"]["id"])
         dom = user.get("domain") or {}
-        dom_ok = dom.get("id") == ident["domain"]["id"] or dom.get("name") == ident["domain"]["name"]
+        dom_ok = dom.get("id") == ident["domain"]["id"] or _same_name(dom.get("name"), ident["domain"]["name"])
         return bool(user.get("name") == ident["user"]["name"] and dom_ok)
 
     def authenticate(self, body: Any) -> tuple[list[str], dict[str, Any] | None] | None:
@@ -809,7 +816,9 @@ class KeystoneTokensHandler(BaseHandler):
                         return None
                 else:
                     dom = project.get("domain") or {}
-                    dom_ok = dom.get("id") == ident["domain"]["id"] or dom.get("name") == ident["domain"]["name"]
+                    dom_ok = dom.get("id") == ident["domain"]["id"] or _same_name(
+                        dom.get("name"), ident["domain"]["name"]
+                    )
                     if project.get("name") != ident["project"]["name"] or not dom_ok:
                         return None
             return methods, None
