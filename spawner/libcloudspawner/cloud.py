@@ -140,36 +140,49 @@ class _TokenCache:
         with self._lock:
             self._data.pop(key, None)
 
+    def clear_all(self) -> None:
+        with self._lock:
+            self._data.clear()
+
 
 def make_driver_factory(args: DriverArguments) -> Callable[[], Any]:
-    """A function building a new libcloud driver from ``args`` (called once per worker thread)."""
-    from libcloud.compute.providers import get_driver
+    """A function building a new libcloud driver from ``args`` (called once per worker thread).
 
-    try:
-        from libcloud.common.openstack_identity import OpenStackAuthenticationCache
-    except ImportError:  # pragma: no cover
-        OpenStackAuthenticationCache = object
+    libcloud's driver modules are imported by the first call, in a worker thread: importing the OpenStack
+    driver takes most of a second, which must not be spent on the hub's event loop.
+    """
+    lock = threading.Lock()
+    shared: dict[str, Any] = {}
 
-    if args.ca_bundle:
-        import libcloud.security
+    def prepare() -> None:
+        from libcloud.compute.providers import get_driver
 
-        # libcloud reads the CA path per connection from this module setting; verification stays on
-        libcloud.security.VERIFY_SSL_CERT = True
-        libcloud.security.CA_CERTS_PATH = args.ca_bundle
+        if args.ca_bundle:
+            import libcloud.security
 
-    try:
-        cls = get_driver(args.provider)
-    except AttributeError as e:
-        raise CloudError(f"libcloud has no compute provider {args.provider!r}") from e
-    kwargs = dict(args.kwargs)
-    if args.provider.lower() == "openstack" and "ex_auth_cache" not in kwargs:
-        cache = type("SharedTokenCache", (_TokenCache, OpenStackAuthenticationCache), {})()
-        kwargs["ex_auth_cache"] = cache
+            # libcloud reads the CA path per connection from this module setting; verification stays on
+            libcloud.security.VERIFY_SSL_CERT = True
+            libcloud.security.CA_CERTS_PATH = args.ca_bundle
+        try:
+            shared["cls"] = get_driver(args.provider)
+        except AttributeError as e:
+            raise CloudError(f"libcloud has no compute provider {args.provider!r}") from e
+        if args.provider.lower() == "openstack" and "ex_auth_cache" not in args.kwargs:
+            from libcloud.common.openstack_identity import OpenStackAuthenticationCache
+
+            shared["token_cache"] = type("SharedTokenCache", (_TokenCache, OpenStackAuthenticationCache), {})()
 
     def factory():
+        with lock:
+            if "cls" not in shared:
+                prepare()
+        kwargs = dict(args.kwargs)
+        if "token_cache" in shared:
+            kwargs["ex_auth_cache"] = shared["token_cache"]
         positional = [a for a in (args.key, args.secret) if a is not None]
-        return cls(*positional, **kwargs)
+        return shared["cls"](*positional, **kwargs)
 
+    factory.shared = shared  # type: ignore[attr-defined]
     return factory
 
 
@@ -224,6 +237,7 @@ class CloudClient:
         self.provider = provider.lower()
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="libcloud")
         self._local = threading.local()
+        self._generation = 0  # bumped when credentials must be fetched afresh (see _forget_credentials)
         self._cache: dict[str, tuple[float, list]] = {}
         self._cache_locks: dict[str, asyncio.Lock] = {}
         #: libcloud calls made, by method name (for the benchmark and the tests)
@@ -232,9 +246,22 @@ class CloudClient:
     # ------------------------------------------------------------------------------ plumbing
     def _driver(self):
         driver = getattr(self._local, "driver", None)
-        if driver is None:
+        if driver is None or getattr(self._local, "generation", None) != self._generation:
             driver = self._local.driver = self._factory()
+            self._local.generation = self._generation
         return driver
+
+    def _forget_credentials(self) -> None:
+        """After a 401: drop every cached token and rebuild every worker's driver on its next call.
+
+        libcloud evicts a refused token only when the refusal comes from a service call; a token revoked
+        early (Keystone restart, password change) and loaded from the shared cache by another worker fails
+        inside ``authenticate`` (GET /v3/auth/tokens) and would stay cached until its advertised expiry.
+        """
+        self._generation += 1
+        cache = getattr(self._factory, "shared", {}).get("token_cache")
+        if cache is not None:
+            cache.clear_all()
 
     def _run(self, method: str | Callable[[Any], Any], args: tuple, kwargs: dict):
         driver = self._driver()
@@ -289,6 +316,7 @@ class CloudClient:
                 if status == 401 and not reauthed:
                     # libcloud dropped its cached token on the 401: one more try authenticates again
                     reauthed = True
+                    self._forget_credentials()
                     self.log.info("Cloud API answered 401 to %s; authenticating again", what)
                     continue
                 if not transient or not retry or attempt >= budget:
@@ -361,6 +389,7 @@ class CloudClient:
             except Exception as e:
                 transient, status, _ = classify(e)
                 if status == 401 and not reauth:
+                    self._forget_credentials()
                     self.log.info("Cloud API answered 401 to create instance; authenticating again")
                     continue
                 if transient or status is None:
