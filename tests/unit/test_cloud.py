@@ -193,19 +193,17 @@ async def test_destroy_404_is_success():
 
 
 async def test_loop_stays_free_during_slow_calls():
-    client, _, _ = make_client({"list_sizes": [0.3]}, max_workers=2)
-    ticks = 0
+    """The driver call can only finish once the event loop has run a callback: true only off the loop."""
+    client, _, _ = make_client({}, max_workers=2)
+    loop_ran = threading.Event()
 
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
+    def blocking_call(driver):
+        if not loop_ran.wait(timeout=10):
+            raise AssertionError("the event loop was blocked while the cloud call ran")
+        return "done"
 
-    task = asyncio.ensure_future(ticker())
-    await asyncio.gather(client.call("list_sizes"), client.call("list_sizes"))
-    task.cancel()
-    assert ticks >= 15
+    asyncio.get_running_loop().call_later(0.05, loop_ran.set)
+    assert await asyncio.gather(client.call(blocking_call), client.call(blocking_call)) == ["done", "done"]
 
 
 def test_backoff_grows_with_jitter_and_cap():
