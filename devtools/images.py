@@ -484,32 +484,119 @@ def _locked_versions(os_name: str) -> dict[str, str]:
 
 
 def _wheelhouse(c, os_name: str, vars_: dict[str, str]) -> Path:
-    """The pinned wheels for the guest's Python, downloaded on the host (checked against the lock's hashes)."""
-    lock = _lock_path(os_name)
-    digest = _sha256(lock)[:12]
+    """The pinned wheels for the guest's Python (the Jupyter lock plus the build-tools lock), downloaded on
+    the host and checked against the locks' hashes. Cached per lock content."""
+    locks = [_lock_path(os_name), PACKER_DIR / "files" / "build-tools.lock"]
+    digest = hashlib.sha256(b"".join(_sha256(lock).encode() for lock in locks)).hexdigest()[:12]
     dest = OUTPUT_DIR / "wheelhouse" / f"{os_name}-{digest}"
     if (dest / ".complete").exists():
         print(f"wheelhouse: {dest.relative_to(ROOT)} (cached)")
         return dest
     pyver = vars_["guest_python_version"]
     major, minor, _ = pyver.split(".")
-    glibc_minor = int(vars_.get("guest_glibc_version", "2.35").split(".")[1])
+    glibc_minor = int(vars_["guest_glibc_version"].split(".")[1])
     platforms = [f"manylinux_2_{n}_x86_64" for n in range(glibc_minor, 16, -1)]
     platforms += ["manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64"]
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = (
-        f"env -u PIP_FIND_LINKS {_q(sys.executable)} -m pip download --quiet --no-deps --require-hashes "
-        f"--only-binary=:all: --implementation cp --python-version {_q(pyver)} --abi cp{major}{minor} "
-        + " ".join(f"--platform {p}" for p in platforms)
-        + f" --dest {_q(tmp)} -r {_q(lock)}"
-    )
-    print(f"wheelhouse: downloading the wheels of {lock.relative_to(ROOT)} for Python {pyver}", flush=True)
-    c.run(cmd, echo=True, pty=False)
+    # --isolated: only PyPI and the lock count, not this host's pip configuration (extra indexes, find-links)
+    cert = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+    cert_opt = f"--cert {_q(cert)} " if cert else ""
+    for lock in locks:
+        cmd = (
+            f"{_q(sys.executable)} -m pip --isolated download {cert_opt}--quiet --no-deps --require-hashes "
+            f"--only-binary=:all: --implementation cp --python-version {_q(pyver)} --abi cp{major}{minor} "
+            + " ".join(f"--platform {p}" for p in platforms)
+            + f" --dest {_q(tmp)} -r {_q(lock)}"
+        )
+        print(f"wheelhouse: downloading the wheels of {lock.relative_to(ROOT)} for Python {pyver}", flush=True)
+        c.run(cmd, echo=True, pty=False)
     (tmp / ".complete").write_text(digest + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest
+
+
+# --- host-speed pre-stage -------------------------------------------------------------------------------
+
+#: the provisioning scripts that also run in the chroot pre-stage (GRUB and cleanup need the booted guest)
+PRESTAGE_SCRIPTS = ("common/10-packages.sh", "{family}/20-os.sh", "common/30-jupyter.sh")
+
+
+def _prebake(c, base: Path, os_name: str, vars_: dict[str, str], wheelhouse: Path) -> Path:
+    """Run the provisioning scripts that do the heavy lifting in a chroot of the base, at host speed.
+
+    Under software emulation installing the stack in the guest takes many minutes; here it takes seconds.
+    Packer then boots the result and runs every script again: they are idempotent, so the guest only checks
+    the installed stack against the lock, configures GRUB and cleans up. Cached per base, locks and scripts.
+    """
+    _need_root("the chroot pre-stage (--prebake)")
+    _need("qemu-img", "losetup", "partx", "fsfreeze", "chroot")
+    scripts = [PACKER_DIR / "scripts" / s.format(family=vars_["os_family"]) for s in PRESTAGE_SCRIPTS]
+    locks = [_lock_path(os_name), PACKER_DIR / "files" / "build-tools.lock"]
+    key = hashlib.sha256("".join(_sha256(p) for p in [base, *locks, *scripts]).encode()).hexdigest()[:12]
+    out = OUTPUT_DIR / "prebaked" / f"{os_name}-{key}.qcow2"
+    if out.exists() and c.run(f"qemu-img check -q {_q(out)}", hide=True, warn=True).ok:
+        print(f"prebake: {out.relative_to(ROOT)} (cached)")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(f"{os_name}-*.qcow2"):
+        old.unlink()
+    work = Path(tempfile.mkdtemp(prefix="lcs-prebake-", dir="/var/tmp"))
+    raw, mnt = work / "disk.raw", work / "root"
+    mnt.mkdir()
+    loop = ""
+    t0 = time.monotonic()
+    print(f"prebake: running {', '.join(s.name for s in scripts)} in a chroot of {base.name}", flush=True)
+    try:
+        c.run(f"qemu-img convert -O raw {_q(base)} {_q(raw)}", hide=True)
+        loop = c.run(f"losetup -f --show {_q(raw)}", hide=True).stdout.strip()
+        c.run(f"partx -d {_q(loop)}", hide=True, warn=True)
+        c.run(f"partx -a {_q(loop)}", hide=True)
+        deadline = time.monotonic() + 15
+        while not Path(f"{loop}p1").exists():
+            if time.monotonic() > deadline:
+                raise Exit(f"{loop}p1 did not appear after partx -a")
+            time.sleep(0.5)
+        c.run(f"mount {_q(loop + 'p1')} {_q(mnt)}", hide=True)
+        c.run(f"mount --make-rshared {_q(mnt)}", hide=True)
+        for d in ("dev", "proc", "sys"):
+            c.run(f"mount --rbind /{d} {_q(mnt / d)} && mount --make-rslave {_q(mnt / d)}", hide=True)
+        build = mnt / "tmp" / "lcs-build"
+        shutil.copytree(wheelhouse, build / "wheelhouse")
+        shutil.copy(locks[0], build / "requirements.lock")
+        shutil.copy(locks[1], build / "build-tools.lock")
+        (build / "scripts").mkdir()
+        for script in scripts:
+            shutil.copy(script, build / "scripts" / script.name)
+            c.run(
+                f"env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "
+                f"DEBIAN_FRONTEND=noninteractive LCS_BUILD_DIR=/tmp/lcs-build "
+                f"chroot {_q(mnt)} sh -eu /tmp/lcs-build/scripts/{script.name}",
+                echo=True,
+                pty=False,
+            )
+        shutil.rmtree(build)
+        for d in ("dev", "proc", "sys"):
+            c.run(f"umount -R {_q(mnt / d)}", hide=True)
+        c.run(f"fstrim {_q(mnt)}", hide=True, warn=True)
+        # freeze = flushed and consistent, even if another mount namespace still pins the mount
+        c.run(f"sync -f {_q(mnt)} && fsfreeze -f {_q(mnt)}", hide=True)
+        try:
+            c.run(f"qemu-img convert -O qcow2 {_q(raw)} {_q(str(out) + '.tmp')}", hide=True)
+        finally:
+            c.run(f"fsfreeze -u {_q(mnt)}", hide=True, warn=True)
+        Path(str(out) + ".tmp").rename(out)
+    finally:
+        for d in ("dev", "proc", "sys"):
+            c.run(f"umount -R {_q(mnt / d)}", hide=True, warn=True)
+        c.run(f"umount {_q(mnt)}", hide=True, warn=True)
+        if loop:
+            c.run(f"partx -d {_q(loop)}", hide=True, warn=True)
+            c.run(f"losetup -d {_q(loop)}", hide=True, warn=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"prebake: {out.relative_to(ROOT)} in {time.monotonic() - t0:.0f} s")
+    return out
 
 
 # --- image checks -----------------------------------------------------------------------------------------
@@ -695,7 +782,7 @@ def _write_seed(seed_dir: Path, user: str, pubkey: str) -> None:
         + "\n"
     )
     (seed_dir / "meta-data").write_text(
-        json.dumps({"instance-id": f"lcs-build-{secrets.token_hex(4)}", "local-hostname": "lcs-build"}) + "\n"
+        json.dumps({"instance-id": f"lcs-build-{secrets.token_hex(4)}", "local-hostname": "localhost"}) + "\n"
     )
 
 
@@ -714,11 +801,13 @@ def _hcl_map(d: dict[str, str]) -> str:
         "source_image": "openstack builder: name of the base image in Glance",
         "flavor": "openstack builder: flavor of the build instance",
         "network": "openstack builder: network id of the build instance",
+        "prebake": "qemu builder: auto (when emulated), yes or no: run the heavy provisioning in a chroot of the"
+        " base at host speed first; Packer then runs every script again (idempotent) in the booted guest",
     }
 )
 def build_image(
     c, os="debian-12", builder="qemu", accelerator="auto", extra_ca="", skip_tests=False,
-    cloud="devcloud", source_image="", flavor="", network="",
+    cloud="devcloud", source_image="", flavor="", network="", prebake="auto",
 ):  # fmt: skip
     """Bake a Jupyter image with Packer, verify and test it, record it in images/manifest.json."""
     os_name = os
@@ -751,8 +840,26 @@ def build_image(
     versions_locked = _locked_versions(os_name)
     wheelhouse = _wheelhouse(c, os_name, vars_)
     accel = resolve_accelerator(c, accelerator, os_name) if builder == "qemu" else "tcg"
+    if prebake not in ("auto", "yes", "no"):
+        raise Exit("--prebake must be auto, yes or no")
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"lcs-build-{name}-", dir="/var/tmp"))
+    prebake_seconds = 0.0
+    if builder == "qemu" and (prebake == "yes" or (prebake == "auto" and accel == "tcg")):
+        if not base_url.startswith("file://"):
+            base = OUTPUT_DIR / "base" / f"{os_name}.download.qcow2"
+            if not base.exists():
+                c.run(f"curl -fL --retry 3 -o {_q(base)} {_q(base_url)}", echo=True, pty=_pty())
+        else:
+            base = Path(base_url.removeprefix("file://"))
+        t0 = time.monotonic()
+        prebaked = _prebake(c, base, os_name, vars_, wheelhouse)
+        prebake_seconds = time.monotonic() - t0
+        base_url, base_checksum = f"file://{prebaked}", f"sha256:{_sha256(prebaked)}"
+        # The stack is installed already (stamp = this lock): the guest only verifies it, needs no wheels.
+        wheelhouse = work / "wheelhouse-empty"
+        wheelhouse.mkdir()
+        (wheelhouse / "README").write_text("prebaked: the stack was installed in the chroot pre-stage\n")
     try:
         key = work / "build_key"
         c.run(f"ssh-keygen -q -t ed25519 -N '' -C lcs-build -f {_q(key)}", hide=True)
@@ -788,7 +895,7 @@ def build_image(
         with _template(c, packer) as tpl, c.cd(str(tpl)):
             t0 = time.monotonic()
             r = c.run(
-                f"{_q(packer)} build -only={builder}.image -var-file=vars/{os_name}.pkrvars.hcl {args} .",
+                f"{_q(packer)} build -timestamp-ui -only={builder}.image -var-file=vars/{os_name}.pkrvars.hcl {args} .",
                 echo=True,
                 pty=_pty(),
                 warn=True,
@@ -866,7 +973,8 @@ def build_image(
         )
     )
     print(
-        f"build-image: Packer {packer_seconds:.0f} s, tests {tests_seconds:.0f} s, total {total:.0f} s; "
+        f"build-image: prebake {prebake_seconds:.0f} s, Packer {packer_seconds:.0f} s, "
+        f"tests {tests_seconds:.0f} s, total {total:.0f} s; "
         f"{sizes['compressed_size_bytes'] / 2**20:.0f} MiB compressed, {sizes['size_bytes'] / 2**20:.0f} MiB data"
     )
     print(f"build-image: recorded in {MANIFEST_PATH.relative_to(ROOT)}")

@@ -19,6 +19,11 @@ build {
   }
 
   provisioner "file" {
+    source      = var.build_tools_lock
+    destination = "/tmp/lcs-build/build-tools.lock"
+  }
+
+  provisioner "file" {
     source      = var.extra_ca_bundle
     destination = "/tmp/lcs-build/extra-ca.pem"
   }

@@ -135,6 +135,12 @@ variable "requirements_lock" {
   description = "The hashed lock file the wheelhouse was downloaded from (files/requirements-<os>.lock)."
 }
 
+variable "build_tools_lock" {
+  type        = string
+  description = "Hashed lock of the build-only tools in the wheelhouse (uv)."
+  default     = "files/build-tools.lock"
+}
+
 variable "extra_ca_bundle" {
   type        = string
   description = "Optional PEM bundle trusted during the build only (intercepting proxy); an empty file means none."

@@ -1,25 +1,70 @@
 #!/bin/sh
-# The Jupyter stack: a venv in /opt/jupyter installed offline from the uploaded wheelhouse, checked against
-# the hashed lock file; the commands the spawner's unit runs linked into /usr/local/bin.
+# The Jupyter stack: a venv in /opt/jupyter installed offline from the uploaded wheelhouse, every wheel checked
+# against the hashed lock file; the commands the spawner's unit runs linked into /usr/local/bin.
+# Idempotent: a venv already installed and byte-compiled from this very lock (stamp) is only re-checked; that
+# is how `invoke build-image` can run this script first in a chroot at host speed (--prebake).
 set -eu
 
 build=${LCS_BUILD_DIR:?}
 venv=/opt/jupyter
+stamp=$venv/.lcs-lock-sha256
+lock_sum=$(sha256sum "$build/requirements.lock" | cut -d' ' -f1)
 
-python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --no-index --find-links "$build/wheelhouse" \
-    --require-hashes --only-binary=:all: --no-compile -r "$build/requirements.lock"
-# pip byte-compiles one file at a time; compileall uses every CPU. Without .pyc files in this root-owned
-# venv every server start would compile in memory again (seconds under emulation).
-"$venv/bin/python" -m compileall -q -j 0 "$venv/lib" >/dev/null
-"$venv/bin/python" -m pip check
+install_stack() {
+    # uv (build-only, from the wheelhouse, its hash checked against build-tools.lock) installs natively:
+    # under software emulation it is several times faster than pip, every step of which is emulated Python.
+    uv=""
+    for whl in "$build"/wheelhouse/uv-*.whl; do
+        [ -f "$whl" ] || continue
+        sum=$(sha256sum "$whl" | cut -d' ' -f1)
+        grep -q "sha256:$sum" "$build/build-tools.lock" || { echo "jupyter: $whl not in build-tools.lock" >&2; exit 1; }
+        python3 -m zipfile -e "$whl" "$build/tools"
+        uv=$(find "$build/tools" -path '*.data/scripts/uv' -type f)
+        chmod 0755 "$uv"
+    done
+    [ -n "$uv" ] || { echo "jupyter: no uv wheel in the wheelhouse" >&2; exit 1; }
 
-for cmd in jupyterhub-singleuser jupyter-lab jupyter python; do
+    rm -f "$stamp"
+    python3 -m venv --without-pip "$venv"
+    UV_NO_CACHE=1 UV_PYTHON_DOWNLOADS=never "$uv" pip install --python "$venv/bin/python" --offline --no-index \
+        --find-links "$build/wheelhouse" --require-hashes --only-binary :all: --link-mode copy --quiet \
+        -r "$build/requirements.lock"
+
+    # Byte-compile what a server start imports, so that start is fast: users cannot write .pyc files into
+    # this root-owned venv; compiling everything (tests, unused modules) takes many minutes under emulation.
+    env -u PYTHONDONTWRITEBYTECODE MPLCONFIGDIR="$build/mpl" "$venv/bin/python" -c '
+import importlib
+for m in ["jupyterhub.singleuser", "jupyter_server.serverapp", "jupyterlab.labapp", "jupyter_lsp",
+          "notebook_shim", "jupyter_server_terminals", "ipykernel.kernelapp", "ipykernel.ipkernel",
+          "numpy", "matplotlib.pyplot"]:
+    importlib.import_module(m)
+'
+    echo "$lock_sum" > "$stamp"
+}
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_sum" ] && [ -x "$venv/bin/python" ]; then
+    echo "jupyter: $venv already installed from this lock; checking it"
+else
+    install_stack
+fi
+
+# The installed distributions must be exactly the locked ones (names and versions).
+"$venv/bin/python" -I - "$build/requirements.lock" <<'PY'
+import re
+import sys
+from importlib.metadata import distributions
+
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", open(sys.argv[1]).read(), flags=re.M))
+locked = {norm(k): v for k, v in locked.items()}
+installed = {norm(d.metadata["Name"]): d.version for d in distributions()}
+wrong = {k: (v, installed.get(k)) for k, v in locked.items() if installed.get(k) != v}
+if wrong:
+    sys.exit(f"jupyter: installed versions differ from the lock: {wrong}")
+for d in ("jupyterhub", "jupyterlab", "numpy", "matplotlib"):
+    print(f"jupyter stack: {d} {installed[d]}")
+PY
+
+for cmd in jupyterhub-singleuser jupyter-lab jupyter python pip; do
     ln -sf "$venv/bin/$cmd" "/usr/local/bin/$cmd"
 done
-"$venv/bin/python" - <<'PY'
-from importlib.metadata import version
-
-for dist in ("jupyterhub", "jupyterlab", "numpy", "matplotlib"):
-    print(f"jupyter stack: {dist} {version(dist)}")
-PY
