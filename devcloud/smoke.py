@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 import urllib.request
@@ -30,6 +31,17 @@ def driver(password: str):
         ex_tenant_name="jupyter",
         ex_domain_name="default",
     )
+
+
+def probe_closed_port(ip: str, port: int) -> str:
+    """A port the security group does not open: dropped if groups are enforced, refused if not."""
+    try:
+        with socket.create_connection((ip, port), timeout=3):
+            return f"port {port} open?! (unexpected)"
+    except ConnectionRefusedError:
+        return f"NOT enforced (port {port} answered 'refused'; firewall_driver noop?)"
+    except OSError:
+        return f"enforced (port {port}, not in the group, is filtered)"
 
 
 def main() -> int:
@@ -99,6 +111,7 @@ def main() -> int:
             if "devcloud smoke test" not in body:
                 raise RuntimeError("the guest did not see the user-data on its config drive")
             print("  user-data seen by the guest on its config drive", flush=True)
+            print(f"  security group: {probe_closed_port(n.private_ips[0], args.http_port + 1)}", flush=True)
         ok = True
     except RuntimeError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)

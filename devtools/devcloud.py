@@ -193,6 +193,11 @@ def _reset(c) -> None:
     r = _script(c, "reset")
     if r.exited != 0:
         raise Exit("invoke devcloud reset failed (output above)", code=r.exited)
+    # the network has a new id: refresh the facts file (same example image as before)
+    image = DEFAULT_IMAGE
+    if (OUT / "state.json").exists():
+        image = json.loads((OUT / "state.json").read_text()).get("example_image", DEFAULT_IMAGE)
+    write_outputs(_facts(c), image)
 
 
 def _smoke(c, image: str, flavor: str) -> None:
