@@ -40,6 +40,10 @@ PROFILE_OVERRIDES = (
 )
 
 
+#: cloud clients by configuration (the key holds the secret only inside this process's memory)
+_clients: dict[str, CloudClient] = {}
+
+
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
     """Default ``apply_user_options``: validate strictly (HTTP 400 on anything not offered)."""
     spawner._selection = spawner.validate_options(user_options)
@@ -470,6 +474,30 @@ class LibcloudSpawner(Spawner):
         return naming.instance_tags(hub_id=self.hub_id, username=self.user.name, servername=self.name or "")
 
     def _client(self) -> CloudClient:
+        """The shared cloud client of this configuration (built once: reading clouds.yaml is file I/O)."""
+        key = repr(
+            (
+                sorted(self.libcloudparams.items()),
+                self.libcloud_provider,
+                self.cloud_region,
+                self.openstack_api_version,
+                self.clouds_yaml_cloud,
+                self.clouds_yaml_path,
+                self.ca_bundle,
+                self.api_timeout_seconds,
+                self.api_retries,
+                self.api_backoff_base_seconds,
+                self.api_backoff_max_seconds,
+                self.api_max_workers,
+                self.api_cache_ttl_seconds,
+            )
+        )
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = self._new_client()
+        return client
+
+    def _new_client(self) -> CloudClient:
         try:
             args = driver_arguments(
                 self.libcloudparams,

@@ -14,6 +14,7 @@ would):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -137,6 +138,11 @@ def load_template(path: str | None = None) -> str:
             return Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise UserDataError(f"cannot read the cloud-init template {path}: {e}") from e
+    return _packaged_template()
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_template() -> str:
     packaged = resources.files("libcloudspawner").joinpath("cloudinit", DEFAULT_TEMPLATE)
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")

@@ -150,3 +150,17 @@ def test_hub_killed_mid_spawn_adopts_or_removes_the_instance(hub, double):
         assert hub.api("DELETE", "/users/kim/server").status_code in (202, 204)
         hub.wait_gone("kim")
     no_instance_left(double, "kim")
+
+
+def test_expired_token_mid_life_is_renewed(hub, double):
+    ok, message = spawn_outcome(hub, "tok1")  # the hub now holds a token
+    assert ok, message
+    assert double.client.expire_tokens() >= 1
+    ok, message = spawn_outcome(hub, "tok2")  # first call answers 401: authenticate again, go on
+    assert ok, message
+    statuses = [c["status"] for c in double.client.calls() if c["route"] != "/v3/auth/tokens"]
+    assert 401 in statuses
+    for user in ("tok1", "tok2"):
+        assert hub.api("DELETE", f"/users/{user}/server").status_code in (202, 204)
+        hub.wait_gone(user)
+        no_instance_left(double, user)
