@@ -64,13 +64,13 @@ configure_all() {
   cloud_py catalog
 }
 
-# wait_healthy SECONDS: until every service-level health check passes
+# wait_healthy SECONDS [quiet]: until every service-level health check passes
 wait_healthy() {
   local deadline=$(( $(date +%s) + $1 )) out
   while true; do
     if out=$(cloud_py health services json 2>&1); then return 0; fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
-      echo "$out" | grep -v '"ok": true' >&2 || true
+      if [ -z "${2:-}" ]; then echo "$out" | grep '"ok": false' >&2 || true; fi
       return 1
     fi
     sleep 3
@@ -105,7 +105,7 @@ do_up() {
   step "wait until nova and neutron report healthy"
   # A service that was running before this `up` and fails its check is at fault (a hung agent,
   # say): restart it now. Services just started get minutes to register and report.
-  if ! wait_healthy 15; then
+  if ! wait_healthy 15 quiet; then
     heal "${STARTED[@]}"
     if ! wait_healthy 240; then
       heal

@@ -125,8 +125,12 @@ INI
   uwsgi_tune /etc/keystone/keystone-uwsgi.ini 2 2
   run_as keystone keystone-manage db_sync
   # bootstrap and fernet setup run as root
-  [ -e /etc/keystone/fernet-keys/0 ] || keystone-manage fernet_setup --keystone-user keystone --keystone-group keystone
-  [ -e /etc/keystone/credential-keys/0 ] || keystone-manage credential_setup --keystone-user keystone --keystone-group keystone
+  if [ ! -e /etc/keystone/fernet-keys/0 ]; then
+    keystone-manage fernet_setup --keystone-user keystone --keystone-group keystone 2>>"$WORK/manage.log"
+  fi
+  if [ ! -e /etc/keystone/credential-keys/0 ]; then
+    keystone-manage credential_setup --keystone-user keystone --keystone-group keystone 2>>"$WORK/manage.log"
+  fi
   # Idempotent: creates or updates admin, the RegionOne region and keystone's own endpoints.
   keystone-manage bootstrap --bootstrap-password "$PW" --bootstrap-admin-url "$KS/v3/" \
     --bootstrap-internal-url "$KS/v3/" --bootstrap-public-url "$KS/v3/" --bootstrap-region-id "$REGION" \
