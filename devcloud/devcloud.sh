@@ -191,6 +191,13 @@ do_reset() {
 cmd=${1:-}
 shift || true
 case $cmd in
+  up|down|reset|configure|restart|test-guest)
+    # One changing command at a time (the quick start and a test run may both call `up`).
+    exec 9>"$WORK/lock"
+    flock -w 1800 9 || die "another devcloud.sh holds $WORK/lock for 30 min: is it stuck? (fuser $WORK/lock)"
+    ;;
+esac
+case $cmd in
   up) do_up ;;
   down) do_down ;;
   status) do_status ;;
