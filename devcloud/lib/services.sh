@@ -37,10 +37,11 @@ start_one() {
   if is_running "$name"; then return 0; fi
   STARTED+=("$name")
   echo "[$(date -u +%FT%TZ)] start $name" >>"$log"
+  # 9>&-: the daemon must not inherit devcloud.sh's lock (it would hold it for its whole life)
   case $name in
-    virtlogd|libvirtd) setsid -w "$name" -d </dev/null >>"$log" 2>&1 ;;
-    rabbitmq-server) ERL_EPMD_ADDRESS=127.0.0.1 setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 ;;
-    *) setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 ;;
+    virtlogd|libvirtd) setsid -w "$name" -d </dev/null >>"$log" 2>&1 9>&- ;;
+    rabbitmq-server) ERL_EPMD_ADDRESS=127.0.0.1 setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 9>&- ;;
+    *) setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 9>&- ;;
   esac || { echo "devcloud: $name did not start (see $log and $(svc_log "$name"))" >&2; return 1; }
 }
 
