@@ -31,6 +31,7 @@ CLOUDS_YAML = Path.home() / ".config" / "openstack" / "clouds.yaml"
 CLOUD_NAME = "devcloud"
 ADMIN_CLOUD_NAME = "devcloud-admin"
 DEFAULT_IMAGE = "debian-12-jupyter"
+MANIFEST = ROOT / "images" / "manifest.json"
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
@@ -70,6 +71,17 @@ def _facts(c) -> dict:
     if r.exited != 0:
         raise Exit(f"invoke devcloud: could not read the cloud's facts:\n{r.stderr.strip()}", code=1)
     return json.loads(r.stdout)
+
+
+def published_image(cloud: str = CLOUD_NAME, manifest: Path = MANIFEST) -> str | None:
+    """The Glance name of the newest image `invoke publish-image --cloud devcloud` recorded, if any."""
+    try:
+        images = json.loads(manifest.read_text()).get("images", [])
+    except (OSError, ValueError):
+        return None
+    published = [e["published"][cloud] for e in images if cloud in (e.get("published") or {})]
+    published.sort(key=lambda p: p.get("date", ""))
+    return published[-1].get("image_name") if published else None
 
 
 def _clouds_yaml_entries(password: str, admin_password: str) -> dict:
@@ -223,7 +235,8 @@ ACTIONS = ("up", "down", "status", "reset", "smoke")
     positional=["action"],
     help={
         "action": "up | down | status | reset | smoke (see the task's docstring)",
-        "image": f"up: image name for the example hub config in devcloud/out/ (default {DEFAULT_IMAGE}); "
+        "image": "up: image name for the example hub config in devcloud/out/ (default: the newest one "
+        f"images/manifest.json says was published to devcloud, else {DEFAULT_IMAGE}); "
         "smoke: the Glance image to boot (default testvm, built on demand)",
         "reconfigure": "up: re-write every configuration and re-sync the databases even if nothing changed",
         "flavor": "smoke: flavor name (default m1.tiny, fits testvm and blank)",
@@ -247,7 +260,7 @@ def devcloud(c, action, image="", reconfigure=False, flavor="m1.tiny"):
         raise Exit(f"invoke devcloud: unknown action {action!r}: choose one of {', '.join(ACTIONS)}")
     _preflight()
     if action == "up":
-        _up(c, image or DEFAULT_IMAGE, reconfigure)
+        _up(c, image or published_image() or DEFAULT_IMAGE, reconfigure)
     elif action == "down":
         _down(c)
     elif action == "status":

@@ -42,7 +42,8 @@ apt_install() {
   chmod +x $policy
   local rc=0
   # The lock timeout lets us queue behind another apt-get (the image builds use apt too).
-  local apt=(apt-get -o DPkg::Lock::Timeout=900 -y -q)
+  # --force-unsafe-io: dpkg skips an fsync per file (a dev machine: a crash mid-install means re-running).
+  local apt=(apt-get -o DPkg::Lock::Timeout=900 -o Dpkg::Options::=--force-unsafe-io -y -q)
   if ! "${apt[@]}" install --no-install-recommends "${missing[@]}" >>"$WORK/apt-install.log" 2>&1; then
     # Stale or missing package lists (a fresh machine) or a mirror hiccup: update, then try again.
     step "apt-get install failed; apt-get update and retry"
