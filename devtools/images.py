@@ -638,7 +638,9 @@ def _image_versions(c, root: Path) -> dict[str, str]:
         f"print(json.dumps({{'python': platform.python_version(), **{{d: m.version(d) for d in {list(STACK)!r}}}}}))"
     )
     r = c.run(
-        f"env -i PATH=/usr/bin:/bin chroot {_q(root)} /opt/jupyter/bin/python -I -c {_q(code)}", hide=True, warn=True
+        f"env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot {_q(root)} /opt/jupyter/bin/python -I -c {_q(code)}",
+        hide=True,
+        warn=True,
     )
     if r.failed:
         raise Exit(f"cannot read the Jupyter stack versions from the image: {r.stderr.strip()}")

@@ -67,6 +67,7 @@ class Booted:
 def booted(request):
     """The image booted with the spawner's slim cloud-config for TEST_USER; always torn down."""
     from jupyterhub import __version__ as hub_version
+
     from libcloudspawner.userdata import render_userdata
 
     opt = request.config.getoption

@@ -6,6 +6,7 @@ Run by `invoke test-image` against a read-only mount of the image (``--hosts=loc
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -14,7 +15,7 @@ STACK = ["jupyterhub", "jupyterlab", "numpy", "matplotlib"]
 
 def in_image(host, image_root, cmd: str):
     """Run ``cmd`` in the image (chroot, clean environment: the host's PIP_/SSL_ variables stay out)."""
-    return host.run(f"env -i PATH=/usr/local/bin:/usr/bin:/bin chroot {image_root} {cmd}")
+    return host.run(f"env -i PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin chroot {image_root} {cmd}")
 
 
 @pytest.mark.parametrize(
@@ -52,11 +53,19 @@ def test_no_singleuser_unit_baked(host, image_root):
     assert not host.file(f"{image_root}/etc/jupyterhub-singleuser").exists
 
 
-@pytest.mark.parametrize("cmd", ["jupyterhub-singleuser", "jupyter-lab", "jupyter", "python"])
+@pytest.mark.parametrize("cmd", ["jupyterhub-singleuser", "jupyter-lab", "jupyter", "pip"])
 def test_command_linked_from_venv(host, image_root, cmd):
-    link = host.file(f"{image_root}/usr/local/bin/{cmd}")
-    assert link.is_symlink and link.linked_to.endswith(f"/opt/jupyter/bin/{cmd}")
+    link = image_root / "usr/local/bin" / cmd
+    assert link.is_symlink(), f"/usr/local/bin/{cmd} is not a link"
+    # the link is absolute inside the image: resolve it against the image root, not the host's
+    assert os.readlink(link) == f"/opt/jupyter/bin/{cmd}"
     assert host.file(f"{image_root}/opt/jupyter/bin/{cmd}").exists
+
+
+def test_python_command_is_the_venv(host, image_root):
+    out = in_image(host, image_root, "/usr/local/bin/python -c 'import sys, numpy; print(sys.prefix)'")
+    assert out.rc == 0, out.stderr
+    assert out.stdout.strip() == "/opt/jupyter"
 
 
 def test_stack_versions(host, image_root, pytestconfig):

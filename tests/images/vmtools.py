@@ -99,6 +99,7 @@ class StubHub:
                 hub.requests.append((self.command, self.path, code))
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("X-JupyterHub-Version", hub.version)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

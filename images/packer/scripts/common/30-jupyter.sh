@@ -65,6 +65,11 @@ for d in ("jupyterhub", "jupyterlab", "numpy", "matplotlib"):
     print(f"jupyter stack: {d} {installed[d]}")
 PY
 
-for cmd in jupyterhub-singleuser jupyter-lab jupyter python pip; do
+for cmd in jupyterhub-singleuser jupyter-lab jupyter pip; do
     ln -sf "$venv/bin/$cmd" "/usr/local/bin/$cmd"
 done
+# Not a symlink for python: Python finds its venv (pyvenv.cfg) next to the path it was started as, so a
+# symlinked /usr/local/bin/python would be the system Python without the stack.
+rm -f /usr/local/bin/python
+printf '#!/bin/sh\nexec %s/bin/python "$@"\n' "$venv" > /usr/local/bin/python
+chmod 0755 /usr/local/bin/python

@@ -30,6 +30,8 @@ rm -rf /var/lib/cloud/instance /var/lib/cloud/instances/*
 rm -f /etc/ssh/ssh_host_*
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed
+# journald keeps writing into /var/log/journal: move it to /run first, then the directory stays empty.
+journalctl --relinquish-var 2>/dev/null || systemctl stop systemd-journald.socket systemd-journald
 rm -rf /var/log/journal/* /tmp/* /var/tmp/*
 find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
 find /var/log -type f -exec truncate -s 0 {} +
