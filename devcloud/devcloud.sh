@@ -35,10 +35,10 @@ cloud_py() {
     NET_CIDR=$NET_CIDR HOST_IP=$HOST_IP WORK=$WORK VIRT_TYPE=$VIRT_TYPE "$PY" "$HERE/cloud.py" "$@"
 }
 
-# config_stamp: changes whenever what `configure` would write changes
+# config_stamp: changes whenever what `configure` would write changes (comment lines do not count)
 config_stamp() {
   {
-    cat "$HERE/lib/common.sh" "$HERE/lib/configure.sh"
+    grep -hv '^[[:space:]]*#' "$HERE/lib/common.sh" "$HERE/lib/configure.sh"
     echo "$PW $JUPYTER_PW $VIRT_TYPE ${DEVCLOUD_FIREWALL:-auto} ${DEVCLOUD_GUEST_PORTS:-}"
   } | sha256sum | cut -d' ' -f1
 }

@@ -232,7 +232,7 @@ compute_driver = libvirt.LibvirtDriver
 [libvirt]
 virt_type = $VIRT_TYPE
 INI
-  # Nova's API is eventlet-patched and meant for one thread per process (Debian's default: 16 x 1);
+  # Nova's API is meant for one thread per process (Debian's default: 16 processes x 1 thread);
   # with 1 process x 4 threads, one of 4 concurrent server creates hung until the client's timeout.
   uwsgi_tune /etc/nova/nova-api-uwsgi.ini 2 1
   run_as nova nova-manage api_db sync >/dev/null
