@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import ssl
 import threading
 import time
@@ -31,6 +32,7 @@ from .naming import tags_match
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_MAX_SECONDS = 60.0
+_SAFE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
 _RAISE = object()
 
 
@@ -203,6 +205,12 @@ def _create(driver, *, security_groups: Iterable[str] = (), **kwargs):
             OpenStackSecurityGroup(id=None, tenant_id=None, name=g, description=None, driver=driver) for g in groups
         ]
     return driver.create_node(**kwargs)
+
+
+def _list_named(driver, name: str):
+    """``GET /servers/detail?name=^<name>$`` (``name`` is a safe slug: no regex metacharacters)."""
+    response = driver.connection.request("/servers/detail", params={"name": f"^{name}$"})
+    return driver._to_nodes(response.object)
 
 
 def _fault(driver, node_id: str) -> str | None:
@@ -410,7 +418,11 @@ class CloudClient:
 
     async def find_nodes(self, *, name: str | None, tags: Mapping[str, str]) -> list[Instance]:
         """Instances carrying all ``tags`` (and named ``name`` if given)."""
-        nodes = await self.call("list_nodes", what="list instances")
+        if self.provider == "openstack" and name and _SAFE_NAME.match(name):
+            # Nova filters by name server-side (a regex): no full listing of a big project
+            nodes = await self.call(_list_named, name, what="list instances by name")
+        else:
+            nodes = await self.call("list_nodes", what="list instances")
         found = [_to_instance(n) for n in nodes]
         return [i for i in found if (name is None or i.name == name) and tags_match(i.metadata, tags)]
 

@@ -611,6 +611,13 @@ class LibcloudSpawner(Spawner):
 
     def clear_state(self):
         super().clear_state()
+        # the hub clears the state right before a new start: forget the last start's progress events,
+        # so that an early progress request waits for this start's events instead of replaying old ones
+        self._events = []
+        self._progress_done = False
+        self._forget_instance()
+
+    def _forget_instance(self) -> None:
         self.instance_id = None
         self.instance_name = None
         self.instance_address = None
@@ -661,7 +668,7 @@ class LibcloudSpawner(Spawner):
             return await self._boot(client, selection, user_data, attempt)
         except BaseException as e:
             self._cleanup_task = asyncio.ensure_future(self._cleanup(client, attempt))
-            self.clear_state()
+            self._forget_instance()
             if isinstance(e, asyncio.CancelledError):
                 self.log.warning("Start of %s cancelled (timeout?); removing its instance", self._log_name)
                 raise

@@ -65,7 +65,7 @@ def original_config(double_url: str) -> dict[str, Any]:
             "ex_force_auth_url": double_url,
             "ex_force_service_region": "RegionOne",
             "ex_tenant_name": "jupyter",
-            "ex_domain_name": "Default",  # the double's domain (the original text says "default")
+            "ex_domain_name": "default",
         },
         "userserver_net": "flatnet",
         "cloud_region": "RegionOne",
@@ -121,10 +121,6 @@ class Hub:
             "'admin:users', 'admin:servers', 'access:servers', 'read:users:activity', 'admin:groups']}]",
             self.extra_config,
         ]
-        if os.geteuid() == 0:
-            # the double runs "VM" processes as the current user, not as User=: as root, jupyter-server
-            # refuses to start without this flag (a real VM runs the server as the hub user)
-            lines.append("c.LibcloudSpawner.args = ['--allow-root']")
         self.config_path.write_text("\n".join(lines) + "\n")
 
     # ------------------------------------------------------------------ process

@@ -179,11 +179,27 @@ async def test_one_driver_per_thread():
 
 async def test_find_nodes_matches_name_and_tags():
     tags = {"jupyterhub-user": "alice"}
-    client, _, _ = make_client(
-        {"list_nodes": [[node("1", metadata=tags), node("2", metadata={"jupyterhub-user": "bob"}),
-                         node("3", name="other", metadata=tags)]]}
-    )  # fmt: skip
+    listing = [
+        node("1", metadata=tags),
+        node("2", metadata={"jupyterhub-user": "bob"}),
+        node("3", name="other", metadata=tags),
+    ]
+    client, _, _ = make_client({"list_nodes": [listing]}, provider="ec2")
     assert [i.id for i in await client.find_nodes(name="jupyter-alice", tags=tags)] == ["1"]
+
+
+async def test_find_nodes_asks_nova_to_filter_by_name():
+    requests = []
+
+    class Connection:
+        def request(self, path, params=None):
+            requests.append((path, params))
+            return SimpleNamespace(object={"servers": []})
+
+    driver = SimpleNamespace(connection=Connection(), _to_nodes=lambda obj: [node("1", metadata={"k": "v"})])
+    client = CloudClient(lambda: driver, timeout_seconds=2.0)
+    assert [i.id for i in await client.find_nodes(name="jupyter-alice", tags={"k": "v"})] == ["1"]
+    assert requests == [("/servers/detail", {"name": "^jupyter-alice$"})]
 
 
 async def test_destroy_404_is_success():
