@@ -1,0 +1,249 @@
+"""A user's whole story on the real dev cloud: our image booted by Nova, reached through JupyterHub's proxy.
+
+One hub for the module; VMs are shared between checks so that the tier stays short. The tests run in file
+order (each scenario builds on the VMs the previous ones started):
+
+1. the form lists the documented choices and the manifest's published image (no VM);
+2. three spawns start at once (alice, bob, alice's named server `lab`), their progress streams read from
+   the first event; while they boot, a real Chromium submits the form with the `blank` image: the spawn
+   page shows the progress, then a clear failure, and Nova holds no VM of that user;
+3. two users at once; progress events; a kernel running numpy + matplotlib through the proxy; the named
+   server (booted from the image the manifest offers);
+4. the hub restarts (with the idle culler added, scoped to bob): alice's servers are still reached;
+5. the culler stops bob's idle server and Nova deletes its VM;
+6. alice stops her servers: Nova deletes their VMs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from tests.e2e.conftest import BLANK_START_TIMEOUT_S, CULL_TIMEOUT_S, CULLED_USER, culler_config
+from tests.e2e.e2etools import Spawn, deadline_wait, run_in_kernel, servers_of, wait_no_server
+
+pytestmark = pytest.mark.e2e
+
+SPAWN_DEADLINE_S = 900  # emulated guests, three booting at once: generous
+BROWSER_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _form_options(hub, user: str) -> dict[str, dict[str, str]]:
+    session = hub.login(user)
+    page = session.get(f"{hub.url}/hub/spawn", timeout=30)
+    assert page.status_code == 200, page.text[:300]
+    html = page.content.decode("utf-8")  # requests would guess latin-1 if the charset were missing
+    selects = {}
+    for name, body in re.findall(r'<select[^>]*name="([^"]+)"[^>]*>(.*?)</select>', html, re.S):
+        selects[name] = dict(re.findall(r'<option value="([^"]+)"[^>]*>\s*([^<]*?)\s*</option>', body))
+    return selects
+
+
+def _manifest_choice(hub, image) -> str:
+    """The form value under which the manifest's published image is offered."""
+    images = _form_options(hub, "formviewer")["image"]
+    for value in (image["image_id"], image["image_name"]):
+        if value in images:
+            return value
+    raise AssertionError(f"the manifest's published image {image} is not offered: {images}")
+
+
+# ------------------------------------------------------------------------------------------------ 1. the form
+def test_form_offers_the_documented_choices_and_the_published_image(hub, image):
+    selects = _form_options(hub, "formviewer")
+    assert selects["size"] == {"j1.small": "2 vCPU, 2 GiB", "j1.tiny": "1 vCPU, 1 GiB"}
+    assert selects["image"][image["image_name"]] == image["display_name"]
+    assert selects["image"]["blank"] == "Blank disk (never serves Jupyter)"
+    # image_manifest + image_manifest_cloud: only images published to the dev cloud
+    offered = set(selects["image"]) - {image["image_name"], "blank"}
+    assert offered <= {image["image_id"]}, f"unpublished manifest images offered: {offered}"
+
+
+# ------------------------------------------------------------------------------------------------ 2. spawns
+@pytest.fixture(scope="module")
+def spawns(hub, image):
+    """alice, bob and alice's named server `lab` (the manifest's choice), started at once."""
+    started = {
+        "alice": Spawn(hub, "alice", options={"size": "j1.small", "image": image["image_name"]}).start(),
+        "bob": Spawn(hub, CULLED_USER).start(),  # no options: the form's defaults
+        "lab": Spawn(hub, "alice", "lab", options={"size": "j1.small", "image": _manifest_choice(hub, image)}).start(),
+    }
+    return started
+
+
+def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawns, artifacts):
+    """Chromium: the options form, the spawn page's progress, then a clear failure; Nova: the VM is gone."""
+    from playwright.sync_api import sync_playwright
+
+    user = "mallory"
+    hub.create_user(user)
+    seen_vm = []
+    started = time.monotonic()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.goto(f"{hub.url}/hub/login", timeout=60_000)
+            page.fill("input[name=username]", user)
+            page.fill("input[name=password]", "any")
+            page.click("input[type=submit], button[type=submit]")
+            page.wait_for_url(lambda url: "/hub/login" not in url, timeout=60_000)
+            page.goto(f"{hub.url}/hub/spawn", timeout=60_000)
+            assert page.locator("select[name=size]").count() == 1
+            labels = page.locator("select[name=image] option").all_inner_texts()
+            assert "Blank disk (never serves Jupyter)" in [t.strip() for t in labels]
+            page.select_option("select[name=size]", "j1.tiny")
+            page.select_option("select[name=image]", "blank")
+            page.screenshot(path=str(artifacts / "e2e-options-form.png"), full_page=True)
+            page.click("form button[type=submit]")
+            page.wait_for_url(re.compile(r"/hub/spawn-pending/"), timeout=60_000)
+            # the progress bar moves with the spawner's real phases
+            page.wait_for_function(
+                "document.querySelector('#progress-log') && "
+                "document.querySelector('#progress-log').innerText.includes('Creating virtual machine')",
+                timeout=120_000,
+            )
+            seen_vm.extend(servers_of(nova, hub.hub_id, user))
+            page.locator("#progress-details").evaluate("d => d.open = true")
+            page.screenshot(path=str(artifacts / "e2e-spawn-progress.png"), full_page=True)
+            # then the failure, in words the user can act on
+            page.wait_for_selector("#progress-bar.bg-danger", timeout=(BLANK_START_TIMEOUT_S + 120) * 1000)
+            message = page.inner_text("#progress-message")
+            page.screenshot(path=str(artifacts / "e2e-spawn-failed.png"), full_page=True)
+            log = page.inner_text("#progress-log")
+        finally:
+            browser.close()
+    hub.timings["blank_spawn_failed_s"] = round(time.monotonic() - started, 1)
+    assert f"did not start within {BLANK_START_TIMEOUT_S} seconds" in message, message
+    assert "try again" in message, message
+    assert "Virtual machine created" in log, log
+    assert seen_vm, "Nova never listed the doomed VM while it booted"
+    wait_no_server(nova, hub.hub_id, user, timeout_s=120)
+    assert hub.spawner_model(user) is None
+
+
+# ------------------------------------------------------------------------------------------------ 3. running
+def test_two_users_at_once(hub, nova, spawns):
+    alice, bob = spawns["alice"].wait(SPAWN_DEADLINE_S), spawns["bob"].wait(SPAWN_DEADLINE_S)
+    hub.timings["spawn_to_ready_s"] = {k: round(s.seconds, 1) for k, s in spawns.items() if s.ready_at}
+    assert alice["url"] != bob["url"]
+    for user in ("alice", CULLED_USER):
+        r = hub.through_proxy(user, path="api/status")
+        assert r.status_code == 200, (user, r.status_code, r.text[:200])
+    vms = {u: servers_of(nova, hub.hub_id, u, "") for u in ("alice", CULLED_USER)}
+    assert all(len(v) == 1 for v in vms.values()), vms
+    assert vms["alice"][0].id != vms[CULLED_USER][0].id
+    assert all(v[0].status == "ACTIVE" for v in vms.values())
+
+
+def test_progress_events_follow_the_real_phases(spawns):
+    spawns["alice"].wait(SPAWN_DEADLINE_S)
+    events = spawns["alice"].events
+    messages = [e.get("message", "") for e in events]
+    progress = [e["progress"] for e in events if "progress" in e]
+    assert progress == sorted(progress), progress
+    for phase in ("Checking the server options", "Creating virtual machine", "Virtual machine running at 10.99.0."):
+        assert any(phase in m for m in messages), (phase, messages)
+    assert events[-1]["ready"] is True and events[-1]["url"] == "/user/alice/"
+
+
+def test_kernel_runs_numpy_and_matplotlib_through_the_proxy(hub, spawns, image):
+    spawns["alice"].wait(SPAWN_DEADLINE_S)
+    code = (
+        "import numpy, matplotlib\n"
+        "matplotlib.use('Agg')\n"
+        "import matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots(); ax.plot(numpy.arange(10)); fig.savefig('/tmp/e2e.png')\n"
+        "import os, getpass\n"
+        "print('RESULT', int(numpy.arange(10).sum()), numpy.__version__, matplotlib.__version__,"
+        " getpass.getuser(), os.path.getsize('/tmp/e2e.png') > 0)\n"
+    )
+    started = time.monotonic()
+    result = run_in_kernel(hub, "alice", code, timeout_s=400)
+    hub.timings["kernel_start_and_run_s"] = round(time.monotonic() - started, 1)
+    assert result["status"] == "ok", result
+    line = next(line for line in result["stdout"].splitlines() if line.startswith("RESULT"))
+    _, total, numpy_version, mpl_version, linux_user, wrote = line.split()
+    assert total == "45"
+    if image["versions"]:
+        assert (numpy_version, mpl_version) == (image["versions"]["numpy"], image["versions"]["matplotlib"])
+    assert linux_user == "alice"
+    assert wrote == "True"
+
+
+def test_named_server_gets_its_own_vm_from_the_manifest_image(hub, nova, spawns, image):
+    model = spawns["lab"].wait(SPAWN_DEADLINE_S)
+    assert model["name"] == "lab"
+    r = hub.through_proxy("alice", "lab", path="api/status")
+    assert r.status_code == 200, r.text[:200]
+    (vm,) = servers_of(nova, hub.hub_id, "alice", "lab")
+    (default_vm,) = servers_of(nova, hub.hub_id, "alice", "")
+    assert vm.id != default_vm.id
+    assert vm.image["id"] == image["image_id"]
+    assert vm.flavor["original_name"] == "j1.small"
+
+
+# ------------------------------------------------------------------------------------------------ 4. restart
+def test_hub_restart_keeps_running_servers(hub, nova, spawns):
+    for key in ("alice", "lab"):
+        spawns[key].wait(SPAWN_DEADLINE_S)
+    before = {s.id for s in servers_of(nova, hub.hub_id, "alice")}
+    # the culler joins at this restart: scoped to bob, it cannot race the checks above
+    hub.extra_config += "\n" + culler_config(CULLED_USER, CULL_TIMEOUT_S) + "\n"
+    hub.write_config()
+    old_pid = hub.process.pid
+    hub.restart()
+    assert hub.process.pid != old_pid
+    for server in ("", "lab"):
+        model = hub.spawner_model("alice", server)
+        assert model and model["ready"], (server, model)
+        r = deadline_wait(
+            lambda s=server: (lambda resp: resp if resp.status_code == 200 else None)(
+                hub.through_proxy("alice", s, path="api/status")
+            ),
+            timeout_s=60,
+            what=f"alice/{server} through the restarted hub's proxy",
+        )
+        assert json.loads(r.text)["kernels"] >= 0
+    assert {s.id for s in servers_of(nova, hub.hub_id, "alice")} == before
+
+
+# ------------------------------------------------------------------------------------------------ 5. culler
+def test_idle_culler_stops_the_idle_server_and_its_vm_goes(hub, nova, spawns):
+    spawns["bob"].wait(SPAWN_DEADLINE_S)
+    started = time.monotonic()
+    deadline_wait(
+        lambda: hub.spawner_model(CULLED_USER) is None,
+        timeout_s=CULL_TIMEOUT_S + 300,
+        interval_s=3,
+        what="the idle culler to stop bob's server",
+    )
+    wait_no_server(nova, hub.hub_id, CULLED_USER, timeout_s=180)
+    hub.timings["cull_after_restart_s"] = round(time.monotonic() - started, 1)
+    assert "Culling server bob" in hub.log_text() or "idle-culler" in hub.log_text()
+    # alice's servers, idle as long, are not the culler's to stop
+    assert hub.spawner_model("alice") is not None
+
+
+# ------------------------------------------------------------------------------------------------ 6. stop
+@pytest.mark.parametrize("server", ["lab", ""])
+def test_stop_deletes_the_vm(hub, nova, spawns, server):
+    spawns["lab" if server else "alice"].wait(SPAWN_DEADLINE_S)
+    assert servers_of(nova, hub.hub_id, "alice", server)
+    r = hub.api("DELETE", hub.server_url("alice", server))
+    assert r.status_code in (202, 204), r.text
+    hub.wait_gone("alice", server, timeout_s=300)
+    wait_no_server(nova, hub.hub_id, "alice", server, timeout_s=120)
+    r = hub.through_proxy("alice", server, path="api/status")
+    assert r.status_code != 200
