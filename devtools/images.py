@@ -1014,9 +1014,10 @@ def _set_min_ram(cloud: str, image_id: str, min_ram_mb: int) -> None:
         "name": "Glance image name (default: the manifest name)",
         "visibility": "Glance visibility: private, shared, community or public",
         "timeout": "seconds to wait for the image to become active",
+        "force": "upload again even if the manifest records an active image in this cloud",
     }
 )
-def publish_image(c, cloud, image="", name="", visibility="private", timeout=1800):
+def publish_image(c, cloud, image="", name="", visibility="private", timeout=1800, force=False):
     """Upload a built qcow2 to Glance with its properties; record the image id in the manifest."""
     path = Path(image).resolve() if image else _default_image()
     data = load_manifest()
@@ -1027,6 +1028,12 @@ def publish_image(c, cloud, image="", name="", visibility="private", timeout=180
         raise Exit(f"{path} does not match its manifest checksum: rebuild it")
     conn = _connect(cloud)
     glance_name = name or entry["name"]
+    already = entry.get("published", {}).get(cloud)
+    if already and not force:
+        existing = conn.image.find_image(already["image_id"], ignore_missing=True)
+        if existing is not None and existing.status == "active":
+            print(f"publish-image: already in {cloud} as {existing.id} ({existing.name}); --force uploads again")
+            return existing.id
     vars_ = _os_vars(entry["os"])
     properties = {
         "os_distro": vars_["os_distro"],
