@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 
 import pytest
@@ -83,9 +84,23 @@ def test_rest_refuses_forged_options_with_400_and_no_cloud_call(hub, double, opt
 
 def test_spawn_progress_proxy_and_stop(hub, double):
     hub.create_user("alice")
-    r = hub.api("POST", "/users/alice/server", json={"size": "m1.medium", "image": "debian-12-jupyter"})
+    double.client.set_config(boot_delay_s=3)  # time to open the event stream while the spawn is pending
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            post = pool.submit(
+                hub.api, "POST", "/users/alice/server", json={"size": "m1.medium", "image": "debian-12-jupyter"}
+            )
+            wait_until(
+                lambda: (hub.spawner_model("alice") or {}).get("pending") == "spawn",
+                timeout_s=30,
+                interval_s=0.05,
+                what="alice's spawn pending",
+            )
+            events = hub.progress("alice")
+            r = post.result(timeout=60)
+    finally:
+        double.client.set_config(boot_delay_s=0)
     assert r.status_code in (201, 202), r.text
-    events = hub.progress("alice")
     assert events[-1].get("ready"), events
     percentages = [e["progress"] for e in events if "progress" in e]
     assert percentages == sorted(percentages)
