@@ -213,6 +213,14 @@ def _list_named(driver, name: str):
     return driver._to_nodes(response.object)
 
 
+def _update_metadata(driver, node_id: str, metadata: Mapping[str, str]):
+    """``POST /servers/{id}/metadata``: merge these keys into the instance's metadata (OpenStack)."""
+    response = driver.connection.request(
+        f"/servers/{node_id}/metadata", method="POST", data={"metadata": dict(metadata)}
+    )
+    return (response.object or {}).get("metadata") or {}
+
+
 def _fault(driver, node_id: str) -> str | None:
     response = driver.connection.request(f"/servers/{node_id}")
     fault = (response.object or {}).get("server", {}).get("fault") or {}
@@ -361,7 +369,7 @@ class CloudClient:
             found = found or [i for i in items if getattr(i, "name", None) == wanted]
             if found:
                 return found[0]
-        raise CloudNotFound(f"{kind[:-1]} {wanted!r} not found in the cloud", status=404)
+        raise CloudNotFound(f"the cloud has no {kind[:-1]} {wanted!r}", status=404)
 
     async def image(self, name_or_id: str):
         return await self._resolve("images", "list_images", name_or_id)
@@ -429,6 +437,12 @@ class CloudClient:
     async def destroy_node(self, node_id: str) -> None:
         """Delete an instance (retried: deleting is idempotent); an instance already gone is fine."""
         await self.call(_destroy, node_id, what=f"delete instance {node_id}", on_404=None)
+
+    async def update_metadata(self, node_id: str, metadata: Mapping[str, str]) -> None:
+        """Merge ``metadata`` into an instance's metadata (retried: setting keys is idempotent)."""
+        if self.provider != "openstack":
+            raise CloudError(f"updating instance metadata is not implemented for provider {self.provider!r}")
+        await self.call(_update_metadata, node_id, metadata, what=f"update metadata of instance {node_id}")
 
     async def fault_message(self, node_id: str) -> str | None:
         """Nova's ``fault.message`` of an instance in ERROR (one extra call, only on errors)."""

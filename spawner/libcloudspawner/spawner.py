@@ -683,7 +683,7 @@ class LibcloudSpawner(Spawner):
             return e
         if isinstance(e, CloudNotFound):
             return SpawnException(
-                f"The {e}; please tell the administrator.",
+                f"{str(e)[:1].upper()}{str(e)[1:]}; please tell the administrator.",
                 reason="config",
                 status_code=500,
                 log_message=f"LibcloudSpawner: {e}",
@@ -899,6 +899,24 @@ class LibcloudSpawner(Spawner):
         )
         return False
 
+    async def rename(self, old_name, new_name):
+        """A named server is renamed (JupyterHub 6): retag its instance, so that the reaper and the
+        recovery of lost creates keep recognising it. The instance keeps its name."""
+        if not self.instance_id:
+            return
+        try:
+            await self._client().update_metadata(
+                self.instance_id, {naming.TAG_SERVER_NAME: naming.metadata_value(new_name)}
+            )
+        except CloudError as e:
+            raise SpawnException(
+                "The server's virtual machine could not be relabelled; please try again later.",
+                reason="cloud",
+                status_code=503,
+                log_message=f"Rename of {self._log_name} to {new_name!r}: {e}",
+            ) from None
+        self.log.info("Instance %s of %s now tagged as server %r", self.instance_id, self._log_name, new_name)
+
     # ------------------------------------------------------------------------------ poll / stop
     async def poll(self):
         """None while the instance runs or starts; an exit status once it is gone or broken.
@@ -950,7 +968,22 @@ class LibcloudSpawner(Spawner):
         client = self._client()
         instance_id = self.instance_id
         self.log.info("Deleting instance %s (%s) of %s", self.instance_name, instance_id, self._log_name)
-        await client.destroy_node(instance_id)  # 404 counts as deleted; other errors propagate
+        try:
+            await client.destroy_node(instance_id)  # 404 counts as deleted
+        except CloudError as e:
+            self.log.error(
+                "Could not delete instance %s (%s) of %s: %s. If the hub forgets it, the reaper"
+                " (libcloudspawner-reaper) will find it by its tags.",
+                self.instance_name,
+                instance_id,
+                self._log_name,
+                e,
+            )
+            raise SpawnException(
+                "Your server's virtual machine could not be deleted right now; please try again later.",
+                reason="cloud",
+                status_code=503,
+            ) from None
         if not now:
             await self._wait_gone(client, instance_id)
         self.clear_state()

@@ -65,6 +65,11 @@ class FakeCloud:
         self.calls.append("destroy_node")
         self.nodes.pop(node_id, None)
 
+    async def update_metadata(self, node_id, metadata):
+        self.calls.append("update_metadata")
+        node = self.nodes[node_id]
+        self.nodes[node_id] = Instance(**{**node.__dict__, "metadata": {**node.metadata, **metadata}})
+
     async def fault_message(self, node_id):
         return "No valid host was found."
 
@@ -252,3 +257,34 @@ def test_alias_libcloud_driver_params():
 def test_traits_refuse_bad_values_clearly(trait, value, message):
     with pytest.raises(Exception, match=message):
         LibcloudSpawner(**{trait: value})
+
+
+async def test_rename_retags_the_instance(spawner, cloud):
+    await spawner.start()
+    await spawner.rename("", "renamed")
+    assert cloud.nodes[spawner.instance_id].metadata["jupyterhub-server-name"] == "renamed"
+
+
+async def test_stop_failure_is_a_clear_error(spawner, cloud):
+    await spawner.start()
+
+    async def fail(node_id):
+        raise CloudError("delete instance failed: 500", transient=True, status=500)
+
+    cloud.destroy_node = fail
+    with pytest.raises(SpawnException) as info:
+        await spawner.stop()
+    assert info.value.status_code == 503
+
+
+async def test_unknown_image_is_an_administrator_problem(spawner, cloud):
+    from libcloudspawner.cloud import CloudNotFound
+
+    async def missing(name):
+        raise CloudNotFound(f"the cloud has no image {name!r}", status=404)
+
+    cloud.image = missing
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert info.value.message == "The cloud has no image 'debian-12-jupyter'; please tell the administrator."
+    assert "create_node" not in cloud.calls
