@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "tests" / "images"))
 sys.path.insert(0, str(ROOT / "spawner"))
 
 import vmtools  # noqa: E402
+
 from libcloudspawner import userdata as ud  # noqa: E402
 
 USER = "alice"
