@@ -45,8 +45,10 @@ _clients: dict[str, CloudClient] = {}
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
-    """Default ``apply_user_options``: validate strictly (HTTP 400 on anything not offered)."""
+    """Default ``apply_user_options``: validate strictly (HTTP 400 on anything not offered), and apply
+    the chosen profile's overrides now, so that the hub's own start deadline sees its ``start_timeout``."""
     spawner._selection = spawner.validate_options(user_options)
+    spawner._apply_profile(spawner._selection.profile)
 
 
 class LibcloudSpawner(Spawner):
@@ -626,11 +628,22 @@ class LibcloudSpawner(Spawner):
     async def start(self):
         self._events = []
         self._progress_done = False
+        try:
+            self._emit(5, "Checking the server options")
+            selection = self.validate_options(self.user_options)  # no cloud call before this
+            self._apply_profile(selection.profile)
+            return await self._start_with_deadline(selection)
+        finally:
+            self._progress_done = True
+            changed, self._events_changed = self._events_changed, asyncio.Event()
+            changed.set()
+
+    async def _start_with_deadline(self, selection: options.Selection) -> str:
         # our own deadline, a little before the hub's start_timeout, so that the user gets a message
         # saying what was too slow (the hub's own timeout says only "Spawn failed") and cleanup starts
         budget = self.start_timeout - 5 if self.start_timeout >= 20 else None
         try:
-            return await asyncio.wait_for(self._start(), budget)
+            return await asyncio.wait_for(self._start(selection), budget)
         except asyncio.TimeoutError:
             phase = self._events[-1]["message"] if self._events else "starting"
             self.log.warning("Start of %s timed out after %ss (last phase: %s)", self._log_name, budget, phase)
@@ -645,19 +658,12 @@ class LibcloudSpawner(Spawner):
                 reason="timeout",
                 status_code=504,
             ) from None
-        finally:
-            self._progress_done = True
-            changed, self._events_changed = self._events_changed, asyncio.Event()
-            changed.set()
 
-    async def _start(self):
+    async def _start(self, selection: options.Selection):
         if self._cleanup_task is not None and not self._cleanup_task.done():
-            self._emit(2, "Waiting for the previous attempt's instance to be removed")
+            self._emit(6, "Waiting for the previous attempt's instance to be removed")
             await asyncio.shield(self._cleanup_task)
-        self._emit(5, "Checking the server options")
-        selection = self.validate_options(self.user_options)  # no cloud call before this
         self._selection = selection
-        self._apply_profile(selection.profile)
         user_data = self._render_userdata()
         client = self._client()
         name = self._instance_name()

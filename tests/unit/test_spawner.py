@@ -288,3 +288,23 @@ async def test_unknown_image_is_an_administrator_problem(spawner, cloud):
         await spawner.start()
     assert info.value.message == "The cloud has no image 'debian-12-jupyter'; please tell the administrator."
     assert "create_node" not in cloud.calls
+
+
+async def test_profile_overrides_are_applied_before_the_hub_deadline_and_restored():
+    from libcloudspawner.spawner import _apply_user_options
+
+    s = LibcloudSpawner(
+        user=SimpleNamespace(name="alice"),
+        profiles=[
+            {"display_name": "Small", "slug": "small", "size": "m1.small", "image": "img"},
+            {"display_name": "Big", "slug": "big", "size": "m1.big", "image": "img",
+             "overrides": {"start_timeout": 1200, "userserver_net": "big-net"}},
+        ],
+    )  # fmt: skip
+    await _apply_user_options(s, {"profile": "big"})
+    assert (s.start_timeout, s.userserver_net) == (1200, "big-net")
+    await _apply_user_options(s, {"profile": "small"})
+    assert (s.start_timeout, s.userserver_net) == (900, None)
+    with pytest.raises(SpawnException) as info:
+        await _apply_user_options(s, {"profile": "huge"})
+    assert info.value.status_code == 400
