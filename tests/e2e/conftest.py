@@ -29,7 +29,7 @@ from tests.hub.hubtools import Hub
 
 #: a spawn of the `blank` image (boots to nothing) gets this start_timeout, every other spawn START_TIMEOUT_S
 BLANK_START_TIMEOUT_S = 75
-START_TIMEOUT_S = 900
+START_TIMEOUT_S = 1500
 #: the user the idle culler is allowed to see (its role is scoped to this user only)
 CULLED_USER = "bob"
 CULL_TIMEOUT_S = 60

@@ -4,14 +4,15 @@ One hub for the module; VMs are shared between checks so that the tier stays sho
 order (each scenario builds on the VMs the previous ones started):
 
 1. the form lists the documented choices and the manifest's published image (no VM);
-2. three spawns start at once (alice, bob, alice's named server `lab`), their progress streams read from
-   the first event; while they boot, a real Chromium submits the form with the `blank` image: the spawn
-   page shows the progress, then a clear failure, and Nova holds no VM of that user;
+2. two spawns start at once (alice's default server, bob's named server `lab` from the image the
+   manifest offers), their progress streams read from the first event; while they boot, a real Chromium
+   submits the form with the `blank` image: the spawn page shows the progress, then a clear failure, and
+   Nova holds no VM of that user;
 3. two users at once; progress events; a kernel running numpy + matplotlib through the proxy; the named
-   server (booted from the image the manifest offers);
-4. the hub restarts (with the idle culler added, scoped to bob): alice's servers are still reached;
-5. the culler stops bob's idle server and Nova deletes its VM;
-6. alice stops her servers: Nova deletes their VMs.
+   server;
+4. the hub restarts (with the idle culler added, scoped to bob): alice's server is still reached;
+5. the culler stops bob's idle named server and Nova deletes its VM;
+6. alice stops her server: Nova deletes its VM.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.e2e.e2etools import Spawn, deadline_wait, run_in_kernel, servers_of, 
 
 pytestmark = pytest.mark.e2e
 
-SPAWN_DEADLINE_S = 900  # emulated guests, three booting at once: generous
+SPAWN_DEADLINE_S = 1500  # emulated guests on a shared 2-core machine: 70-120 s quiet, 10+ min loaded
 BROWSER_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -73,13 +74,12 @@ def test_form_offers_the_documented_choices_and_the_published_image(hub, image):
 # ------------------------------------------------------------------------------------------------ 2. spawns
 @pytest.fixture(scope="module")
 def spawns(hub, image):
-    """alice, bob and alice's named server `lab` (the manifest's choice), started at once."""
-    started = {
-        "alice": Spawn(hub, "alice", options={"size": "j1.small", "image": image["image_name"]}).start(),
-        "bob": Spawn(hub, CULLED_USER).start(),  # no options: the form's defaults
-        "lab": Spawn(hub, "alice", "lab", options={"size": "j1.small", "image": _manifest_choice(hub, image)}).start(),
+    """alice's default server (the form's defaults) and bob's named server `lab` (the manifest's choice)."""
+    lab_options = {"size": "j1.small", "image": _manifest_choice(hub, image)}
+    return {
+        "alice": Spawn(hub, "alice").start(),  # no options: the form's defaults
+        "lab": Spawn(hub, CULLED_USER, "lab", options=lab_options).start(),
     }
-    return started
 
 
 def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawns, artifacts):
@@ -125,26 +125,27 @@ def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawn
         finally:
             browser.close()
     hub.timings["blank_spawn_failed_s"] = round(time.monotonic() - started, 1)
-    assert f"did not start within {BLANK_START_TIMEOUT_S} seconds" in message, message
-    assert "try again" in message, message
     assert "Virtual machine created" in log, log
     assert seen_vm, "Nova never listed the doomed VM while it booted"
     wait_no_server(nova, hub.hub_id, user, timeout_s=120)
     assert hub.spawner_model(user) is None
+    # what the user reads under the red bar: the spawner's reason, not the hub's bare "Spawn failed:"
+    assert f"did not start within {BLANK_START_TIMEOUT_S} seconds" in message, f"the user read: {message!r}"
+    assert "try again" in message, message
 
 
 # ------------------------------------------------------------------------------------------------ 3. running
 def test_two_users_at_once(hub, nova, spawns):
-    alice, bob = spawns["alice"].wait(SPAWN_DEADLINE_S), spawns["bob"].wait(SPAWN_DEADLINE_S)
+    alice, bob = spawns["alice"].wait(SPAWN_DEADLINE_S), spawns["lab"].wait(SPAWN_DEADLINE_S)
     hub.timings["spawn_to_ready_s"] = {k: round(s.seconds, 1) for k, s in spawns.items() if s.ready_at}
     assert alice["url"] != bob["url"]
-    for user in ("alice", CULLED_USER):
-        r = hub.through_proxy(user, path="api/status")
+    for user, server in (("alice", ""), (CULLED_USER, "lab")):
+        r = hub.through_proxy(user, server, path="api/status")
         assert r.status_code == 200, (user, r.status_code, r.text[:200])
-    vms = {u: servers_of(nova, hub.hub_id, u, "") for u in ("alice", CULLED_USER)}
-    assert all(len(v) == 1 for v in vms.values()), vms
-    assert vms["alice"][0].id != vms[CULLED_USER][0].id
-    assert all(v[0].status == "ACTIVE" for v in vms.values())
+    vms = [servers_of(nova, hub.hub_id, "alice", ""), servers_of(nova, hub.hub_id, CULLED_USER, "lab")]
+    assert [len(v) for v in vms] == [1, 1], vms
+    assert vms[0][0].id != vms[1][0].id
+    assert all(v[0].status == "ACTIVE" for v in vms)
 
 
 def test_progress_events_follow_the_real_phases(spawns):
@@ -185,19 +186,19 @@ def test_kernel_runs_numpy_and_matplotlib_through_the_proxy(hub, spawns, image):
 def test_named_server_gets_its_own_vm_from_the_manifest_image(hub, nova, spawns, image):
     model = spawns["lab"].wait(SPAWN_DEADLINE_S)
     assert model["name"] == "lab"
-    r = hub.through_proxy("alice", "lab", path="api/status")
+    assert model["url"] == f"/user/{CULLED_USER}/lab/"
+    r = hub.through_proxy(CULLED_USER, "lab", path="api/status")
     assert r.status_code == 200, r.text[:200]
-    (vm,) = servers_of(nova, hub.hub_id, "alice", "lab")
-    (default_vm,) = servers_of(nova, hub.hub_id, "alice", "")
-    assert vm.id != default_vm.id
+    (vm,) = servers_of(nova, hub.hub_id, CULLED_USER, "lab")
+    assert vm.name.endswith("--lab"), vm.name
+    assert not servers_of(nova, hub.hub_id, CULLED_USER, "")
     assert vm.image["id"] == image["image_id"]
     assert vm.flavor["original_name"] == "j1.small"
 
 
 # ------------------------------------------------------------------------------------------------ 4. restart
 def test_hub_restart_keeps_running_servers(hub, nova, spawns):
-    for key in ("alice", "lab"):
-        spawns[key].wait(SPAWN_DEADLINE_S)
+    spawns["alice"].wait(SPAWN_DEADLINE_S)
     before = {s.id for s in servers_of(nova, hub.hub_id, "alice")}
     # the culler joins at this restart: scoped to bob, it cannot race the checks above
     hub.extra_config += "\n" + culler_config(CULLED_USER, CULL_TIMEOUT_S) + "\n"
@@ -205,45 +206,43 @@ def test_hub_restart_keeps_running_servers(hub, nova, spawns):
     old_pid = hub.process.pid
     hub.restart()
     assert hub.process.pid != old_pid
-    for server in ("", "lab"):
-        model = hub.spawner_model("alice", server)
-        assert model and model["ready"], (server, model)
-        r = deadline_wait(
-            lambda s=server: (lambda resp: resp if resp.status_code == 200 else None)(
-                hub.through_proxy("alice", s, path="api/status")
-            ),
-            timeout_s=60,
-            what=f"alice/{server} through the restarted hub's proxy",
-        )
-        assert json.loads(r.text)["kernels"] >= 0
+    model = hub.spawner_model("alice")
+    assert model and model["ready"], model
+
+    def reached():
+        r = hub.through_proxy("alice", path="api/status")
+        return r if r.status_code == 200 else None
+
+    r = deadline_wait(reached, timeout_s=60, what="alice's server through the restarted hub's proxy")
+    assert json.loads(r.text)["kernels"] >= 0
     assert {s.id for s in servers_of(nova, hub.hub_id, "alice")} == before
 
 
 # ------------------------------------------------------------------------------------------------ 5. culler
 def test_idle_culler_stops_the_idle_server_and_its_vm_goes(hub, nova, spawns):
-    spawns["bob"].wait(SPAWN_DEADLINE_S)
+    spawns["lab"].wait(SPAWN_DEADLINE_S)
     started = time.monotonic()
     deadline_wait(
-        lambda: hub.spawner_model(CULLED_USER) is None,
+        lambda: hub.spawner_model(CULLED_USER, "lab") is None,
         timeout_s=CULL_TIMEOUT_S + 300,
         interval_s=3,
         what="the idle culler to stop bob's server",
     )
     wait_no_server(nova, hub.hub_id, CULLED_USER, timeout_s=180)
     hub.timings["cull_after_restart_s"] = round(time.monotonic() - started, 1)
-    assert "Culling server bob" in hub.log_text() or "idle-culler" in hub.log_text()
-    # alice's servers, idle as long, are not the culler's to stop
+    # the stop came from the culler's service token, not from this test
+    assert re.search(r"DELETE /hub/api/users/bob/servers/lab.*\(idle-culler@", hub.log_text()), "no cull in the log"
+    # alice's server, idle as long, is not the culler's to stop
     assert hub.spawner_model("alice") is not None
 
 
 # ------------------------------------------------------------------------------------------------ 6. stop
-@pytest.mark.parametrize("server", ["lab", ""])
-def test_stop_deletes_the_vm(hub, nova, spawns, server):
-    spawns["lab" if server else "alice"].wait(SPAWN_DEADLINE_S)
-    assert servers_of(nova, hub.hub_id, "alice", server)
-    r = hub.api("DELETE", hub.server_url("alice", server))
+def test_stop_deletes_the_vm(hub, nova, spawns):
+    spawns["alice"].wait(SPAWN_DEADLINE_S)
+    assert servers_of(nova, hub.hub_id, "alice")
+    r = hub.api("DELETE", hub.server_url("alice"))
     assert r.status_code in (202, 204), r.text
-    hub.wait_gone("alice", server, timeout_s=300)
-    wait_no_server(nova, hub.hub_id, "alice", server, timeout_s=120)
-    r = hub.through_proxy("alice", server, path="api/status")
+    hub.wait_gone("alice", timeout_s=300)
+    wait_no_server(nova, hub.hub_id, "alice", timeout_s=120)
+    r = hub.through_proxy("alice", path="api/status")
     assert r.status_code != 200
