@@ -44,7 +44,10 @@ def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str, pins: l
     install = " && ".join(
         [
             "python3 -m venv /opt/jupyter",
-            "/opt/jupyter/bin/pip install --quiet --no-index --find-links " + wheel_url + " " + " ".join(pins),
+            f"/opt/jupyter/bin/pip install --quiet --no-index --trusted-host {vmtools.GUEST_HOST_ADDR} --find-links "
+            + wheel_url
+            + " "
+            + " ".join(pins),
             "ln -sf /opt/jupyter/bin/jupyterhub-singleuser /usr/local/bin/jupyterhub-singleuser",
             "systemctl daemon-reload",
             "systemctl enable --now " + ud.UNIT_NAME,
@@ -119,6 +122,7 @@ def main() -> None:
     p.add_argument("--image", help="built qcow2 (default: newest in images/manifest.json)")
     p.add_argument("--base", default=str(ROOT / "images/output/base/debian-12.qcow2"), help="the base qcow2")
     p.add_argument("--accelerator", default="tcg", choices=["kvm", "tcg"])
+    p.add_argument("--phases", default="slim,first-boot", help="boots to run: slim, first-boot, or both (default)")
     args = p.parse_args()
 
     manifest = json.loads((ROOT / "images/manifest.json").read_text())
@@ -138,17 +142,28 @@ def main() -> None:
     wheelhouse = sorted((ROOT / "images/output/wheelhouse").glob(f"{entry['os']}-*"))[-1]
     assert all(p.split("==")[0] in lock for p in pins)
 
-    slim = boot(
-        "slim",
-        image,
-        args.accelerator,
-        lambda env: ud.render_userdata(username=USER, env=env, cmd=["jupyterhub-singleuser"]),
-    )
-    with _serve(wheelhouse) as port:
-        url = f"http://{vmtools.GUEST_HOST_ADDR}:{port}/"
-        first = boot(
-            "install-at-first-boot", base, args.accelerator, lambda env: _install_at_first_boot_userdata(env, url, pins)
+    phases = set(args.phases.split(","))
+    no_run = {"seconds_to_ssh": float("nan"), "seconds_to_ready": float("nan")}
+    slim = (
+        no_run
+        if "slim" not in phases
+        else boot(
+            "slim",
+            image,
+            args.accelerator,
+            lambda env: ud.render_userdata(username=USER, env=env, cmd=["jupyterhub-singleuser"]),
         )
+    )
+    first = no_run
+    if "first-boot" in phases:
+        with _serve(wheelhouse) as port:
+            url = f"http://{vmtools.GUEST_HOST_ADDR}:{port}/"
+            first = boot(
+                "install-at-first-boot",
+                base,
+                args.accelerator,
+                lambda env: _install_at_first_boot_userdata(env, url, pins),
+            )
 
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
