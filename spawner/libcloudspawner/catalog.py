@@ -8,15 +8,18 @@ Choices come from three places, all configured by the administrator:
 - the image build manifest (``images/manifest.json``): every image the build published, appended to the
   images on offer.
 
-Manifest schema (``manifest_version`` 1)::
+Manifest schema (written by ``invoke build-image`` / ``invoke publish-image``, ``"schema": 1``)::
 
-    {"manifest_version": 1,
-     "images": [{"name": "debian-12-jupyter-20261125-1a2b3c4",   # the image's name in the cloud (required)
-                 "display_name": "Debian 12 + JupyterLab",        # shown in the form (default: name)
-                 "cloud": "devcloud",                             # which cloud it was published to
-                 "image_id": "3f0c...",                           # the cloud's id, preferred over name
-                 "os": "debian-12", "created": "2026-11-25T21:00:00Z", "git_commit": "1a2b3c4",
-                 "default": false}]}
+    {"schema": 1,
+     "images": [{"name": "debian-12-jupyter-20261125-1a2b3c4",   # the build (required)
+                 "os": "debian-12",                               # builds of one OS replace each other
+                 "display_name": "Debian 12 · JupyterLab 4.6.6",  # shown in the form (default: name)
+                 "published": {"devcloud": {"image_id": "3f0c...", "image_name": "debian-12-jupyter-..."}},
+                 "default": false, ...}]}                        # (date, versions, sha256, ... for people)
+
+Only published builds are offered (a local qcow2 cannot boot in the cloud), by their cloud image id; of the
+builds of one OS, only the newest (last listed) is offered. ``image_manifest_cloud`` names the cloud to
+read; it may be left unset when every build was published to one cloud only.
 
 Packer's own ``manifest`` post-processor output (``{"builds": [{"name", "artifact_id", "custom_data"}]}``)
 is read as well: ``custom_data`` may carry ``display_name``, ``image_name`` and ``cloud``.
@@ -199,7 +202,7 @@ def load_manifest(path: str | Path, cloud: str | None = None) -> tuple[Choice, .
 
 
 def manifest_choices(data: Any, cloud: str | None = None, source: str = "manifest") -> tuple[Choice, ...]:
-    """The images of a parsed manifest (ours or Packer's), newest entries last as listed."""
+    """The images of a parsed manifest (ours or Packer's): the newest published build of each OS."""
     if not isinstance(data, Mapping):
         raise CatalogError(f"{source}: expected a JSON object with an 'images' list")
     if "images" in data:
@@ -212,7 +215,7 @@ def manifest_choices(data: Any, cloud: str | None = None, source: str = "manifes
         raise CatalogError(f"{source}: expected an 'images' list (or Packer's 'builds')")
     if not isinstance(entries, list):
         raise CatalogError(f"{source}: 'images' must be a list")
-    choices = []
+    newest: dict[str, Choice] = {}  # OS (or name) -> choice; dicts keep first-insertion order
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
             raise CatalogError(f"{source}: images[{index}] must be an object")
@@ -221,25 +224,43 @@ def manifest_choices(data: Any, cloud: str | None = None, source: str = "manifes
             name = custom.get("image_name") or entry.get("name")
             image_id = entry.get("artifact_id")
             display = custom.get("display_name") or name
-            entry_cloud = custom.get("cloud")
+            if cloud is not None and custom.get("cloud") not in (None, cloud):
+                continue
             default = str(custom.get("default", "")).lower() == "true"
+            key = f"packer-{index}"
         else:
             name = entry.get("name")
-            image_id = entry.get("image_id")
+            published = entry.get("published")
+            published = {} if published is None else published
+            if not isinstance(published, Mapping):
+                raise CatalogError(f"{source}: images[{index}].published must be an object")
+            if cloud is not None:
+                where = published.get(cloud)
+            elif len(published) > 1:
+                raise CatalogError(
+                    f"{source}: image {name!r} is published to several clouds ({', '.join(sorted(published))}):"
+                    " set LibcloudSpawner.image_manifest_cloud to the one this hub uses"
+                )
+            else:
+                where = next(iter(published.values()), None)
+            if not where:
+                continue  # built here but not published to this cloud: nothing a VM could boot from
+            if not isinstance(where, Mapping):
+                raise CatalogError(f"{source}: images[{index}].published entries must be objects")
+            image_id = where.get("image_id")
+            name = where.get("image_name") or name
             display = entry.get("display_name") or name
-            entry_cloud = entry.get("cloud")
             default = entry.get("default") is True
-        if cloud is not None and entry_cloud not in (None, cloud):
-            continue
+            key = str(entry.get("os") or name)
         cloud_name = image_id if isinstance(image_id, str) and image_id else name
-        choices.append(
-            Choice(
-                _check_text(display, f"{source}: images[{index}] display_name", MAX_DISPLAY_LENGTH),
-                _check_text(cloud_name, f"{source}: images[{index}] name", MAX_CLOUD_NAME_LENGTH),
-                default=default,
-            )
+        choice = Choice(
+            _check_text(display, f"{source}: images[{index}] display_name", MAX_DISPLAY_LENGTH),
+            _check_text(cloud_name, f"{source}: images[{index}] name", MAX_CLOUD_NAME_LENGTH),
+            default=default,
         )
-    return tuple(choices)
+        newest.pop(key, None)
+        newest[key] = choice
+    return tuple(newest.values())
 
 
 def build_catalog(

@@ -80,24 +80,49 @@ def test_profiles_refused_clearly(profiles, message):
         normalize_profiles(profiles, OVERRIDES)
 
 
+def _build(name, os_name, published=None, display=None):
+    entry = {"name": name, "os": os_name, "published": published or {}}
+    if display:
+        entry["display_name"] = display
+    return entry
+
+
 def test_manifest_ours_filtered_by_cloud(tmp_path):
     path = tmp_path / "manifest.json"
     path.write_text(
         json.dumps(
             {
-                "manifest_version": 1,
+                "schema": 1,
                 "images": [
-                    {"name": "debian-12-jupyter-1", "display_name": "Debian 12", "cloud": "devcloud"},
-                    {"name": "ubuntu-22-jupyter-1", "cloud": "other", "image_id": "uuid-2"},
-                    {"name": "anywhere", "image_id": "uuid-3"},
+                    _build("deb-1", "debian-12", {"devcloud": {"image_id": "uuid-1"}}, display="Debian 12"),
+                    _build("ubu-1", "ubuntu-22.04", {"other": {"image_id": "uuid-2"}}),
+                    _build("deb-local", "debian-12-local"),  # built, never published: not offered
                 ],
             }
         )
     )
-    assert load_manifest(path, cloud="devcloud") == (
-        Choice("Debian 12", "debian-12-jupyter-1"),
-        Choice("anywhere", "uuid-3"),
-    )
+    assert load_manifest(path, cloud="devcloud") == (Choice("Debian 12", "uuid-1"),)
+    assert load_manifest(path, cloud="other") == (Choice("ubu-1", "uuid-2"),)
+
+
+def test_manifest_offers_the_newest_build_of_each_os():
+    data = {
+        "images": [
+            _build("deb-1", "debian-12", {"c": {"image_id": "uuid-1"}}),
+            _build("ubu-1", "ubuntu-22.04", {"c": {"image_id": "uuid-2"}}),
+            _build("deb-2", "debian-12", {"c": {"image_id": "uuid-3"}}),
+            _build("deb-3", "debian-12"),  # newer, but not published: the published deb-2 stays
+        ]
+    }
+    assert manifest_choices(data, cloud="c") == (Choice("ubu-1", "uuid-2"), Choice("deb-2", "uuid-3"))
+
+
+def test_manifest_without_cloud_needs_one_cloud():
+    one = {"images": [_build("deb-1", "debian-12", {"devcloud": {"image_id": "uuid-1", "image_name": "deb"}})]}
+    assert manifest_choices(one) == (Choice("deb", "uuid-1"),)
+    two = {"images": [_build("deb-1", "debian-12", {"a": {"image_id": "1"}, "b": {"image_id": "2"}})]}
+    with pytest.raises(CatalogError, match="image_manifest_cloud"):
+        manifest_choices(two)
 
 
 def test_manifest_packer_format():
@@ -105,7 +130,10 @@ def test_manifest_packer_format():
     assert manifest_choices(data) == (Choice("Deb", "abc"),)
 
 
-@pytest.mark.parametrize("content", ["not json", "[]", '{"images": {}}', '{"other": 1}', '{"images": [1]}'])
+@pytest.mark.parametrize(
+    "content",
+    ["not json", "[]", '{"images": {}}', '{"other": 1}', '{"images": [1]}', '{"images": [{"published": []}]}'],
+)
 def test_manifest_errors(tmp_path, content):
     path = tmp_path / "m.json"
     path.write_text(content)
