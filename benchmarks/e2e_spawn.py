@@ -1,0 +1,259 @@
+"""Spawn-to-ready on the real dev cloud: what a user waits for, side by side (issue 4's benchmark).
+
+Modes (each through a real JupyterHub + proxy + LibcloudSpawner, the time from the REST spawn request to
+the hub marking the server ready, i.e. the single-user server answering on the VM):
+
+- ``ours``: the pre-built Jupyter image (newest published to devcloud in images/manifest.json) + the
+  spawner's slim cloud-init;
+- ``install``: the bare base image (images/output/base/debian-12.qcow2, uploaded to Glance as
+  ``lcs-bench-base`` if missing) + install-at-first-boot user-data (the original project's approach:
+  venv + pip install of the locked stack, then the same unit). Guests have no route out, so the
+  wheelhouse is served from the host (10.99.0.1) by a throw-away HTTP server;
+- ``bare``: the base image booted by openstacksdk with no user-data: create to SSH banner (the floor);
+- ``concurrency``: ``ours`` with 1, 2 and 4 users at once.
+
+    python -m benchmarks.e2e_spawn --modes ours,bare,install,concurrency --out benchmarks/results
+
+Prerequisites: `invoke devcloud up`, `invoke publish-image --cloud devcloud`. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+if not (REPO / "spawner" / "libcloudspawner").is_dir():
+    raise SystemExit("run from the repository")
+sys.path.insert(1, str(REPO / "spawner"))
+
+from tests.e2e.e2etools import connect_nova, devcloud_facts, hub_bind_port, published_image, servers_of  # noqa: E402
+from tests.hub.hubtools import Hub  # noqa: E402
+
+warnings.simplefilter("ignore")
+
+BASE_QCOW2 = REPO / "images" / "output" / "base" / "debian-12.qcow2"
+LOCK = REPO / "images" / "packer" / "files" / "requirements-debian-12.lock"
+BASE_GLANCE_NAME = "lcs-bench-base"
+
+INSTALL_TEMPLATE = """#cloud-config
+users:
+  - default
+  - name: {{ username | tojson }}
+    homedir: {{ homedir | tojson }}
+    shell: /bin/bash
+    lock_passwd: true
+write_files:
+  - path: {{ env_path | tojson }}
+    owner: "root:root"
+    permissions: "0600"
+    content: {{ env_file | tojson }}
+  - path: {{ unit_path | tojson }}
+    owner: "root:root"
+    permissions: "0644"
+    content: {{ unit_file | tojson }}
+runcmd:
+  - [python3, -m, venv, /opt/jupyter]
+  - [/opt/jupyter/bin/pip, install, --no-index, --trusted-host, "@HOST@", --find-links, "@URL@",
+     --require-hashes, -r, "@URL@requirements.lock"]
+  - [sh, -c, "for c in jupyterhub-singleuser jupyter-lab jupyter python; do\
+      ln -sf /opt/jupyter/bin/$c /usr/local/bin/$c; done"]
+  - [systemctl, daemon-reload]
+  - [systemctl, enable, --now, {{ unit_name | tojson }}]
+"""
+
+
+def serve_wheelhouse(host: str) -> tuple[str, http.server.ThreadingHTTPServer, Path]:
+    """The locked wheelhouse and the lock file over HTTP on the host's flatnet address."""
+    wheelhouse = sorted((REPO / "images" / "output" / "wheelhouse").glob("debian-12-*"))
+    if not wheelhouse:
+        raise SystemExit("no wheelhouse in images/output/wheelhouse: run `invoke build-image --os debian-12`")
+    root = Path(tempfile.mkdtemp(prefix="lcs-bench-wheels-"))
+    for wheel in wheelhouse[-1].iterdir():
+        (root / wheel.name).symlink_to(wheel)
+    (root / "requirements.lock").symlink_to(LOCK)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://{host}:{server.server_address[1]}/", server, root
+
+
+def base_image(conn) -> str:
+    image = conn.image.find_image(BASE_GLANCE_NAME)
+    if image is None:
+        print(f"uploading {BASE_QCOW2} to Glance as {BASE_GLANCE_NAME}", flush=True)
+        image = conn.image.create_image(
+            name=BASE_GLANCE_NAME, filename=str(BASE_QCOW2), disk_format="qcow2", container_format="bare",
+            visibility="private", min_disk=8, min_ram=512, wait=True, timeout=900,
+        )  # fmt: skip
+    return image.id
+
+
+def make_hub(facts, workdir: Path, images: list[tuple[str, str]], template: Path | None = None) -> Hub:
+    host = facts["host_ip"]
+    port = hub_bind_port(host)
+    extra = f"""
+c.JupyterHub.hub_bind_url = 'http://{host}:{port}'
+c.JupyterHub.hub_connect_url = 'http://{host}:{port}'
+c.LibcloudSpawner.port = 8000
+c.LibcloudSpawner.hub_id = 'bench-{os.getpid()}'
+c.LibcloudSpawner.startup_poll_interval_seconds = 2
+c.LibcloudSpawner.api_timeout_seconds = 60
+c.LibcloudSpawner.start_timeout = 1800
+c.LibcloudSpawner.http_timeout = 120
+c.JupyterHub.log_level = 'INFO'
+"""
+    if template is not None:
+        extra += f"c.LibcloudSpawner.cloudinit_template = {str(template)!r}\n"
+    config = {
+        "libcloudparams": {
+            "arg_user_id": facts["user"], "arg_key": facts["password"],
+            "ex_force_auth_version": facts["auth_version"], "ex_force_auth_url": facts["auth_url"],
+            "ex_force_service_region": facts["region"], "ex_tenant_name": facts["project"],
+            "ex_domain_name": "default",
+        },
+        "userserver_net": facts["network"],
+        "cloud_region": facts["region"],
+        "userserver_sizes": [("2 vCPU, 2 GiB", "j1.small")],
+        "userserver_images": images,
+    }  # fmt: skip
+    hub = Hub(workdir, None, config, extra)
+    hub.start(timeout_s=90)
+    return hub
+
+
+def spawn_many(hub: Hub, users: list[str], deadline_s: float) -> list[float]:
+    """Spawn ``users`` at once; seconds from each request to ready. Servers are stopped afterwards."""
+
+    def one(user: str) -> float:
+        hub.create_user(user)
+        t0 = time.monotonic()
+        r = hub.api("POST", f"/users/{user}/server", json={})
+        assert r.status_code in (201, 202), r.text
+        hub.wait_ready(user, timeout_s=deadline_s)
+        return time.monotonic() - t0
+
+    try:
+        with ThreadPoolExecutor(len(users)) as pool:
+            return list(pool.map(one, users))
+    finally:
+        for user in users:
+            hub.api("DELETE", f"/users/{user}/server")
+        for user in users:
+            hub.wait_gone(user, timeout_s=300)
+
+
+def bare_boot(conn, facts, image_id: str, deadline_s: float = 600) -> float:
+    """Create to SSH banner of the base image, no user-data."""
+    flavor = conn.compute.find_flavor("j1.small")
+    network = conn.network.find_network(facts["network"])
+    t0 = time.monotonic()
+    server = conn.compute.create_server(
+        name="lcs-bench-bare", image_id=image_id, flavor_id=flavor.id, networks=[{"uuid": network.id}],
+        config_drive=True, metadata={"jupyterhub-hub-id": f"bench-{os.getpid()}"},
+    )  # fmt: skip
+    try:
+        server = conn.compute.wait_for_server(server, wait=deadline_s, interval=2)
+        address = server.addresses[facts["network"]][0]["addr"]
+        while time.monotonic() - t0 < deadline_s:
+            try:
+                with socket.create_connection((address, 22), timeout=5) as s:
+                    s.settimeout(10)
+                    if s.recv(64).startswith(b"SSH-"):
+                        return time.monotonic() - t0
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"no SSH banner within {deadline_s}s")
+    finally:
+        conn.compute.delete_server(server, ignore_missing=True)
+        conn.compute.wait_for_delete(server, wait=300)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", default="ours,bare,install,concurrency")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    modes = args.modes.split(",")
+    facts = devcloud_facts()
+    conn = connect_nova(facts)
+    image = published_image(conn)
+    results: dict = {"image": image["name"], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lcs-bench-"))
+
+    def load() -> float:
+        return round(os.getloadavg()[0], 1)
+
+    if "ours" in modes or "concurrency" in modes:
+        hub = make_hub(facts, work / "ours", [(image["display_name"], image["image_name"])])
+        try:
+            if "ours" in modes:
+                results["ours_s"] = round(spawn_many(hub, ["u1"], 900)[0], 1)
+                results["ours_load"] = load()
+                print("ours", results["ours_s"], flush=True)
+            if "concurrency" in modes:
+                for n in (1, 2, 4):
+                    if n == 1 and "ours_s" in results:
+                        times = [results["ours_s"]]
+                    else:
+                        times = [round(t, 1) for t in spawn_many(hub, [f"c{n}u{i}" for i in range(n)], 1500)]
+                    results[f"concurrent_{n}_s"] = times
+                    results[f"concurrent_{n}_load"] = load()
+                    print("concurrency", n, times, flush=True)
+        finally:
+            hub.stop()
+    if "bare" in modes or "install" in modes:
+        base_id = base_image(conn)
+    if "bare" in modes:
+        results["bare_ssh_s"] = round(bare_boot(conn, facts, base_id), 1)
+        results["bare_load"] = load()
+        print("bare", results["bare_ssh_s"], flush=True)
+    if "install" in modes:
+        url, server, _ = serve_wheelhouse(facts["host_ip"])
+        template = work / "install.yaml.j2"
+        template.write_text(INSTALL_TEMPLATE.replace("@URL@", url).replace("@HOST@", facts["host_ip"]))
+        hub = make_hub(facts, work / "install", [("Debian 12 base", BASE_GLANCE_NAME)], template)
+        try:
+            results["install_s"] = round(spawn_many(hub, ["inst1"], 1700)[0], 1)
+            results["install_load"] = load()
+            print("install", results["install_s"], flush=True)
+        finally:
+            hub.stop()
+            server.shutdown()
+    if "ours_s" in results and "install_s" in results:
+        results["install_over_ours"] = round(results["install_s"] / results["ours_s"], 2)
+    if "ours_s" in results and "bare_ssh_s" in results:
+        results["ours_over_bare"] = round(results["ours_s"] / results["bare_ssh_s"], 2)
+    for n in (2, 4):
+        if f"concurrent_{n}_s" in results:
+            results[f"concurrent_{n}_median_s"] = round(statistics.median(results[f"concurrent_{n}_s"]), 1)
+    leftovers = servers_of(conn, f"bench-{os.getpid()}")
+    for s in leftovers:
+        conn.compute.delete_server(s, ignore_missing=True)
+    results["leftovers_deleted"] = [s.name for s in leftovers]
+    path = out / f"e2e_spawn-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
