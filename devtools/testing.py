@@ -15,7 +15,11 @@ TIERS = {
     "lint": "ruff on all Python, shellcheck on all shell scripts",
     "unit": "pure modules, the OpenStack API double, rendering property tests with the real cloud-init validator",
     "hub": "a real JupyterHub + proxy + LibcloudSpawner + libcloud's OpenStack driver against the API double",
+    "images": "Packer templates validated; the Debian 12 base and image built, then testinfra offline and booted",
+    "e2e": "the dev cloud up, the image published, a real JupyterHub spawning VMs in a real OpenStack",
 }
+# What `invoke test` (and so CI) runs when no tier is named.
+DEFAULT_TIERS = ["lint", "unit", "hub"]
 
 
 def _pytest(c, paths: list[str], extra: str = "") -> None:
@@ -47,13 +51,13 @@ def lint(c, fix=False):
 
 @task(
     help={
-        "tier": "run only this tier (" + ", ".join(TIERS) + "); default: all, in order",
+        "tier": "run only this tier (" + ", ".join(TIERS) + "); default: " + ", ".join(DEFAULT_TIERS),
         "pytest_args": "extra arguments for pytest, e.g. '-x -k form'",
     }
 )
 def test(c, tier="all", pytest_args=""):
     """Run the test tiers (lint, unit, hub, ...): what CI runs."""
-    tiers = list(TIERS) if tier == "all" else [tier]
+    tiers = DEFAULT_TIERS if tier == "all" else [tier]
     for t in tiers:
         if t not in TIERS:
             raise Exit(f"unknown tier {t!r}: choose one of {', '.join(TIERS)}")
@@ -62,8 +66,25 @@ def test(c, tier="all", pytest_args=""):
             print(f"=== tier {t}: {TIERS[t]}", flush=True)
             if t == "lint":
                 lint(c)
+            elif t == "images":
+                _images_tier(c)
+            elif t == "e2e":
+                _e2e_tier(c, pytest_args)
             else:
                 _pytest(c, [f"tests/{t}"], pytest_args)
+
+
+def _images_tier(c) -> None:
+    """validate, build-base, build-image (which runs the offline and booted image tests itself)."""
+    c.run("invoke validate", echo=True, pty=False)
+    c.run("invoke build-base --os debian-12", echo=True, pty=False)
+    c.run("invoke build-image --os debian-12", echo=True, pty=False)
+
+
+def _e2e_tier(c, pytest_args: str) -> None:
+    c.run("invoke devcloud up", echo=True, pty=False)
+    c.run("invoke publish-image --cloud devcloud", echo=True, pty=False)
+    _pytest(c, ["tests/e2e"], pytest_args)
 
 
 TASKS = [lint, test]
