@@ -71,8 +71,11 @@ def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str, pins: l
 
 @contextlib.contextmanager
 def _serve(directory: Path):
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *a: None
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
