@@ -192,7 +192,11 @@ def run_in_kernel(hub, user: str, code: str, server: str = "", timeout_s: float 
     ws_url = hub.url.replace("http://", "ws://") + f"{prefix}api/kernels/{kernel_id}/channels"
     result = {"status": None, "stdout": "", "error": ""}
     deadline = time.monotonic() + timeout_s
-    ws = websocket.create_connection(ws_url, header=[f"Authorization: token {hub.token}"], timeout=30)
+    # the server completes the handshake only once the kernel answers kernel_info (slow on emulated guests)
+    ws = websocket.create_connection(
+        ws_url, header=[f"Authorization: token {hub.token}"], timeout=max(deadline - time.monotonic(), 1)
+    )
+    ws.settimeout(30)
     try:
         msg_id = uuid.uuid4().hex
         ws.send(
