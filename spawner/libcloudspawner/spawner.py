@@ -51,6 +51,10 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
     spawner._apply_profile(spawner._selection.profile)
 
 
+# After a DELETE, how long an instance may show no deletion in progress before it is deleted again.
+REDELETE_AFTER_SECONDS = 5.0
+
+
 class LibcloudSpawner(Spawner):
     """Start each single-user server in its own cloud instance (OpenStack by default)."""
 
@@ -888,7 +892,10 @@ class LibcloudSpawner(Spawner):
                 )
 
     async def _wait_gone(self, client: CloudClient, instance_id: str) -> bool:
+        """Wait (bounded) until the instance is gone, deleting it again if the cloud shows no deletion in
+        progress: a DELETE that answered 404 or 5xx while the instance lives must not leave it behind."""
         deadline = time.monotonic() + self.stop_timeout_seconds
+        redelete_after = time.monotonic() + REDELETE_AFTER_SECONDS
         while time.monotonic() < deadline:
             try:
                 instance = await client.get_node(instance_id, retries=1)
@@ -897,9 +904,21 @@ class LibcloudSpawner(Spawner):
                 instance = "unknown"
             if instance is None or (isinstance(instance, Instance) and instance.state == "terminated"):
                 return True
+            if isinstance(instance, Instance) and not instance.deleting and time.monotonic() >= redelete_after:
+                self.log.warning(
+                    "Instance %s still exists and is not being deleted (state %s); deleting it again",
+                    instance_id,
+                    instance.state,
+                )
+                redelete_after = time.monotonic() + REDELETE_AFTER_SECONDS
+                try:
+                    await client.destroy_node(instance_id)
+                except CloudError as e:
+                    self.log.warning("Deleting instance %s again failed: %s", instance_id, e)
             await asyncio.sleep(min(2.0, self.startup_poll_interval_seconds))
         self.log.warning(
-            "Instance %s is still being deleted after %.0fs; leaving it to the cloud",
+            "Instance %s is still being deleted after %.0fs; leaving it to the cloud"
+            " (the reaper, libcloudspawner-reaper, finds it by its tags if it stays)",
             instance_id,
             self.stop_timeout_seconds,
         )
