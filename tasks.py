@@ -11,7 +11,7 @@ import importlib
 from invoke import Collection
 
 # One module per topic; each exposes `TASKS`, the invoke tasks it contributes.
-_MODULES = ["devtools.testing", "devtools.images", "devtools.devcloud"]
+_MODULES = ["devtools.testing", "devtools.images", "devtools.devcloud", "devtools.demo", "devtools.ops"]
 
 ns = Collection()
 for _name in _MODULES:
