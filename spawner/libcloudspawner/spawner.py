@@ -53,6 +53,8 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
 
 # After a DELETE, how long an instance may show no deletion in progress before it is deleted again.
 REDELETE_AFTER_SECONDS = 5.0
+# How long a failed start waits for its instance's removal before reporting (the rest goes on in the background).
+CLEANUP_WAIT_SECONDS = 3.0
 
 
 class LibcloudSpawner(Spawner):
@@ -651,11 +653,7 @@ class LibcloudSpawner(Spawner):
         except asyncio.TimeoutError:
             phase = self._events[-1]["message"] if self._events else "starting"
             self.log.warning("Start of %s timed out after %ss (last phase: %s)", self._log_name, budget, phase)
-            if self._cleanup_task is not None:
-                try:
-                    await asyncio.shield(self._cleanup_task)
-                except Exception:
-                    self.log.exception("Cleanup after the timed-out start of %s failed", self._log_name)
+            await self._wait_cleanup_briefly()
             raise SpawnException(
                 f"Your server did not start within {self.start_timeout:.0f} seconds (last step: {phase})."
                 " Please try again; if it keeps happening, tell the administrator.",
@@ -682,11 +680,21 @@ class LibcloudSpawner(Spawner):
             if isinstance(e, asyncio.CancelledError):
                 self.log.warning("Start of %s cancelled (timeout?); removing its instance", self._log_name)
                 raise
-            try:
-                await asyncio.shield(self._cleanup_task)
-            except Exception:
-                self.log.exception("Cleanup after the failed start of %s failed", self._log_name)
+            await self._wait_cleanup_briefly()
             raise self._user_error(e) from e
+
+    async def _wait_cleanup_briefly(self) -> None:
+        """Give the cleanup of a failed start a few seconds, then let it go on in the background (stop()
+        and the next start() wait for it): the user's message must reach the hub before its own
+        start_timeout cancels start(), or the user sees a bare "Spawn failed"."""
+        if self._cleanup_task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._cleanup_task), CLEANUP_WAIT_SECONDS)
+        except asyncio.TimeoutError:
+            self.log.info("Removal of the failed start's instance of %s goes on in the background", self._log_name)
+        except Exception:
+            self.log.exception("Cleanup after the failed start of %s failed", self._log_name)
 
     def _user_error(self, e: BaseException) -> BaseException:
         if isinstance(e, SpawnException):
