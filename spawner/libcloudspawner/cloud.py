@@ -382,39 +382,41 @@ class CloudClient:
 
     # ------------------------------------------------------------------------------ instances
     async def create_node(self, *, tracker: Any = None, **kwargs) -> Instance:
-        """Create an instance. Never retried (except once after a 401, which creates nothing).
+        """Create an instance. Never retried here: every doubtful outcome is for the caller to look up.
 
         ``tracker.pending`` receives the in-flight request, so that a cancelled start can wait for it
         (see :func:`settle_create`) before looking for what it created.
         Raises ``CloudError`` when the API refused the request (nothing was created), or
-        ``CreateOutcomeUnknown`` when the outcome is unknown (5xx, timeout, connection lost).
+        ``CreateOutcomeUnknown`` when the outcome is unknown (5xx, timeout, connection lost, and a 401:
+        libcloud's create is a POST then a GET of the new server, and a token refused on the GET comes
+        after Nova created it, so re-sending the POST would make a second instance).
         """
-        for reauth in (False, True):
-            self.calls["create_node"] = self.calls.get("create_node", 0) + 1
-            pending = self._executor.submit(self._run, _create, (), kwargs)
-            if tracker is not None:
-                tracker.pending = pending
-            try:
-                node = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending)), self.timeout_seconds)
-            except asyncio.TimeoutError as e:
+        self.calls["create_node"] = self.calls.get("create_node", 0) + 1
+        pending = self._executor.submit(self._run, _create, (), kwargs)
+        if tracker is not None:
+            tracker.pending = pending
+        try:
+            node = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending)), self.timeout_seconds)
+        except asyncio.TimeoutError as e:
+            raise CreateOutcomeUnknown(
+                f"create instance: no answer within {self.timeout_seconds:.0f}s", transient=True
+            ) from e
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            transient, status, _ = classify(e)
+            if status == 401:
+                self._forget_credentials()  # the lookup that follows authenticates afresh
+                self.log.info("Cloud API answered 401 during create instance; looking the instance up")
                 raise CreateOutcomeUnknown(
-                    f"create instance: no answer within {self.timeout_seconds:.0f}s", transient=True
+                    f"create instance: token refused ({describe(e)})", transient=True, status=status
                 ) from e
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                transient, status, _ = classify(e)
-                if status == 401 and not reauth:
-                    self._forget_credentials()
-                    self.log.info("Cloud API answered 401 to create instance; authenticating again")
-                    continue
-                if transient or status is None:
-                    raise CreateOutcomeUnknown(
-                        f"create instance failed: {describe(e)}", transient=True, status=status
-                    ) from e
-                raise CloudError(f"create instance failed: {describe(e)}", status=status) from e
-            return _to_instance(node)
-        raise AssertionError("unreachable")  # pragma: no cover
+            if transient or status is None:
+                raise CreateOutcomeUnknown(
+                    f"create instance failed: {describe(e)}", transient=True, status=status
+                ) from e
+            raise CloudError(f"create instance failed: {describe(e)}", status=status) from e
+        return _to_instance(node)
 
     async def get_node(self, node_id: str, *, retries: int | None = None) -> Instance | None:
         """The instance, or ``None`` once the cloud says it does not exist (404)."""

@@ -55,6 +55,8 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
 REDELETE_AFTER_SECONDS = 5.0
 # How long a failed start waits for its instance's removal before reporting (the rest goes on in the background).
 CLEANUP_WAIT_SECONDS = 3.0
+# Pause between two DELETEs of an instance that stop() could not delete (transient errors).
+STOP_RETRY_SECONDS = 2.0
 
 
 class LibcloudSpawner(Spawner):
@@ -899,6 +901,21 @@ class LibcloudSpawner(Spawner):
                     "Could not delete instance %s (%s) after a failed start: %s", attempt.name, instance_id, e
                 )
 
+    async def _delete_until_deadline(self, client: CloudClient, instance_id: str) -> None:
+        """DELETE (a 404 counts as deleted, and _wait_gone checks it). JupyterHub forgets the server whatever
+        stop() does, so an outage longer than one call's retry budget must not leave the VM behind: transient
+        failures are retried until stop_timeout_seconds."""
+        deadline = time.monotonic() + self.stop_timeout_seconds
+        while True:
+            try:
+                await client.destroy_node(instance_id)
+                return
+            except CloudError as e:
+                if not e.transient or time.monotonic() + STOP_RETRY_SECONDS >= deadline:
+                    raise
+                self.log.warning("Deleting instance %s failed (%s); trying again", instance_id, e)
+                await asyncio.sleep(STOP_RETRY_SECONDS)
+
     async def _wait_gone(self, client: CloudClient, instance_id: str) -> bool:
         """Wait (bounded) until the instance is gone, deleting it again if the cloud shows no deletion in
         progress: a DELETE that answered 404 or 5xx while the instance lives must not leave it behind."""
@@ -1002,7 +1019,7 @@ class LibcloudSpawner(Spawner):
         instance_id = self.instance_id
         self.log.info("Deleting instance %s (%s) of %s", self.instance_name, instance_id, self._log_name)
         try:
-            await client.destroy_node(instance_id)  # 404 counts as deleted
+            await self._delete_until_deadline(client, instance_id)
         except CloudError as e:
             self.log.error(
                 "Could not delete instance %s (%s) of %s: %s. If the hub forgets it, the reaper"

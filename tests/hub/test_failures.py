@@ -9,7 +9,7 @@ from hubtools import cloud_servers, original_config, running_hub, wait_until
 
 pytestmark = pytest.mark.hub
 
-START_TIMEOUT_S = 25
+START_TIMEOUT_S = 45
 SERVERS = "^/v2.1/servers$"
 ONE_SERVER = "^/v2.1/servers/[0-9a-f-]+$"
 
