@@ -136,8 +136,11 @@ def wait_no_server(conn, hub_id: str, user: str, server: str | None = None, time
 class Spawn:
     """A spawn started through the REST API, its progress stream read in a thread from the start."""
 
-    def __init__(self, hub, user: str, server: str = "", options: dict[str, Any] | None = None):
+    def __init__(
+        self, hub, user: str, server: str = "", options: dict[str, Any] | None = None, deadline_s: float = 1500
+    ):
         self.hub, self.user, self.server, self.options = hub, user, server, options or {}
+        self.deadline_s = deadline_s  # the progress stream is read until then (keep >= the spawn deadline)
         self.events: list[dict[str, Any]] = []
         self.error: BaseException | None = None
         self.started = self.ready_at = None
@@ -153,13 +156,13 @@ class Spawn:
 
     def _watch(self) -> None:
         try:
-            self.events = self.hub.progress(self.user, self.server, timeout_s=900)
+            self.events = self.hub.progress(self.user, self.server, timeout_s=self.deadline_s)
             if self.events and self.events[-1].get("ready"):
                 self.ready_at = time.monotonic()
         except BaseException as e:  # reported by wait()
             self.error = e
 
-    def wait(self, timeout_s: float = 900) -> dict[str, Any]:
+    def wait(self, timeout_s: float = 1500) -> dict[str, Any]:
         """Until the progress stream ends; then the hub's model of the ready server."""
         self._thread.join(timeout_s)
         assert not self._thread.is_alive(), f"{self.user}/{self.server} still spawning after {timeout_s}s"
