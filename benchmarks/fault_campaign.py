@@ -109,6 +109,7 @@ class RunResult:
     message_clear: bool = True
     faults_fired: int = 0
     leaked: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)  # log lines about a leaked instance, to reproduce
     canary_ok: bool = True
     hub_max_api_s: float = 0.0
     hub_unanswered: int = 0
@@ -246,6 +247,11 @@ def one_run(hub: Hub, double, rng: random.Random, run: int, scenario: str, canar
     except AssertionError:
         known = hub_instance_ids(hub)
         result.leaked = [s["id"] for s in live_instances(double) if s["id"] not in known]
+        result.evidence = [
+            line[:300]
+            for line in (hub.log_text() + double.log_text()).splitlines()
+            if user in line or any(iid in line for iid in result.leaked)
+        ][-60:]
         # counted once, here; then removed (as the reaper would) so that later runs are judged on their own
         for iid in result.leaked:
             delete_in_cloud(double, iid)
