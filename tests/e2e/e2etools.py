@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.hub.hubtools import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 STATE_PATH = REPO / "devcloud" / "out" / "state.json"
 MANIFEST_PATH = REPO / "images" / "manifest.json"
@@ -35,15 +37,9 @@ TAG_SERVER = "jupyterhub-server-name"
 
 
 def deadline_wait(predicate, *, timeout_s: float, interval_s: float = 2.0, what: str = "condition"):
-    """Poll ``predicate`` until truthy; fail after ``timeout_s`` naming what was awaited."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+    """Poll ``predicate`` until truthy; fail after ``timeout_s`` naming what was awaited (the hub tier's helper,
+    with a slower default pace for emulated guests)."""
+    return wait_until(predicate, timeout_s=timeout_s, interval_s=interval_s, what=what)
 
 
 # ---------------------------------------------------------------------------------------------- the dev cloud
