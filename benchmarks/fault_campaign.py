@@ -281,7 +281,10 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
     }
 
 
-def run_campaign(runs: int, seed: int, workdir: Path, *, round_robin: bool = False) -> tuple[dict, list[RunResult]]:
+def run_campaign(
+    runs: int, seed: int, workdir: Path, *, round_robin: bool = False, scenarios: list[str] | None = None
+) -> tuple[dict, list[RunResult]]:
+    scenarios = scenarios or SCENARIOS
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -302,7 +305,7 @@ def run_campaign(runs: int, seed: int, workdir: Path, *, round_robin: bool = Fal
             assert outcome == "ready", f"the canary did not start: {message}\n{hub.log_tail()}"
             canary_id = next(iter(hub_instance_ids(hub)))
             for i in range(runs):
-                scenario = SCENARIOS[i % len(SCENARIOS)] if round_robin else rng.choice(SCENARIOS)
+                scenario = scenarios[i % len(scenarios)] if round_robin else rng.choice(scenarios)
                 res = one_run(hub, double, rng, i, scenario, canary_id)
                 results.append(res)
                 print(json.dumps(asdict(res)), flush=True)
@@ -316,13 +319,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--scenarios", default="", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     args = p.parse_args(argv)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        p.error(f"unknown scenarios {unknown}; choose from {SCENARIOS}")
     # SIGTERM ends the run through the finally blocks: the hub, its proxy and the double are stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lcs-faults-") as tmp:
-        summary, results = run_campaign(args.runs, args.seed, Path(tmp))
+        summary, results = run_campaign(args.runs, args.seed, Path(tmp), scenarios=scenarios)
     summary["seed"] = args.seed
     summary["wall_s"] = round(time.monotonic() - t0)
     (args.out / "fault_campaign.json").write_text(json.dumps({"summary": summary, "runs": [asdict(r) for r in results]},
