@@ -57,6 +57,9 @@ REDELETE_AFTER_SECONDS = 5.0
 CLEANUP_WAIT_SECONDS = 3.0
 # Pause between two DELETEs of an instance that stop() could not delete (transient errors).
 STOP_RETRY_SECONDS = 2.0
+# After a create with an unknown outcome found nothing: look again every this many seconds, for up to one
+# api_timeout_seconds, before creating again (Nova may still be creating it after our request timed out).
+LANDING_CHECK_SECONDS = 2.0
 
 
 class LibcloudSpawner(Spawner):
@@ -763,8 +766,9 @@ class LibcloudSpawner(Spawner):
                 instance = await client.create_node(tracker=attempt, **create_args)
                 break
             except CreateOutcomeUnknown as e:
+                attempt.doubtful = True
                 self.log.warning("Create of %s: outcome unknown (%s); looking it up", attempt.name, e)
-                instance = await self._find_created(client, attempt)
+                instance = await self._find_created(client, attempt, landing_seconds=client.timeout_seconds)
                 if instance is not None:
                     break
                 if try_number == 1:
@@ -784,20 +788,55 @@ class LibcloudSpawner(Spawner):
         url = f"http://{address}:{self.port}"
         self._emit(60, f"Virtual machine running at {address}; waiting for Jupyter to answer")
         await self._wait_http(client, instance.id, url)
+        if attempt.doubtful:
+            # a create whose answer was lost may still have landed late, next to the one we use
+            await self._remove_duplicates(client, attempt.name, attempt.tags, keep=instance.id)
         self._emit(95, "Jupyter is answering")
         return url
 
-    async def _find_created(self, client: CloudClient, attempt: _CreateAttempt) -> Instance | None:
-        """After an unknown create outcome: let the request finish, then look the instance up by name+tags."""
+    async def _find_created(
+        self, client: CloudClient, attempt: _CreateAttempt, landing_seconds: float = 0.0
+    ) -> Instance | None:
+        """After an unknown create outcome: let the request finish, then look the instance up by name+tags.
+
+        Nothing found is not proof that nothing was created: the cloud may still be handling a request whose
+        answer we stopped waiting for. Look again for up to ``landing_seconds`` before giving up."""
         instance = await attempt.settle(client.timeout_seconds + 5)
         if instance is not None:
             return instance
-        found = [i for i in await client.find_nodes(name=attempt.name, tags=attempt.tags) if i.id not in attempt.ignore]
-        found = [i for i in found if not i.deleting]
+        deadline = time.monotonic() + landing_seconds
+        interval = min(LANDING_CHECK_SECONDS, max(landing_seconds / 4, 0.05))
+        while True:
+            found = [
+                i
+                for i in await client.find_nodes(name=attempt.name, tags=attempt.tags)
+                if i.id not in attempt.ignore and not i.deleting
+            ]
+            if found or time.monotonic() + interval > deadline:
+                break
+            await asyncio.sleep(interval)
         for extra in found[1:]:
             self.log.warning("Removing duplicate instance %s (%s)", extra.name, extra.id)
             await client.destroy_node(extra.id)
         return found[0] if found else None
+
+    async def _remove_duplicates(
+        self, client: CloudClient, name: str, tags: Mapping[str, str], *, keep: str | None
+    ) -> None:
+        """Delete every instance of this server (same name and tags) except ``keep``: a create that landed
+        after its request timed out. Best effort: a failure is logged (the reaper finds what is left)."""
+        try:
+            for inst in await client.find_nodes(name=name, tags=tags):
+                if inst.id != keep and not inst.deleting:
+                    self.log.warning(
+                        "Removing duplicate instance %s (%s) of %s (a create that landed late)",
+                        inst.name,
+                        inst.id,
+                        self._log_name,
+                    )
+                    await client.destroy_node(inst.id)
+        except CloudError as e:
+            self.log.warning("Could not look for duplicate instances of %s: %s", self._log_name, e)
 
     async def _wait_running(self, client: CloudClient, instance: Instance) -> Instance:
         progress = 30
@@ -889,6 +928,14 @@ class LibcloudSpawner(Spawner):
                     attempt.name,
                     e,
                 )
+        if attempt.doubtful:
+            # a create that timed out may land after the lookup above: look once more, a request-time later
+            await asyncio.sleep(client.timeout_seconds)
+            try:
+                found = await client.find_nodes(name=attempt.name, tags=attempt.tags)
+                ids.update(i.id for i in found if i.id not in attempt.ignore and not i.deleting)
+            except CloudError as e:
+                self.log.error("Could not look for instance %s again (%s); the reaper will find it", attempt.name, e)
         for instance_id in ids:
             self.log.info(
                 "Deleting instance %s (%s) of the failed start of %s", attempt.name, instance_id, self._log_name
@@ -1034,6 +1081,8 @@ class LibcloudSpawner(Spawner):
                 reason="cloud",
                 status_code=503,
             ) from None
+        # the same server's other instances (a create that landed after its request timed out): one lookup
+        await self._remove_duplicates(client, self.instance_name or self._instance_name(), self._tags(), keep=None)
         if not now:
             await self._wait_gone(client, instance_id)
         self.clear_state()
@@ -1046,6 +1095,7 @@ class _CreateAttempt:
         self.name = name
         self.tags = dict(tags)
         self.sent = False
+        self.doubtful = False  # a create's outcome was unknown: another instance may land late
         self.instance_id: str | None = None
         self.pending = None  # concurrent.futures.Future of the create request, while it runs
         self.ignore: set[str] = set()  # leftovers being deleted: not ours

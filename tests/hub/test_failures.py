@@ -87,6 +87,24 @@ def test_lost_create_response_is_found_not_duplicated(hub, double):
     no_instance_left(double, "lou")
 
 
+def test_create_answered_after_the_timeout_leaves_no_second_vm(hub, double):
+    """Nova may still be creating the instance when the spawner's request has timed out: looking once and
+    creating again would leave the late instance behind. 12 s > the hub tier's api_timeout_seconds (10)."""
+    rule = double.client.add_fault({"type": "delay", "seconds": 12}, method="POST", path=SERVERS, times=1)
+    t0 = time.monotonic()
+    ok, message = spawn_outcome(hub, "lena")
+    assert ok, message
+    assert double.client.fault(rule["id"])["hits"] == 1
+    model = hub.spawner_model("lena")
+    time.sleep(max(0.0, t0 + 14 - time.monotonic()))  # the late create has landed in the double by now
+    # exactly one instance remains, the hub's (a duplicate is being deleted or was never made)
+    wait_until(lambda: len(cloud_servers(double, user="lena")) == 1, timeout_s=30, what="one instance of lena")
+    assert [s["id"] for s in cloud_servers(double, user="lena")] == [model["state"]["instance_id"]]
+    assert hub.api("DELETE", "/users/lena/server").status_code in (202, 204)
+    hub.wait_gone("lena")
+    no_instance_left(double, "lena")
+
+
 def test_transient_api_failures_do_not_stop_a_running_server(hub, double):
     ok, message = spawn_outcome(hub, "tara")
     assert ok, message

@@ -26,6 +26,9 @@ class FakeCloud:
         self.create_error: Exception | None = None
         self.get_error: Exception | None = None
         self.boot_state = "running"
+        # the next creates: seconds after which the cloud holds the instance although the request answered
+        # "outcome unknown" at once (Nova still working after the client gave up); or an exception to raise
+        self.next_creates: list[float | Exception] = []
 
     async def image(self, name):
         self.calls.append("image")
@@ -47,6 +50,14 @@ class FakeCloud:
 
     async def create_node(self, *, tracker=None, name, ex_metadata, **_):
         self.calls.append("create_node")
+        if self.next_creates:
+            plan = self.next_creates.pop(0)
+            if isinstance(plan, Exception):
+                raise plan
+            late = Instance(id=f"id-{next(self.ids)}", name=name, state=self.boot_state, private_ips=("10.0.0.9",),
+                            metadata=dict(ex_metadata))  # fmt: skip
+            asyncio.get_running_loop().call_later(plan, self.nodes.__setitem__, late.id, late)
+            raise CreateOutcomeUnknown("create instance: no answer within 1s", transient=True)
         node = Instance(id=f"id-{next(self.ids)}", name=name, state=self.boot_state, private_ips=("10.0.0.9",),
                         metadata=dict(ex_metadata))  # fmt: skip
         self.nodes[node.id] = node  # the cloud has it, whatever happens to the answer
@@ -156,6 +167,33 @@ async def test_lost_create_answer_adopts_the_instance_found_by_name(spawner, clo
     assert await spawner.start() == "http://10.0.0.9:8000"
     assert cloud.calls.count("create_node") == 1
     assert list(cloud.nodes) == [spawner.instance_id]
+
+
+async def test_create_that_lands_after_its_request_timed_out_is_adopted_not_duplicated(spawner, cloud):
+    cloud.next_creates = [0.4]  # nothing found at the first look; there 0.4 s later (within api_timeout: 1 s)
+    await spawner.start()
+    assert cloud.calls.count("create_node") == 1
+    assert list(cloud.nodes) == [spawner.instance_id]
+
+
+async def test_create_that_lands_after_every_look_is_removed_at_stop(spawner, cloud):
+    cloud.next_creates = [1.5]  # lands after the spawner gave up looking and created a second instance
+    await spawner.start()
+    assert cloud.calls.count("create_node") == 2
+    await asyncio.sleep(1.6)
+    assert len(cloud.nodes) == 2  # the late one exists next to the server's
+    await spawner.stop()
+    assert cloud.nodes == {}
+
+
+async def test_create_that_lands_after_a_failed_start_is_removed_by_its_cleanup(spawner, cloud):
+    refused = CloudError("create instance failed: 403 Quota exceeded for instances", status=403)
+    cloud.next_creates = [1.5, refused]
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert "Quota exceeded" in info.value.message
+    await spawner.stop()  # waits for the cleanup, which looks again a request-time later
+    assert cloud.nodes == {}
 
 
 async def test_instance_in_error_fails_clearly_and_is_removed(spawner, cloud):
