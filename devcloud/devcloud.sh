@@ -11,6 +11,8 @@
 #   status          health of every service; exit 1 naming what is broken and how to fix it
 #   reset           delete every server of the jupyter project, re-create network and flavors
 #   restart NAME    restart one service (NAME as `status` shows it)
+#   stop NAME       stop one service (fault injection: the e2e tier stops nova-api mid-spawn)
+#   start NAME      start one stopped service (`status` tells when it answers again)
 #   test-guest      build and upload 'testvm', a tiny busybox guest (DHCP, config drive, HTTP :8000)
 #   facts           print what clients need as JSON
 #   configure       force re-configuration (db syncs, catalog, resources) and restart
@@ -167,13 +169,32 @@ do_status() {
 
 do_restart() {
   local name=${1:?restart needs a service name}
-  case " ${INFRA_SERVICES[*]} ${OS_SERVICES[*]} " in
-    *" $name "*) ;;
-    *) die "unknown service $name (one of: ${INFRA_SERVICES[*]} ${OS_SERVICES[*]})" ;;
-  esac
+  check_service_name "$name"
   if [ "$name" = rabbitmq-server ] || [ "$name" = mariadb ]; then conf_base; fi
   restart_one "$name"
   step "restarted $name"
+}
+
+check_service_name() {
+  case " ${INFRA_SERVICES[*]} ${OS_SERVICES[*]} " in
+    *" $1 "*) ;;
+    *) die "unknown service $1 (one of: ${INFRA_SERVICES[*]} ${OS_SERVICES[*]})" ;;
+  esac
+}
+
+do_stop_one() {
+  local name=${1:?stop needs a service name}
+  check_service_name "$name"
+  stop_one "$name"
+  step "stopped $name ('$HERE/devcloud.sh start $name' or 'invoke devcloud up' starts it again)"
+}
+
+do_start_one() {
+  local name=${1:?start needs a service name}
+  check_service_name "$name"
+  if [ "$name" = rabbitmq-server ] || [ "$name" = mariadb ]; then conf_base; fi
+  start_one "$name"
+  step "started $name"
 }
 
 do_down() {
@@ -191,7 +212,7 @@ do_reset() {
 cmd=${1:-}
 shift || true
 case $cmd in
-  up|down|reset|configure|restart|test-guest)
+  up|down|reset|configure|restart|stop|start|test-guest)
     # One changing command at a time (the quick start and a test run may both call `up`).
     exec 9>"$WORK/lock"
     flock -w 1800 9 || die "another devcloud.sh holds $WORK/lock for 30 min: is it stuck? (fuser $WORK/lock)"
@@ -203,6 +224,8 @@ case $cmd in
   status) do_status ;;
   reset) do_reset ;;
   restart) do_restart "$@" ;;
+  stop) do_stop_one "$@" ;;
+  start) do_start_one "$@" ;;
   test-guest) "$HERE/test-guest.sh" ;;
   facts) cloud_py facts ;;
   configure) rm -f "$STAMP_FILE"; do_up ;;

@@ -897,7 +897,8 @@ class LibcloudSpawner(Spawner):
                 # is the VM still there? (an ERROR or deleted instance will never answer)
                 try:
                     latest = await client.get_node(instance_id, retries=1)
-                except CloudError:
+                except CloudError as e:
+                    self.log.warning("Could not check instance %s (%s); still waiting for Jupyter", instance_id, e)
                     latest = "unknown"
                 if latest is None or (isinstance(latest, Instance) and latest.state in ("error", "terminated")):
                     raise SpawnException(

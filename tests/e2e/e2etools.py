@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -126,6 +127,24 @@ def wait_no_server(conn, hub_id: str, user: str, server: str | None = None, time
         timeout_s=timeout_s,
         what=f"Nova to list no server of {user}/{server or ''}",
     )
+
+
+def devcloud_service(action: str, name: str) -> None:
+    """Stop or start one dev cloud service (fault injection on the real cloud): ``devcloud.sh stop nova-api``."""
+    assert action in ("stop", "start"), action
+    r = subprocess.run(
+        [str(REPO / "devcloud" / "devcloud.sh"), action, name], capture_output=True, text=True, timeout=300
+    )
+    output = r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.returncode == 0, f"devcloud.sh {action} {name} failed ({r.returncode}):\n{output}"
+
+
+def nova_answers(conn) -> bool:
+    try:
+        conn.compute.get("/servers?limit=1").raise_for_status()  # nova-api itself, not a cached catalogue
+        return True
+    except Exception:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- spawns

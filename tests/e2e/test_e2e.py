@@ -7,7 +7,8 @@ order (each scenario builds on the VMs the previous ones started):
 2. two spawns start at once (alice's default server, bob's named server `lab` from the image the
    manifest offers), their progress streams read from the first event; while they boot, a real Chromium
    submits the form with the `blank` image: the spawn page shows the progress, then a clear failure, and
-   Nova holds no VM of that user;
+   Nova holds no VM of that user; then nova-api is stopped mid-spawn (a real cloud fault) until the
+   spawner has met the outage, and started again;
 3. two users at once; progress events; a kernel running numpy + matplotlib through the proxy; the named
    server;
 4. the hub restarts (with the idle culler added, scoped to bob): alice's server is still reached;
@@ -24,7 +25,15 @@ import time
 import pytest
 
 from tests.e2e.conftest import BLANK_START_TIMEOUT_S, CULL_TIMEOUT_S, CULLED_USER, culler_config
-from tests.e2e.e2etools import Spawn, deadline_wait, run_in_kernel, servers_of, wait_no_server
+from tests.e2e.e2etools import (
+    Spawn,
+    deadline_wait,
+    devcloud_service,
+    nova_answers,
+    run_in_kernel,
+    servers_of,
+    wait_no_server,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -132,6 +141,43 @@ def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawn
     # what the user reads under the red bar: the spawner's reason, not the hub's bare "Spawn failed:"
     assert f"did not start within {BLANK_START_TIMEOUT_S} seconds" in message, f"the user read: {message!r}"
     assert "try again" in message, message
+
+
+def test_nova_api_outage_mid_spawn_is_ridden_out(hub, nova, spawns):
+    """A real cloud fault: nova-api stopped while alice's VM boots, until the spawner has met the outage;
+    the hub keeps answering, the spawn carries on once Nova is back (checked by the tests that follow:
+    alice ready, exactly her one VM)."""
+    spawn = spawns["alice"]
+    assert spawn.ready_at is None and spawn._thread.is_alive(), (
+        "alice's spawn ended before the outage could start: nothing to test (guests this fast need a later outage)"
+    )
+    log_before = hub.log_text().count("Could not check instance")
+    started = time.monotonic()
+    devcloud_service("stop", "nova-api")
+    try:
+        deadline_wait(lambda: not nova_answers(nova), timeout_s=60, what="nova-api to stop answering")
+        slowest = 0.0
+
+        def spawner_met_the_outage() -> bool:
+            nonlocal slowest
+            t0 = time.monotonic()
+            assert hub.api("GET", "/").status_code == 200
+            slowest = max(slowest, time.monotonic() - t0)
+            return hub.log_text().count("Could not check instance") > log_before
+
+        deadline_wait(spawner_met_the_outage, timeout_s=240, interval_s=2, what="the spawner to meet the outage")
+        outage_s = time.monotonic() - started
+    finally:
+        devcloud_service("start", "nova-api")
+    deadline_wait(lambda: nova_answers(nova), timeout_s=240, interval_s=2, what="nova-api to answer again")
+    hub.timings["nova_api_outage"] = {
+        "stopped_s": round(outage_s, 1),
+        "back_after_s": round(time.monotonic() - started, 1),
+        "hub_slowest_api_s": round(slowest, 2),
+    }
+    assert slowest < 5, f"the hub answered its API in {slowest:.1f}s during the outage"
+    model = hub.spawner_model("alice")
+    assert model is not None and (model.get("pending") == "spawn" or model.get("ready")), model
 
 
 # ------------------------------------------------------------------------------------------------ 3. running
