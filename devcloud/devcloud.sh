@@ -167,34 +167,16 @@ do_status() {
   return 1
 }
 
-do_restart() {
-  local name=${1:?restart needs a service name}
-  check_service_name "$name"
-  if [ "$name" = rabbitmq-server ] || [ "$name" = mariadb ]; then conf_base; fi
-  restart_one "$name"
-  step "restarted $name"
-}
-
-check_service_name() {
+# do_one stop|start|restart NAME: one service (stop/start also inject faults: the e2e tier stops nova-api)
+do_one() {
+  local action=$1 name=${2:?$1 needs a service name}
   case " ${INFRA_SERVICES[*]} ${OS_SERVICES[*]} " in
-    *" $1 "*) ;;
-    *) die "unknown service $1 (one of: ${INFRA_SERVICES[*]} ${OS_SERVICES[*]})" ;;
+    *" $name "*) ;;
+    *) die "unknown service $name (one of: ${INFRA_SERVICES[*]} ${OS_SERVICES[*]})" ;;
   esac
-}
-
-do_stop_one() {
-  local name=${1:?stop needs a service name}
-  check_service_name "$name"
-  stop_one "$name"
-  step "stopped $name ('$HERE/devcloud.sh start $name' or 'invoke devcloud up' starts it again)"
-}
-
-do_start_one() {
-  local name=${1:?start needs a service name}
-  check_service_name "$name"
-  if [ "$name" = rabbitmq-server ] || [ "$name" = mariadb ]; then conf_base; fi
-  start_one "$name"
-  step "started $name"
+  if [ "$action" != stop ] && { [ "$name" = rabbitmq-server ] || [ "$name" = mariadb ]; }; then conf_base; fi
+  "${action}_one" "$name"
+  step "$action $name: done"
 }
 
 do_down() {
@@ -223,9 +205,7 @@ case $cmd in
   down) do_down ;;
   status) do_status ;;
   reset) do_reset ;;
-  restart) do_restart "$@" ;;
-  stop) do_stop_one "$@" ;;
-  start) do_start_one "$@" ;;
+  restart|stop|start) do_one "$cmd" "$@" ;;
   test-guest) "$HERE/test-guest.sh" ;;
   facts) cloud_py facts ;;
   configure) rm -f "$STAMP_FILE"; do_up ;;
