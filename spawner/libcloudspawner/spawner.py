@@ -60,6 +60,8 @@ STOP_RETRY_SECONDS = 2.0
 # After a create with an unknown outcome found nothing: look again every this many seconds, for up to one
 # api_timeout_seconds, before creating again (Nova may still be creating it after our request timed out).
 LANDING_CHECK_SECONDS = 2.0
+# ...and after such a create, look for a late instance again in the background, this many api_timeouts later.
+LATE_LANDING_CHECKS = (2, 4, 8)
 
 
 class LibcloudSpawner(Spawner):
@@ -415,6 +417,8 @@ class LibcloudSpawner(Spawner):
         self._events_changed = asyncio.Event()
         self._progress_done = True
         self._cleanup_task: asyncio.Future | None = None
+        self._late_watch: asyncio.Future | None = None
+        self._starting = False
         self._manifest_cache: tuple[tuple, tuple] | None = None
 
     # ------------------------------------------------------------------------------ options
@@ -677,6 +681,7 @@ class LibcloudSpawner(Spawner):
         tags = self._tags()
         self.instance_name = name
         attempt = _CreateAttempt(name=name, tags=tags)
+        self._starting = True
         try:
             return await self._boot(client, selection, user_data, attempt)
         except BaseException as e:
@@ -687,6 +692,26 @@ class LibcloudSpawner(Spawner):
                 raise
             await self._wait_cleanup_briefly()
             raise self._user_error(e) from e
+        finally:
+            self._starting = False
+            if attempt.doubtful:
+                if self._late_watch is not None:
+                    self._late_watch.cancel()
+                self._late_watch = asyncio.ensure_future(self._watch_late_landing(client, attempt))
+
+    async def _watch_late_landing(self, client: CloudClient, attempt: _CreateAttempt) -> None:
+        """After a create whose outcome was unknown, Nova may carry the request out long after the spawner
+        stopped waiting for it. Look again in the background (LATE_LANDING_CHECKS api timeouts later) and
+        delete any instance of this server that the spawner does not use, unless a new start of the
+        server is in progress (it owns the name then, and removes leftovers itself)."""
+        waited = 0.0
+        for factor in LATE_LANDING_CHECKS:
+            delay = factor * client.timeout_seconds - waited
+            await asyncio.sleep(delay)
+            waited += delay
+            if self._starting:
+                continue
+            await self._remove_duplicates(client, attempt.name, attempt.tags, keep=self.instance_id)
 
     async def _wait_cleanup_briefly(self) -> None:
         """Give the cleanup of a failed start a few seconds, then let it go on in the background (stop()
@@ -929,14 +954,6 @@ class LibcloudSpawner(Spawner):
                     attempt.name,
                     e,
                 )
-        if attempt.doubtful:
-            # a create that timed out may land after the lookup above: look once more, a request-time later
-            await asyncio.sleep(client.timeout_seconds)
-            try:
-                found = await client.find_nodes(name=attempt.name, tags=attempt.tags)
-                ids.update(i.id for i in found if i.id not in attempt.ignore and not i.deleting)
-            except CloudError as e:
-                self.log.error("Could not look for instance %s again (%s); the reaper will find it", attempt.name, e)
         for instance_id in ids:
             self.log.info(
                 "Deleting instance %s (%s) of the failed start of %s", attempt.name, instance_id, self._log_name

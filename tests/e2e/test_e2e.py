@@ -122,10 +122,18 @@ def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawn
                 "document.querySelector('#progress-log') && "
                 "document.querySelector('#progress-log').innerText.includes('Creating virtual machine')",
                 timeout=120_000,
+                polling=500,  # not requestAnimationFrame: a headless page may not paint until something changes
             )
-            seen_vm.extend(servers_of(nova, hub.hub_id, user))
+            # the event comes just before the create request: give Nova the time to list the new VM
+            seen_vm.extend(
+                deadline_wait(
+                    lambda: servers_of(nova, hub.hub_id, user), timeout_s=60, what="Nova to list the doomed VM"
+                )
+            )
             page.locator("#progress-details").evaluate("d => d.open = true")
             page.screenshot(path=str(artifacts / "e2e-spawn-progress.png"), full_page=True)
+            # the page shows the spawn while it happens, not only its end
+            assert page.locator("#progress-bar.bg-danger").count() == 0, "the progress appeared only at the end"
             # then the failure, in words the user can act on
             page.wait_for_selector("#progress-bar.bg-danger", timeout=(BLANK_START_TIMEOUT_S + 120) * 1000)
             message = page.inner_text("#progress-message")

@@ -79,6 +79,9 @@ def test_imports_as_user(host, booted, code):
 def test_ssh_host_keys_regenerated(host):
     f = host.file("/etc/ssh/ssh_host_ed25519_key.pub")
     assert f.exists and f.content_string.startswith("ssh-ed25519 ")
+    # only the fast key types are made at first boot (images/packer/scripts/common/10-packages.sh)
+    assert host.file("/etc/ssh/ssh_host_ecdsa_key.pub").exists
+    assert not host.file("/etc/ssh/ssh_host_rsa_key").exists
 
 
 def test_machine_id_regenerated(host):

@@ -186,14 +186,26 @@ async def test_create_that_lands_after_every_look_is_removed_at_stop(spawner, cl
     assert cloud.nodes == {}
 
 
-async def test_create_that_lands_after_a_failed_start_is_removed_by_its_cleanup(spawner, cloud):
+async def test_create_that_lands_after_a_failed_start_is_removed_in_the_background(spawner, cloud):
     refused = CloudError("create instance failed: 403 Quota exceeded for instances", status=403)
     cloud.next_creates = [1.5, refused]
     with pytest.raises(SpawnException) as info:
         await spawner.start()
     assert "Quota exceeded" in info.value.message
-    await spawner.stop()  # waits for the cleanup, which looks again a request-time later
+    await spawner.stop()
+    await asyncio.sleep(1.6)
+    assert len(cloud.nodes) == 1  # landed after the start failed and the server stopped
+    await spawner._late_watch  # looks again 2, 4 and 8 api timeouts (1 s here) after the doubtful create
     assert cloud.nodes == {}
+
+
+async def test_late_landing_watch_never_removes_the_running_servers_instance(spawner, cloud):
+    cloud.next_creates = [5.0]  # lands after the spawner created again and the server runs
+    await spawner.start()
+    assert cloud.calls.count("create_node") == 2
+    await spawner._late_watch
+    assert list(cloud.nodes) == [spawner.instance_id]
+    assert await spawner.poll() is None
 
 
 async def test_instance_in_error_fails_clearly_and_is_removed(spawner, cloud):
