@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -95,7 +97,22 @@ def culler_config(user: str, timeout_s: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def hub(tmp_path_factory, facts, image, nova, artifacts):
+def ssh_key(tmp_path_factory, nova):
+    """A Nova keypair for this run (the spawner's `userserver_keyname`): the tests read a VM's journal over SSH
+    (as the image's default user) when something in it fails. Deleted at the end."""
+    directory = tmp_path_factory.mktemp("ssh")
+    key = directory / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lcs-e2e", "-f", str(key)], check=True)
+    name = f"lcs-e2e-{uuid.uuid4().hex[:8]}"
+    nova.compute.create_keypair(name=name, public_key=(directory / "id_ed25519.pub").read_text().strip())
+    try:
+        yield {"name": name, "path": key}
+    finally:
+        nova.compute.delete_keypair(name, ignore_missing=True)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory, facts, image, nova, artifacts, ssh_key):
     hub_id = new_hub_id()
     host = facts["host_ip"]
     port = hub_bind_port(host)
@@ -113,6 +130,7 @@ c.LibcloudSpawner.api_timeout_seconds = 60
 c.LibcloudSpawner.start_timeout = {START_TIMEOUT_S}
 c.LibcloudSpawner.http_timeout = 120
 c.LibcloudSpawner.stop_timeout_seconds = 240
+c.LibcloudSpawner.userserver_keyname = {ssh_key["name"]!r}  # for the diagnostics: tests/e2e/e2etools.vm_journal
 
 def _short_start_for_blank(spawner):
     # the blank disk boots to nothing: let its spawn fail quickly (a real deployment's start_timeout is long)
@@ -124,6 +142,7 @@ c.Spawner.pre_spawn_hook = _short_start_for_blank
     workdir = tmp_path_factory.mktemp("hub")
     h = Hub(workdir, None, doc_config(facts, image), extra)
     h.hub_id = hub_id
+    h.ssh_key = ssh_key["path"]
     h.timings = {}
     h.start(timeout_s=90)
     try:

@@ -139,6 +139,28 @@ def devcloud_service(action: str, name: str) -> None:
     assert r.returncode == 0, f"devcloud.sh {action} {name} failed ({r.returncode}):\n{output}"
 
 
+def vm_journal(hub, user: str, server: str = "", lines: int = 60) -> str:
+    """What a user's VM says about its single-user server (over SSH as the image's default user, with the
+    run's keypair): for failure messages. Never raises."""
+    model = hub.spawner_model(user, server) or {}
+    address = (model.get("state") or {}).get("address")
+    if not address:
+        return f"(no address for {user}/{server} in the hub's state: {model})"
+    command = (
+        f"sudo journalctl -b -u jupyterhub-singleuser --no-pager -o short-monotonic | tail -n {lines};"
+        " ps -eo pid,user,etime,pcpu,rss,args | grep -i '[k]ernel\\|[j]upyter'; uptime; free -m"
+    )
+    try:
+        r = subprocess.run(
+            ["ssh", "-i", str(hub.ssh_key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "ConnectTimeout=20", "-o", "BatchMode=yes", f"debian@{address}", command],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return f"--- {user}/{server} at {address}:\n{r.stdout}{r.stderr[-500:]}"
+    except Exception as e:
+        return f"(journal of {address} unavailable: {e!r})"
+
+
 def nova_answers(conn) -> bool:
     try:
         conn.compute.get("/servers?limit=1").raise_for_status()  # nova-api itself, not a cached catalogue
@@ -198,7 +220,8 @@ class Spawn:
 def run_in_kernel(hub, user: str, code: str, server: str = "", timeout_s: float = 300) -> dict[str, Any]:
     """Start a kernel through the hub's proxy, run ``code`` on its websocket, delete the kernel.
 
-    Returns ``{"status": ..., "stdout": ..., "error": ...}``.
+    Returns ``{"status": ..., "stdout": ..., "error": ...}``. The websocket runs in a thread with a hard
+    deadline: a socket read that never returns must fail the test, not hang it.
     """
     import websocket
 
@@ -208,15 +231,13 @@ def run_in_kernel(hub, user: str, code: str, server: str = "", timeout_s: float 
     assert r.status_code == 201, f"kernel start through the proxy: {r.status_code} {r.text[:300]}"
     kernel_id = r.json()["id"]
     ws_url = hub.url.replace("http://", "ws://") + f"{prefix}api/kernels/{kernel_id}/channels"
-    result = {"status": None, "stdout": "", "error": ""}
-    deadline = time.monotonic() + timeout_s
-    # the server completes the handshake only once the kernel answers kernel_info (slow on emulated guests)
-    ws = websocket.create_connection(
-        ws_url, header=[f"Authorization: token {hub.token}"], timeout=max(deadline - time.monotonic(), 1)
-    )
-    ws.settimeout(30)
-    try:
+    result: dict[str, Any] = {"status": None, "stdout": "", "error": ""}
+    holder: dict[str, Any] = {}
+
+    def talk() -> None:
         msg_id = uuid.uuid4().hex
+        ws = websocket.create_connection(ws_url, header=[f"Authorization: token {hub.token}"], timeout=30)
+        holder["ws"] = ws
         ws.send(
             json.dumps(
                 {
@@ -226,7 +247,7 @@ def run_in_kernel(hub, user: str, code: str, server: str = "", timeout_s: float 
                         "session": uuid.uuid4().hex,
                         "msg_type": "execute_request",
                         "version": "5.3",
-                        "date": "",
+                        "date": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
                     },
                     "parent_header": {},
                     "metadata": {},
@@ -236,11 +257,12 @@ def run_in_kernel(hub, user: str, code: str, server: str = "", timeout_s: float 
                 }
             )
         )
-        while time.monotonic() < deadline:
+        while True:
             try:
                 msg = json.loads(ws.recv())
             except websocket.WebSocketTimeoutException:
                 continue
+            holder["seen"] = holder.get("seen", 0) + 1
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind = msg.get("msg_type") or msg["header"]["msg_type"]
@@ -250,8 +272,27 @@ def run_in_kernel(hub, user: str, code: str, server: str = "", timeout_s: float 
                 result["error"] = "\n".join(msg["content"].get("traceback", [])) or msg["content"].get("evalue", "")
             elif kind == "execute_reply":
                 result["status"] = msg["content"]["status"]
-                return result
-        raise AssertionError(f"no execute_reply within {timeout_s}s; got so far: {result}")
+                return
+
+    def guarded() -> None:
+        try:
+            talk()
+        except BaseException as e:  # reported below
+            holder["error"] = e
+
+    thread = threading.Thread(target=guarded, name=f"kernel-{user}", daemon=True)
+    thread.start()
+    try:
+        thread.join(timeout_s)
+        if thread.is_alive() or "error" in holder:
+            state = requests.get(f"{hub.url}{prefix}api/kernels/{kernel_id}", headers=headers, timeout=60)
+            raise AssertionError(
+                f"no execute_reply within {timeout_s}s ({holder.get('error')!r}; {holder.get('seen', 0)} other"
+                f" messages; kernel: {state.status_code} {state.text[:300]}); got so far: {result}"
+            )
+        return result
     finally:
-        ws.close()
+        ws = holder.get("ws")
+        if ws is not None:
+            ws.shutdown()  # unblocks a read still waiting in the thread
         requests.delete(f"{hub.url}{prefix}api/kernels/{kernel_id}", headers=headers, timeout=60)

@@ -32,6 +32,7 @@ from tests.e2e.e2etools import (
     nova_answers,
     run_in_kernel,
     servers_of,
+    vm_journal,
     wait_no_server,
 )
 
@@ -225,9 +226,12 @@ def test_kernel_runs_numpy_and_matplotlib_through_the_proxy(hub, spawns, image):
         " getpass.getuser(), os.path.getsize('/tmp/e2e.png') > 0)\n"
     )
     started = time.monotonic()
-    result = run_in_kernel(hub, "alice", code, timeout_s=400)
+    try:
+        result = run_in_kernel(hub, "alice", code, timeout_s=400)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{vm_journal(hub, 'alice')}") from None
     hub.timings["kernel_start_and_run_s"] = round(time.monotonic() - started, 1)
-    assert result["status"] == "ok", result
+    assert result["status"] == "ok", f"{result}\n{vm_journal(hub, 'alice')}"
     line = next(line for line in result["stdout"].splitlines() if line.startswith("RESULT"))
     _, total, numpy_version, mpl_version, linux_user, wrote = line.split()
     assert total == "45"
