@@ -68,7 +68,7 @@ write_files:
 runcmd:
   - [python3, -m, venv, /opt/jupyter]
   - [/opt/jupyter/bin/pip, install, --no-index, --trusted-host, "@HOST@", --find-links, "@URL@",
-     --require-hashes, -r, "@URL@requirements.lock"]
+     --no-deps, --require-hashes, -r, "@URL@requirements.lock"]
   - [sh, -c, "for c in jupyterhub-singleuser jupyter-lab jupyter python; do\
       ln -sf /opt/jupyter/bin/$c /usr/local/bin/$c; done"]
   - [systemctl, daemon-reload]
@@ -78,11 +78,13 @@ runcmd:
 
 def serve_wheelhouse(host: str) -> tuple[str, http.server.ThreadingHTTPServer, Path]:
     """The locked wheelhouse and the lock file over HTTP on the host's flatnet address."""
-    wheelhouse = sorted((REPO / "images" / "output" / "wheelhouse").glob("debian-12-*"))
-    if not wheelhouse:
-        raise SystemExit("no wheelhouse in images/output/wheelhouse: run `invoke build-image --os debian-12`")
+    from devtools.images import _wheelhouse_dir
+
+    wheelhouse = _wheelhouse_dir("debian-12")
+    if not (wheelhouse / ".complete").exists():
+        raise SystemExit(f"no wheelhouse for the current locks ({wheelhouse}): run `invoke build-image --os debian-12`")
     root = Path(tempfile.mkdtemp(prefix="lcs-bench-wheels-"))
-    for wheel in wheelhouse[-1].iterdir():
+    for wheel in wheelhouse.glob("*.whl"):
         (root / wheel.name).symlink_to(wheel)
     (root / "requirements.lock").symlink_to(LOCK)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))

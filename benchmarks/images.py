@@ -36,18 +36,19 @@ USER = "alice"
 DEADLINE_S = 1800
 
 
-def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str, pins: list[str]) -> str:
+def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str) -> str:
     """The original project's approach: the same user, env file and unit, but Jupyter installed by runcmd.
 
-    The install is one `sh -e` script, so a failed install fails the spawn instead of enabling a unit whose
-    binary is missing (runcmd carries on after a failed command)."""
+    The same locked stack as the baked image (`requirements-<os>.lock`, served next to the wheels), so the
+    two boots differ only in when it is installed. The install is one `sh -e` script, so a failed install
+    fails the spawn instead of enabling a unit whose binary is missing (runcmd carries on after a failed
+    command)."""
     install = " && ".join(
         [
             "python3 -m venv /opt/jupyter",
             f"/opt/jupyter/bin/pip install --quiet --no-index --trusted-host {vmtools.GUEST_HOST_ADDR} --find-links "
             + wheel_url
-            + " "
-            + " ".join(pins),
+            + f" --no-deps --require-hashes -r {wheel_url}requirements.lock",
             "ln -sf /opt/jupyter/bin/jupyterhub-singleuser /usr/local/bin/jupyterhub-singleuser",
             "systemctl daemon-reload",
             "systemctl enable --now " + ud.UNIT_NAME,
@@ -67,6 +68,17 @@ def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str, pins: l
         "runcmd": [["sh", "-ec", install]],
     }
     return "#cloud-config\n" + json.dumps(doc, indent=1) + "\n"
+
+
+def _current_wheelhouse(os_name: str) -> Path:
+    """images/output/wheelhouse/<os>-<digest of the locks>, as `invoke build-image` names it."""
+    sys.path.insert(0, str(ROOT))
+    from devtools.images import _wheelhouse_dir
+
+    path = _wheelhouse_dir(os_name)
+    if not (path / ".complete").exists():
+        raise SystemExit(f"no wheelhouse for the current locks ({path}): run `invoke build-image --os {os_name}`")
+    return path
 
 
 @contextlib.contextmanager
@@ -140,10 +152,9 @@ def main() -> None:
     if base_record.exists():
         build["base_seconds"] = json.loads(base_record.read_text()).get("build_seconds")
 
-    lock = (ROOT / f"images/packer/files/requirements-{entry['os']}.lock").read_text()
-    pins = [f"{d}=={entry['versions'][d]}" for d in ("jupyterhub", "jupyterlab", "numpy", "matplotlib")]
-    wheelhouse = sorted((ROOT / "images/output/wheelhouse").glob(f"{entry['os']}-*"))[-1]
-    assert all(p.split("==")[0] in lock for p in pins)
+    # the wheelhouse `invoke build-image` downloaded for the current locks, served with the lock itself
+    lock = ROOT / f"images/packer/files/requirements-{entry['os']}.lock"
+    wheelhouse = _current_wheelhouse(entry["os"])
 
     phases = set(args.phases.split(","))
     no_run = {"seconds_to_ssh": float("nan"), "seconds_to_ready": float("nan")}
@@ -159,13 +170,16 @@ def main() -> None:
     )
     first = no_run
     if "first-boot" in phases:
-        with _serve(wheelhouse) as port:
+        with tempfile.TemporaryDirectory(prefix="lcs-bench-wheels-") as served, _serve(Path(served)) as port:
+            for wheel in wheelhouse.glob("*.whl"):
+                (Path(served) / wheel.name).symlink_to(wheel)
+            (Path(served) / "requirements.lock").symlink_to(lock)
             url = f"http://{vmtools.GUEST_HOST_ADDR}:{port}/"
             first = boot(
                 "install-at-first-boot",
                 base,
                 args.accelerator,
-                lambda env: _install_at_first_boot_userdata(env, url, pins),
+                lambda env: _install_at_first_boot_userdata(env, url),
             )
 
     result = {

@@ -478,12 +478,22 @@ def _locked_versions(os_name: str) -> dict[str, str]:
     return {d: m[1] for d in STACK if (m := re.search(rf"^{d}==([^\s;\\]+)", text, flags=re.M))}
 
 
+def _wheelhouse_locks(os_name: str) -> list[Path]:
+    return [_lock_path(os_name), PACKER_DIR / "files" / "build-tools.lock"]
+
+
+def _wheelhouse_dir(os_name: str) -> Path:
+    """Where the wheelhouse of the current locks lives (named by their digest)."""
+    digest = hashlib.sha256(b"".join(_sha256(lock).encode() for lock in _wheelhouse_locks(os_name))).hexdigest()
+    return OUTPUT_DIR / "wheelhouse" / f"{os_name}-{digest[:12]}"
+
+
 def _wheelhouse(c, os_name: str, vars_: dict[str, str]) -> Path:
     """The pinned wheels for the guest's Python (the Jupyter lock plus the build-tools lock), downloaded on
     the host and checked against the locks' hashes. Cached per lock content."""
-    locks = [_lock_path(os_name), PACKER_DIR / "files" / "build-tools.lock"]
-    digest = hashlib.sha256(b"".join(_sha256(lock).encode() for lock in locks)).hexdigest()[:12]
-    dest = OUTPUT_DIR / "wheelhouse" / f"{os_name}-{digest}"
+    locks = _wheelhouse_locks(os_name)
+    dest = _wheelhouse_dir(os_name)
+    digest = dest.name.rsplit("-", 1)[1]
     if (dest / ".complete").exists():
         print(f"wheelhouse: {dest.relative_to(ROOT)} (cached)")
         return dest

@@ -27,7 +27,7 @@ install_stack() {
     rm -f "$stamp"
     python3 -m venv --without-pip "$venv"
     UV_NO_CACHE=1 UV_PYTHON_DOWNLOADS=never "$uv" pip install --python "$venv/bin/python" --offline --no-index \
-        --find-links "$build/wheelhouse" --require-hashes --only-binary :all: --link-mode copy --quiet \
+        --find-links "$build/wheelhouse" --require-hashes --only-binary :all: --link-mode copy --quiet --no-deps \
         -r "$build/requirements.lock"
 
     # Byte-compile what a server start imports, so that start is fast: users cannot write .pyc files into
