@@ -120,10 +120,12 @@ def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawn
             page.wait_for_url(re.compile(r"/hub/spawn-pending/"), timeout=60_000)
             # the progress bar moves with the spawner's real phases
             page.wait_for_function(
+                # textContent, not innerText: the log sits in a closed <details> until the spawn fails, and
+                # innerText of hidden content is empty (which once looked like events arriving in a burst)
                 "document.querySelector('#progress-log') && "
-                "document.querySelector('#progress-log').innerText.includes('Creating virtual machine')",
+                "document.querySelector('#progress-log').textContent.includes('Creating virtual machine')",
                 timeout=120_000,
-                polling=500,  # not requestAnimationFrame: a headless page may not paint until something changes
+                polling=500,
             )
             # the event comes just before the create request: give Nova the time to list the new VM
             seen_vm.extend(
@@ -139,7 +141,7 @@ def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawn
             page.wait_for_selector("#progress-bar.bg-danger", timeout=(BLANK_START_TIMEOUT_S + 120) * 1000)
             message = page.inner_text("#progress-message")
             page.screenshot(path=str(artifacts / "e2e-spawn-failed.png"), full_page=True)
-            log = page.inner_text("#progress-log")
+            log = page.text_content("#progress-log") or ""
         finally:
             browser.close()
     hub.timings["blank_spawn_failed_s"] = round(time.monotonic() - started, 1)
