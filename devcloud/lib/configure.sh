@@ -219,8 +219,11 @@ enabled = false
 enabled = false
 [libvirt]
 virt_type = $VIRT_TYPE
-# host-passthrough/host-model fail on this machine's CPU (MSR 0x10a); none = qemu's default model
-cpu_mode = none
+# host-passthrough/host-model fail on this machine's CPU (MSR 0x10a). Not none either: QEMU's default model
+# (qemu64) lacks SSE4.2/POPCNT, and NumPy 2 (x86-64-v2 baseline) dies with SIGILL on import, so every kernel
+# running numpy crashed. Nehalem is the x86-64-v2 baseline, which TCG emulates.
+cpu_mode = custom
+cpu_models = Nehalem
 [oslo_concurrency]
 lock_path = /var/lib/nova/tmp
 [oslo_messaging_notifications]
