@@ -51,6 +51,16 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
     spawner._apply_profile(spawner._selection.profile)
 
 
+class UserFacingSpawnError(SpawnException):
+    """A SpawnException whose ``message`` is what the user reads. JupyterHub 6 shows a failed spawn's
+    ``str(exception)`` on the spawn page, which carries the ``log_message`` (cloud error bodies, instance ids),
+    unless the exception has a ``jupyterhub_message``: this class provides it."""
+
+    @property
+    def jupyterhub_message(self) -> str:
+        return self.message
+
+
 # After a DELETE, how long an instance may show no deletion in progress before it is deleted again.
 REDELETE_AFTER_SECONDS = 5.0
 # How long a failed start waits for its instance's removal before reporting (the rest goes on in the background).
@@ -449,7 +459,7 @@ class LibcloudSpawner(Spawner):
         try:
             user_options = options.options_from_form(form_data)
         except options.InvalidUserOptions as e:
-            raise SpawnException(str(e), reason="options", status_code=400) from None
+            raise UserFacingSpawnError(str(e), reason="options", status_code=400) from None
         self.validate_options(user_options)
         return user_options
 
@@ -458,9 +468,9 @@ class LibcloudSpawner(Spawner):
         try:
             return options.validate_user_options(user_options, self.catalog())
         except options.InvalidUserOptions as e:
-            raise SpawnException(f"Invalid server options: {e}", reason="options", status_code=400) from None
+            raise UserFacingSpawnError(f"Invalid server options: {e}", reason="options", status_code=400) from None
         except (LookupError, CatalogError) as e:
-            raise SpawnException(
+            raise UserFacingSpawnError(
                 "This hub's server choices are misconfigured; please tell the administrator.",
                 reason="config",
                 status_code=500,
@@ -538,7 +548,7 @@ class LibcloudSpawner(Spawner):
                 cache_ttl_seconds=self.api_cache_ttl_seconds,
             )
         except (CredentialsError, CloudError) as e:
-            raise SpawnException(
+            raise UserFacingSpawnError(
                 "This hub cannot reach its cloud (configuration problem); please tell the administrator.",
                 reason="config",
                 status_code=500,
@@ -557,7 +567,7 @@ class LibcloudSpawner(Spawner):
                 template=template,
             )
         except userdata.UserDataError as e:
-            raise SpawnException(
+            raise UserFacingSpawnError(
                 "The server's start-up script could not be prepared; please tell the administrator.",
                 reason="userdata",
                 status_code=500,
@@ -663,7 +673,7 @@ class LibcloudSpawner(Spawner):
             phase = self._events[-1]["message"] if self._events else "starting"
             self.log.warning("Start of %s timed out after %ss (last phase: %s)", self._log_name, budget, phase)
             await self._wait_cleanup_briefly()
-            raise SpawnException(
+            raise UserFacingSpawnError(
                 f"Your server did not start within {self.start_timeout:.0f} seconds (last step: {phase})."
                 " Please try again; if it keeps happening, tell the administrator.",
                 reason="timeout",
@@ -730,14 +740,14 @@ class LibcloudSpawner(Spawner):
         if isinstance(e, SpawnException):
             return e
         if isinstance(e, CloudNotFound):
-            return SpawnException(
+            return UserFacingSpawnError(
                 f"{str(e)[:1].upper()}{str(e)[1:]}; please tell the administrator.",
                 reason="config",
                 status_code=500,
                 log_message=f"LibcloudSpawner: {e}",
             )
         if isinstance(e, CloudError) and e.status == 401:
-            return SpawnException(
+            return UserFacingSpawnError(
                 "The hub's cloud credentials were refused; please tell the administrator.",
                 reason="config",
                 status_code=500,
@@ -749,7 +759,7 @@ class LibcloudSpawner(Spawner):
                 if e.transient
                 else f"The cloud refused to create your server: {describe(e)}"
             )
-            return SpawnException(
+            return UserFacingSpawnError(
                 message, reason="cloud", status_code=503, log_message=f"Cloud error starting {self._log_name}: {e}"
             )
         return e
@@ -870,7 +880,7 @@ class LibcloudSpawner(Spawner):
                 return instance
             if instance.state == "error":
                 fault = await client.fault_message(instance.id)
-                raise SpawnException(
+                raise UserFacingSpawnError(
                     "The cloud could not start your server's virtual machine"
                     + (f": {fault.strip()}" if fault else ".")
                     + " Try another size or image, or tell the administrator.",
@@ -879,7 +889,7 @@ class LibcloudSpawner(Spawner):
                     log_message=f"Instance {instance.name} ({instance.id}) of {self._log_name} is in ERROR: {fault}",
                 )
             if instance.deleting:
-                raise SpawnException(
+                raise UserFacingSpawnError(
                     "Your server's virtual machine was deleted while starting.", reason="instance-gone", status_code=503
                 )
             await asyncio.sleep(self.startup_poll_interval_seconds)
@@ -892,7 +902,7 @@ class LibcloudSpawner(Spawner):
                 self.log.warning("Could not check instance %s (%s); still waiting", instance.id, e)
                 continue
             if latest is None:
-                raise SpawnException(
+                raise UserFacingSpawnError(
                     "Your server's virtual machine disappeared while starting.", reason="instance-gone", status_code=503
                 )
             if latest.state != instance.state or (latest.task_state != instance.task_state):
@@ -926,7 +936,7 @@ class LibcloudSpawner(Spawner):
                     self.log.warning("Could not check instance %s (%s); still waiting for Jupyter", instance_id, e)
                     latest = "unknown"
                 if latest is None or (isinstance(latest, Instance) and latest.state in ("error", "terminated")):
-                    raise SpawnException(
+                    raise UserFacingSpawnError(
                         "Your server's virtual machine stopped before Jupyter started.",
                         reason="instance-gone",
                         status_code=503,
@@ -1024,7 +1034,7 @@ class LibcloudSpawner(Spawner):
                 self.instance_id, {naming.TAG_SERVER_NAME: naming.metadata_value(new_name)}
             )
         except CloudError as e:
-            raise SpawnException(
+            raise UserFacingSpawnError(
                 "The server's virtual machine could not be relabelled; please try again later.",
                 reason="cloud",
                 status_code=503,
@@ -1094,7 +1104,7 @@ class LibcloudSpawner(Spawner):
                 self._log_name,
                 e,
             )
-            raise SpawnException(
+            raise UserFacingSpawnError(
                 "Your server's virtual machine could not be deleted right now; please try again later.",
                 reason="cloud",
                 status_code=503,
