@@ -236,7 +236,10 @@ def run_in_kernel(hub, user: str, code: str, server: str = "", timeout_s: float 
 
     def talk() -> None:
         msg_id = uuid.uuid4().hex
-        ws = websocket.create_connection(ws_url, header=[f"Authorization: token {hub.token}"], timeout=30)
+        # the server completes the handshake only once the kernel answers kernel_info: slow on emulated
+        # guests (23-28 s quiet, more under load), so the handshake gets the whole budget; reads then 30 s
+        ws = websocket.create_connection(ws_url, header=[f"Authorization: token {hub.token}"], timeout=timeout_s)
+        ws.settimeout(30)
         holder["ws"] = ws
         ws.send(
             json.dumps(
