@@ -534,6 +534,11 @@ class Double:
             server = self.api_server
             server.stop()
             self.api_up = False
+            # drop kept-alive client connections at once (a real API process that dies takes them with it):
+            # close_all_connections alone may still be waiting when the next request arrives on one of them
+            for conn in list(getattr(server, "_connections", ())):
+                with contextlib.suppress(Exception):
+                    conn.stream.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.close_all_connections(), 5.0)
             log.info("API stopped (connection refused)%s", f" for {for_s}s" if for_s else "")
