@@ -35,6 +35,7 @@ from tests.e2e.e2etools import (
     vm_journal,
     wait_no_server,
 )
+from tests.hub.hubtools import browser_open_spawn_form
 
 pytestmark = pytest.mark.e2e
 
@@ -104,12 +105,7 @@ def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawn
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 800})
-            page.goto(f"{hub.url}/hub/login", timeout=60_000)
-            page.fill("input[name=username]", user)
-            page.fill("input[name=password]", "any")
-            page.click("input[type=submit], button[type=submit]")
-            page.wait_for_url(lambda url: "/hub/login" not in url, timeout=60_000)
-            page.goto(f"{hub.url}/hub/spawn", timeout=60_000)
+            browser_open_spawn_form(page, hub.url, user, timeout_ms=60_000)
             assert page.locator("select[name=size]").count() == 1
             labels = page.locator("select[name=image] option").all_inner_texts()
             assert "Blank disk (never serves Jupyter)" in [t.strip() for t in labels]

@@ -55,6 +55,17 @@ def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.2, what: st
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
+def browser_open_spawn_form(page, hub_url: str, user: str, timeout_ms: int = 30_000) -> None:
+    """In a Playwright page: log in through the hub's login form (any password: the test hubs use the dummy
+    authenticator), then open the spawn form."""
+    page.goto(f"{hub_url}/hub/login", timeout=timeout_ms)
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", "any")
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url(lambda url: "/hub/login" not in url, timeout=timeout_ms)
+    page.goto(f"{hub_url}/hub/spawn", timeout=timeout_ms)
+
+
 def original_config(double_url: str) -> dict[str, Any]:
     """The original documentation's configuration lines, pointed at the double."""
     return {

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hubtools import cloud_servers, original_config, running_hub
+from hubtools import browser_open_spawn_form, cloud_servers, original_config, running_hub
 
 pytestmark = pytest.mark.hub
 
@@ -50,12 +50,7 @@ def test_form_and_live_progress_page_in_chromium(hub, double, browser):
     double.client.set_config(boot_delay_s=BOOT_DELAY_S)
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     try:
-        page.goto(f"{hub.url}/hub/login", timeout=30_000)
-        page.fill("input[name=username]", user)
-        page.fill("input[name=password]", "any")
-        page.click("input[type=submit], button[type=submit]")
-        page.wait_for_url(lambda url: "/hub/login" not in url, timeout=30_000)
-        page.goto(f"{hub.url}/hub/spawn", timeout=30_000)
+        browser_open_spawn_form(page, hub.url, user)
 
         # the form offers exactly what the administrator configured, by display name
         sizes = [t.strip() for t in page.locator("select[name=size] option").all_inner_texts()]
