@@ -55,6 +55,16 @@ def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.2, what: st
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
+def spawn_ready(hub: Hub, double, user: str) -> dict[str, Any]:
+    """Start ``user``'s default server through the REST API, wait until the hub calls it ready, and return
+    its one instance in the double (a second instance fails the unpacking)."""
+    hub.create_user(user)
+    assert hub.api("POST", f"/users/{user}/server", json={}).status_code in (201, 202)
+    hub.wait_ready(user)
+    [server] = cloud_servers(double, user=user)
+    return server
+
+
 def browser_open_spawn_form(page, hub_url: str, user: str, timeout_ms: int = 30_000) -> None:
     """In a Playwright page: log in through the hub's login form (any password: the test hubs use the dummy
     authenticator), then open the spawn form."""

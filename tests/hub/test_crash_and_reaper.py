@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hubtools import PASSWORD, cloud_servers, original_config, running_hub, wait_until
+from hubtools import PASSWORD, cloud_servers, original_config, running_hub, spawn_ready, wait_until
 
 import libcloudspawner
 
@@ -29,10 +29,7 @@ def creates(double) -> int:
 
 
 def test_hub_sigkilled_while_a_server_runs_reattaches(hub, double):
-    hub.create_user("rex")
-    assert hub.api("POST", "/users/rex/server", json={}).status_code in (201, 202)
-    hub.wait_ready("rex")
-    [server] = cloud_servers(double, user="rex")
+    server = spawn_ready(hub, double, "rex")
     created = creates(double)
 
     hub.process.kill()  # SIGKILL: no shutdown code runs in the hub
@@ -83,10 +80,7 @@ def _reaper(hub, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_reaper_deletes_only_this_hubs_orphans(hub, double):
-    hub.create_user("owner")
-    assert hub.api("POST", "/users/owner/server", json={}).status_code in (201, 202)
-    hub.wait_ready("owner")
-    [owned] = cloud_servers(double, user="owner")
+    owned = spawn_ready(hub, double, "owner")
 
     driver = _libcloud_driver(double)
     orphan = _create(driver, "jupyter-ghost", _tags(HUB_ID, "ghost"))  # e.g. left by a lost hub database

@@ -6,7 +6,7 @@ import concurrent.futures
 import re
 
 import pytest
-from hubtools import PASSWORD, _xsrf, cloud_servers, original_config, running_hub, wait_until
+from hubtools import PASSWORD, _xsrf, cloud_servers, original_config, running_hub, spawn_ready, wait_until
 
 pytestmark = pytest.mark.hub
 
@@ -164,10 +164,7 @@ def test_named_server(hub, double):
 
 
 def test_hub_restart_reattaches(hub, double):
-    hub.create_user("carol")
-    assert hub.api("POST", "/users/carol/server", json={}).status_code in (201, 202)
-    hub.wait_ready("carol")
-    [server] = cloud_servers(double, user="carol")
+    server = spawn_ready(hub, double, "carol")
     created = creates(double)
 
     hub.restart()
