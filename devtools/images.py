@@ -843,6 +843,8 @@ def build_image(
             base = build_base(c, os=os_name)
             base_url, base_checksum = f"file://{base}", f"sha256:{_sha256(base)}"
 
+    if builder == "openstack":
+        _openstack_preflight(cloud, source_image or "debian-12-base", flavor or "m1.small", network)
     packer = _packers()[0]
     name = _unique_name(os_name, date, commit)
     versions_locked = _locked_versions(os_name)
@@ -1007,6 +1009,32 @@ def _connect(cloud: str):
     except openstack.exceptions.SDKException as e:
         raise Exit(f"cannot authenticate to cloud {cloud!r}: {e}") from None
     return conn
+
+
+def _openstack_preflight(cloud: str, source_image: str, flavor: str, network: str) -> None:
+    """Before Packer boots anything: the cloud answers and the source image, flavor and network exist.
+
+    Packer would otherwise fail minutes later (or, for a network, leave Nova to pick one)."""
+    conn = _connect(cloud)
+    problems = []
+    image = conn.image.find_image(source_image, ignore_missing=True)
+    if image is None:
+        problems.append(
+            f"no image {source_image!r} in Glance: upload a base first, e.g. `openstack --os-cloud {cloud} image create"
+            f" --disk-format qcow2 --file images/output/base/debian-12.qcow2 {source_image}`"
+        )
+    elif image.status != "active":
+        problems.append(f"image {source_image!r} is {image.status}, not active")
+    found = conn.compute.find_flavor(flavor, ignore_missing=True)
+    if found is None:
+        names = ", ".join(sorted(f.name for f in conn.compute.flavors()))
+        problems.append(f"no flavor {flavor!r} (this cloud has: {names})")
+    elif image is not None and (image.min_disk or 0) > found.disk:
+        problems.append(f"flavor {flavor!r} has a {found.disk} GB disk; the image needs {image.min_disk} GB")
+    if network and conn.network.find_network(network, ignore_missing=True) is None:
+        problems.append(f"no network {network!r}")
+    if problems:
+        raise Exit(f"build-image --builder openstack, cloud {cloud!r}:\n  " + "\n  ".join(problems))
 
 
 def _set_min_ram(cloud: str, image_id: str, min_ram_mb: int) -> None:
