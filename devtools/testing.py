@@ -19,7 +19,7 @@ TIERS = {
     "e2e": "the dev cloud up, the image published, a real JupyterHub spawning VMs in a real OpenStack",
 }
 # What `invoke test` (and so CI) runs when no tier is named.
-DEFAULT_TIERS = ["lint", "unit", "hub", "images"]
+DEFAULT_TIERS = ["lint", "unit", "hub", "images", "e2e"]
 
 
 def _pytest(c, paths: list[str], extra: str = "") -> None:
