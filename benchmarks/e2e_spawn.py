@@ -134,6 +134,7 @@ c.JupyterHub.log_level = 'INFO'
         "userserver_sizes": [("2 vCPU, 2 GiB", "j1.small")],
         "userserver_images": images,
     }  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
     hub = Hub(workdir, None, config, extra)
     hub.start(timeout_s=90)
     return hub

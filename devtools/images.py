@@ -886,7 +886,7 @@ def build_image(
             "requirements_lock": _lock_path(os_name),
             "git_commit": commit,
             "build_date": date.isoformat(),
-            "jupyter_versions": _hcl_map(versions_locked),
+            "jupyter_versions": _hcl_map({"python": vars_["guest_python_version"], **versions_locked}),
             "base_image_url": base_url,
             "base_image_checksum": base_checksum,
         }

@@ -119,7 +119,7 @@ variable "build_date" {
 
 variable "jupyter_versions" {
   type        = map(string)
-  description = "Versions of the Jupyter stack (from the lock file), recorded in the image properties."
+  description = "Versions of Python and the Jupyter stack (from the var file and the lock), recorded in the image properties."
   default     = {}
 }
 
