@@ -70,6 +70,10 @@ APT_PACKAGES = sorted(set(TOOLS.values()) - {"coreutils", "util-linux", "mount"}
 # --- small helpers ---------------------------------------------------------------------------------------
 
 
+#: the environment (build_image's `--os` parameter shadows the os module inside it)
+_ENV = os.environ
+
+
 def _need(*tools: str) -> None:
     missing = [t for t in tools if not shutil.which(t)]
     if missing:
@@ -739,18 +743,25 @@ def test_image(c, image="", accelerator="auto", phase="all", keep_vm_dir=""):
 # --- build -------------------------------------------------------------------------------------------------
 
 
-def _explain_unbuildable(os_name: str, vars_: dict[str, str], reason: str) -> Exit:
+def _explain_unbuildable(os_name: str, vars_: dict[str, str], reason: str | None) -> Exit:
+    """Why ``os_name`` cannot be built here; ``reason`` is the probe's error, None when no probe was made."""
     host = vars_["base_image_url"].split("/")[2]
+    where = (
+        f"    is unreachable from here: {reason};"
+        if reason
+        else "    was not tried (--base local, or LCS_IMAGE_BASE=local: no request to its host);"
+    )
+    how = "the same command builds it" if reason else "`--base auto` (or official) builds it"
     return Exit(
         "\n".join(
             [
                 f"build-image: {os_name} cannot be built on this machine.",
                 f"  - its base, the official cloud image {vars_['base_image_url']},",
-                f"    is unreachable from here: {reason};",
+                where,
                 f"  - there is no local base recipe for {os_name} (images/packer/base/): one would need the OS's",
                 "    own package archive, and this machine's builds may use only Debian's mirror and PyPI.",
                 f"  The template is valid (`invoke validate --os {os_name}`). On a machine that reaches {host},",
-                "  the same command builds it; nothing else changes.",
+                f"  {how}; nothing else changes.",
             ]
         ),
         code=2,
@@ -805,6 +816,9 @@ def _hcl_map(d: dict[str, str]) -> str:
         "accelerator": "qemu builder: auto (a smoke boot decides whether KVM boots a guest), kvm or tcg",
         "extra_ca": "PEM bundle trusted during the build only (intercepting proxy); removed from the image",
         "skip_tests": "do not run tests/images/ (the artifact is still checked; no manifest entry is written)",
+        "base": "qemu builder: auto (the official cloud image if a HEAD request reaches it, else the local base),"
+        " official (no probe) or local (build-base from Debian packages, never contacts the image host);"
+        " default: $LCS_IMAGE_BASE, else auto",
         "cloud": "openstack builder: clouds.yaml entry",
         "source_image": "openstack builder: name of the base image in Glance",
         "flavor": "openstack builder: flavor of the build instance",
@@ -815,7 +829,7 @@ def _hcl_map(d: dict[str, str]) -> str:
 )
 def build_image(
     c, os="debian-12", builder="qemu", accelerator="auto", extra_ca="", skip_tests=False,
-    cloud="devcloud", source_image="", flavor="", network="", prebake="auto",
+    cloud="devcloud", source_image="", flavor="", network="", prebake="auto", base="",
 ):  # fmt: skip
     """Bake a Jupyter image with Packer, verify and test it, record it in images/manifest.json."""
     os_name = os
@@ -833,15 +847,21 @@ def build_image(
 
     # The base: the official cloud image where it downloads, else the local base from build-base.
     base_url, base_checksum = vars_["base_image_url"], vars_["base_image_checksum"]
-    if builder == "qemu":
-        print(f"build-image: probing {base_url}", flush=True)
-        unreachable = _probe_url(base_url)
-        if unreachable:
+    base_mode = base or _ENV.get("LCS_IMAGE_BASE", "") or "auto"
+    if base_mode not in ("auto", "official", "local"):
+        raise Exit(f"--base (or LCS_IMAGE_BASE) must be auto, official or local, not {base_mode!r}")
+    if builder == "qemu" and base_mode != "official":
+        unreachable: str | None = None
+        if base_mode == "auto":
+            print(f"build-image: probing {base_url}", flush=True)
+            unreachable = _probe_url(base_url)
+        if base_mode == "local" or unreachable:
             if os_name not in BASE_RECIPES:
                 raise _explain_unbuildable(os_name, vars_, unreachable)
-            print(f"build-image: official image unreachable ({unreachable}); using the local base instead")
-            base = build_base(c, os=os_name)
-            base_url, base_checksum = f"file://{base}", f"sha256:{_sha256(base)}"
+            if base_mode == "auto":
+                print(f"build-image: official image unreachable ({unreachable}); using the local base instead")
+            local = build_base(c, os=os_name)
+            base_url, base_checksum = f"file://{local}", f"sha256:{_sha256(local)}"
 
     if builder == "openstack":
         _openstack_preflight(cloud, source_image or "debian-12-base", flavor or "m1.small", network)
