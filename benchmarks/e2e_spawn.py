@@ -88,8 +88,12 @@ def serve_wheelhouse(host: str) -> tuple[str, http.server.ThreadingHTTPServer, P
     for wheel in wheelhouse.glob("*.whl"):
         (root / wheel.name).symlink_to(wheel)
     (root / "requirements.lock").symlink_to(LOCK)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # one line per wheel would drown the benchmark's output
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer((host, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://{host}:{server.server_address[1]}/", server, root
