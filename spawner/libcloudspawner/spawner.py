@@ -886,7 +886,8 @@ class LibcloudSpawner(Spawner):
                     + " Try another size or image, or tell the administrator.",
                     reason="instance-error",
                     status_code=503,
-                    log_message=f"Instance {instance.name} ({instance.id}) of {self._log_name} is in ERROR: {fault}",
+                    log_message=f"Instance {instance.name} ({instance.id}) of {self._log_name} is in ERROR: "
+                    + (fault or "Nova recorded no fault"),
                 )
             if instance.deleting:
                 raise UserFacingSpawnError(
