@@ -72,6 +72,9 @@ STOP_RETRY_SECONDS = 2.0
 LANDING_CHECK_SECONDS = 2.0
 # ...and after such a create, look for a late instance again in the background, this many api_timeouts later.
 LATE_LANDING_CHECKS = (2, 4, 8)
+# While the VM's state does not change, a progress message at least this often (seconds): a user whose VM
+# Nova keeps building for minutes sees that the wait goes on, and for how long.
+PENDING_REPORT_SECONDS = 60.0
 
 
 class LibcloudSpawner(Spawner):
@@ -875,6 +878,7 @@ class LibcloudSpawner(Spawner):
 
     async def _wait_running(self, client: CloudClient, instance: Instance) -> Instance:
         progress = 30
+        changed_at = reported_at = time.monotonic()
         while True:
             if instance.state == "running" and self._address(instance):
                 return instance
@@ -906,8 +910,17 @@ class LibcloudSpawner(Spawner):
                 raise UserFacingSpawnError(
                     "Your server's virtual machine disappeared while starting.", reason="instance-gone", status_code=503
                 )
+            now = time.monotonic()
             if latest.state != instance.state or (latest.task_state != instance.task_state):
                 self._emit(progress, f"Virtual machine {latest.state} ({latest.task_state or 'no task'})")
+                changed_at = reported_at = now
+            elif now - reported_at >= PENDING_REPORT_SECONDS:
+                self._emit(
+                    progress,
+                    f"Virtual machine still {latest.state} ({latest.task_state or 'no task'})"
+                    f" after {now - changed_at:.0f}s",
+                )
+                reported_at = now
             instance = latest
 
     async def _wait_http(self, client: CloudClient, instance_id: str, url: str) -> None:

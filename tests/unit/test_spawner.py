@@ -286,6 +286,31 @@ async def test_progress_reports_phases_in_order(spawner, cloud):
     assert any("Creating virtual machine jupyter-alice" in e["message"] for e in events)
 
 
+async def test_a_vm_that_stays_pending_is_reported_while_it_lasts(spawner, cloud, monkeypatch):
+    """Nova may keep a VM in BUILD for minutes (seen on the dev cloud): the user sees the wait go on."""
+    monkeypatch.setattr("libcloudspawner.spawner.PENDING_REPORT_SECONDS", 0.05)
+    cloud.boot_state = "pending"
+    events = []
+
+    async def collect():
+        async for event in spawner.progress():
+            events.append(event)
+
+    async def boots_later():
+        await asyncio.sleep(0.3)
+        for node_id, node in cloud.nodes.items():
+            cloud.nodes[node_id] = Instance(**{**node.__dict__, "state": "running"})
+
+    spawner._progress_done = False
+    collector = asyncio.ensure_future(collect())
+    await asyncio.gather(spawner.start(), boots_later())
+    await asyncio.wait_for(collector, 5)
+    still = [e["message"] for e in events if e["message"].startswith("Virtual machine still pending (no task) after")]
+    assert len(still) >= 2, [e["message"] for e in events]
+    assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
+    assert events[-1]["progress"] == 95
+
+
 def test_alias_libcloud_driver_params():
     s = LibcloudSpawner(libcloud_driver_params={"arg_user_id": "u", "arg_key": "k"})
     assert s.libcloudparams == {"arg_user_id": "u", "arg_key": "k"}
