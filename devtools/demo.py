@@ -66,7 +66,7 @@ def _manifest_images() -> list[dict]:
 def _built_image() -> dict | None:
     """The newest Debian 12 entry of the manifest whose qcow2 is still on disk."""
     for entry in reversed(_manifest_images()):
-        if entry.get("os") == OS_NAME and (ROOT / entry.get("path", "")).is_file():
+        if entry.get("os") == OS_NAME and entry.get("path") and (ROOT / entry["path"]).is_file():
             return entry
     return None
 
