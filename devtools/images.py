@@ -829,7 +829,7 @@ def _hcl_map(d: dict[str, str]) -> str:
 )
 def build_image(
     c, os="debian-12", builder="qemu", accelerator="auto", extra_ca="", skip_tests=False,
-    cloud="devcloud", source_image="", flavor="", network="", prebake="auto", base="",
+    cloud="devcloud", source_image="debian-12-base", flavor="m1.small", network="", prebake="auto", base="",
 ):  # fmt: skip
     """Bake a Jupyter image with Packer, verify and test it, record it in images/manifest.json."""
     os_name = os
@@ -864,7 +864,7 @@ def build_image(
             base_url, base_checksum = f"file://{local}", f"sha256:{_sha256(local)}"
 
     if builder == "openstack":
-        _openstack_preflight(cloud, source_image or "debian-12-base", flavor or "m1.small", network)
+        _openstack_preflight(cloud, source_image, flavor, network)
     packer = _packers()[0]
     name = _unique_name(os_name, date, commit)
     versions_locked = _locked_versions(os_name)
@@ -913,10 +913,8 @@ def build_image(
         if ca:
             pvars["extra_ca_bundle"] = ca
         if builder == "openstack":
-            pvars["openstack_cloud"] = cloud
-            for k, v in {"openstack_source_image": source_image, "openstack_flavor": flavor}.items():
-                if v:
-                    pvars[k] = v
+            # always given: Packer builds from exactly what the pre-flight checked
+            pvars.update(openstack_cloud=cloud, openstack_source_image=source_image, openstack_flavor=flavor)
             if network:
                 pvars["openstack_networks"] = f'["{network}"]'
         args = " ".join(_q(f"-var={k}={v}") for k, v in pvars.items())

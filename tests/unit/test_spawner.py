@@ -296,8 +296,17 @@ async def test_a_vm_that_stays_pending_is_reported_while_it_lasts(spawner, cloud
         async for event in spawner.progress():
             events.append(event)
 
+    def still_messages() -> list[str]:
+        prefix = "Virtual machine still pending (no task) after"
+        return [e["message"] for e in events if e["message"].startswith(prefix)]
+
     async def boots_later():
-        await asyncio.sleep(0.3)
+        # the VM boots once the user has been told twice that it is still pending (deadline: 5 s)
+        async def told_twice():
+            while len(still_messages()) < 2:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(told_twice(), 5)
         for node_id, node in cloud.nodes.items():
             cloud.nodes[node_id] = Instance(**{**node.__dict__, "state": "running"})
 
@@ -305,8 +314,7 @@ async def test_a_vm_that_stays_pending_is_reported_while_it_lasts(spawner, cloud
     collector = asyncio.ensure_future(collect())
     await asyncio.gather(spawner.start(), boots_later())
     await asyncio.wait_for(collector, 5)
-    still = [e["message"] for e in events if e["message"].startswith("Virtual machine still pending (no task) after")]
-    assert len(still) >= 2, [e["message"] for e in events]
+    assert len(still_messages()) >= 2, [e["message"] for e in events]
     assert [e["progress"] for e in events] == sorted(e["progress"] for e in events)
     assert events[-1]["progress"] == 95
 
