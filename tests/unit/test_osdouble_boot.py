@@ -171,15 +171,22 @@ def test_two_instances_share_the_port_on_their_own_addresses(fresh: DoubleHandle
         assert http_get(f"http://{address}:{PORT}/")[0] == 200
 
 
-def test_delete_kills_the_process_even_if_it_ignores_sigterm(fresh: DoubleHandle) -> None:
+def test_delete_kills_the_process_even_if_it_ignores_sigterm(fresh: DoubleHandle, tmp_path: Path) -> None:
+    # the process says when SIGTERM is ignored: a delete that came sooner would find it still terminable
+    ignoring = tmp_path / "ignoring-sigterm"
     stubborn = UNIT.replace(
         f"ExecStart=python3 -m http.server --bind 0.0.0.0 {PORT}",
-        'ExecStart=python3 -c "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"',
+        'ExecStart=python3 -c "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); '
+        f"pathlib.Path('{ignoring}').touch(); time.sleep(600)\"",
     )
     server_id = create(fresh, "stubborn", user_data(unit=stubborn))
     fresh.client.wait_for_server(server_id, status="ACTIVE", boot_status="running", timeout_s=20)
     [proc] = fresh.client.boot_report(server_id)["processes"]
     assert alive(proc["pid"])
+    deadline = time.monotonic() + 20
+    while not ignoring.exists():
+        assert time.monotonic() < deadline, "the stubborn unit never installed its SIGTERM handler"
+        time.sleep(0.05)
     driver(fresh).destroy_node(driver(fresh).ex_get_node_details(server_id))
     wait_gone(proc["pid"], timeout_s=10)
     fresh.client.wait_for_server(server_id, status="DELETED", timeout_s=10)
