@@ -26,6 +26,17 @@ def test_cloud_init_done(host):
     assert "status: done" in out.stdout, out.stdout + out.stderr
 
 
+def test_unit_started_before_cloud_inits_final_stage(host):
+    """The template's bootcmd starts the server once the network stage is done, beside the config and final
+    stages: not from runcmd, which runs in the final stage."""
+
+    def monotonic_us(unit: str) -> int:
+        return int(host.check_output(f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}"))
+
+    started, final = monotonic_us(UNIT), monotonic_us("cloud-final.service")
+    assert 0 < started < final, f"{UNIT} started at {started / 1e6:.1f} s, the final stage at {final / 1e6:.1f} s"
+
+
 @pytest.mark.parametrize(
     "prop, expected",
     [("UnitFileState", "enabled"), ("ActiveState", "active"), ("SubState", "running"), ("User", "alice")],

@@ -47,6 +47,12 @@ def test_document_shape():
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "jupyterhub-singleuser.service"],
     ]
+    # the early start: queued by bootcmd, run once cloud-init's network stage has written the files and
+    # created the user; neither the stage nor the queued unit waits (a blocking start would deadlock boot)
+    [early] = doc["bootcmd"]
+    assert early[:2] == ["systemd-run", "--no-block"]
+    assert "--property=After=cloud-init.service cloud-init-network.service" in early
+    assert early[early.index("systemctl"):] == ["systemctl", "start", "--no-block", "jupyterhub-singleuser.service"]
     assert env == ENV
     assert unit["User"] == "alice"
     assert unit["WorkingDirectory"] == "/home/alice"
@@ -99,7 +105,7 @@ def test_hostile_env_values_round_trip(value, validator):
     assert parsed == doc  # cloud-init's own YAML loader reads what PyYAML reads
     assert parsed_env == env
     assert split_exec_start(unit["ExecStart"]) == cmd
-    assert set(doc) == {"users", "write_files", "runcmd"}
+    assert set(doc) == {"users", "write_files", "bootcmd", "runcmd"}
 
 
 @pytest.mark.parametrize(
@@ -161,7 +167,7 @@ def test_property_schema_valid_and_exact_round_trip(validator, username, env, ar
     assert ok, error
     doc, parsed_env, unit = _roundtrip(rendered)
     assert parsed == doc
-    assert set(doc) == {"users", "write_files", "runcmd"}
+    assert set(doc) == {"users", "write_files", "bootcmd", "runcmd"}
     assert doc["users"][1]["name"] == username
     assert parsed_env == env
     assert split_exec_start(unit["ExecStart"]) == cmd
