@@ -232,6 +232,18 @@ class Hub:
         )
 
     def last_spawn_failed(self, user: str, server: str = "") -> bool:
+        """True when the server's last spawn ended in failure.
+
+        For a server that is neither ready nor pending, the hub's progress stream replays the failed spawn's
+        event (``failed`` with the user's message); with no failed spawn on record it answers 400.
+        """
+        path = f"/users/{user}/servers/{server}/progress" if server else f"/users/{user}/server/progress"
+        with self.api("GET", path, stream=True, headers={"Accept": "text/event-stream"}) as r:
+            if r.status_code != 200:
+                return False
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    return bool(json.loads(line[5:]).get("failed"))
         return False
 
     def progress(self, user: str, server: str = "", timeout_s: float = 120) -> list[dict[str, Any]]:

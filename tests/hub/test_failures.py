@@ -54,6 +54,13 @@ def test_instance_in_error_is_reported_and_removed(hub, double):
     assert "No valid host" in message
     no_instance_left(double, "erin")
     assert hub.spawner_model("erin") is None
+    # what the benchmarks rely on: waiting for a server whose spawn failed ends at once, with the hub's log
+    assert hub.last_spawn_failed("erin")
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match="spawn failed"):
+        hub.wait_ready("erin", timeout_s=60)
+    assert time.monotonic() - started < 10
+    assert not hub.last_spawn_failed("nobody-spawned")
 
 
 def test_start_timeout_cancels_and_removes_the_instance(hub, double):
