@@ -43,7 +43,11 @@ apt_install() {
   local rc=0
   # The lock timeout lets us queue behind another apt-get (the image builds use apt too).
   # --force-unsafe-io: dpkg skips an fsync per file (a dev machine: a crash mid-install means re-running).
-  local apt=(apt-get -o DPkg::Lock::Timeout=900 -o Dpkg::Options::=--force-unsafe-io -y -q)
+  # --force-confmiss: a package removed but not purged whose /etc files were deleted by hand gets them back
+  # (without it dpkg keeps them "deleted by the admin" and mariadb-common's postinst fails on its missing
+  # mariadb.cnf: seen here when a dev cloud was torn down by hand and installed again).
+  local apt=(apt-get -o DPkg::Lock::Timeout=900 -o Dpkg::Options::=--force-unsafe-io
+    -o Dpkg::Options::=--force-confmiss -y -q)
   if ! "${apt[@]}" install --no-install-recommends "${missing[@]}" >>"$WORK/apt-install.log" 2>&1; then
     # Stale or missing package lists (a fresh machine) or a mirror hiccup: update, then try again.
     step "apt-get install failed; apt-get update and retry"
