@@ -237,7 +237,7 @@ class Hub:
         For a server that is neither ready nor pending, the hub's progress stream replays the failed spawn's
         event (``failed`` with the user's message); with no failed spawn on record it answers 400.
         """
-        path = f"/users/{user}/servers/{server}/progress" if server else f"/users/{user}/server/progress"
+        path = self.server_url(user, server) + "/progress"
         with self.api("GET", path, stream=True, headers={"Accept": "text/event-stream"}) as r:
             if r.status_code != 200:
                 return False
@@ -248,7 +248,7 @@ class Hub:
 
     def progress(self, user: str, server: str = "", timeout_s: float = 120) -> list[dict[str, Any]]:
         """The progress events of a spawn, read from the event stream until it ends (deadline)."""
-        path = f"/users/{user}/servers/{server}/progress" if server else f"/users/{user}/server/progress"
+        path = self.server_url(user, server) + "/progress"
         events = []
         deadline = time.monotonic() + timeout_s
         with self.api("GET", path, stream=True, headers={"Accept": "text/event-stream"}) as r:
