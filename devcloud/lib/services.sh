@@ -17,16 +17,46 @@ is_running() {
     rabbitmq-server) pgrep -f 'beam.*-s rabbit' >/dev/null || pgrep -f 'beam.*rabbit' >/dev/null ;;
     memcached|virtlogd|libvirtd) pgrep -x "$1" >/dev/null ;;
     # Not `/etc/init.d/NAME status`: for the uwsgi-run APIs it asks whether *any* uwsgi runs.
-    *) start-stop-daemon --status --pidfile "$(pidfile_of "$1")" ;;
+    *) own_pid "$1" >/dev/null ;;
   esac
 }
+
+# Where the init scripts keep their pid files (a setting only for the tests of own_pid).
+RUN_DIR=${DEVCLOUD_RUN_DIR:-/run}
 
 # pidfile_of SERVICE: where its init script keeps the pid (/run/PROJECT/NAME.pid)
 pidfile_of() {
   case $1 in
-    neutron-api) echo /run/neutron/neutron-server.pid ;;
-    *) echo "/run/${1%%-*}/$1.pid" ;;
+    neutron-api) echo "$RUN_DIR/neutron/neutron-server.pid" ;;
+    *) echo "$RUN_DIR/${1%%-*}/$1.pid" ;;
   esac
+}
+
+# own_pid SERVICE: print the pid in SERVICE's pid file if that process is SERVICE; else remove a
+# stale pid file and fail.
+# Pids get reused. When the daemons die without their init scripts (a session, container or machine
+# ends), their pid files stay behind in /run; after a restart of the machine or of its pid namespace
+# such a file can name an unrelated process. The init scripts trust the file alone: `start` then says
+# "already running" and starts nothing, and `stop` sends TERM, then KILL, to whatever has that pid.
+# (In CI, neutron-api's stale file named the new mariadbd: neutron-api never started, and restarting
+# it "because it is unhealthy" killed the database under keystone.)
+# SERVICE is recognised by its command line: /usr/bin/SERVICE (python daemons, also when they
+# rename themselves "SERVICE (/usr/bin/python3 /usr/bin/SERVICE ...)") or its uwsgi ini file
+# /etc/PROJECT/SERVICE-uwsgi.ini. A process still in start-stop-daemon (between writing the pid
+# file and exec) counts as SERVICE.
+own_pid() {
+  local f pid cmd
+  f=$(pidfile_of "$1")
+  [ -s "$f" ] || return 1
+  pid=$(cat "$f" 2>/dev/null) || return 1
+  if [[ $pid =~ ^[0-9]+$ ]] && cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null); then
+    case " $cmd" in
+      *" /usr/bin/$1 "*|*"/$1-uwsgi.ini "*|*start-stop-daemon*) echo "$pid"; return 0 ;;
+    esac
+    echo "[$(date -u +%FT%TZ)] stale pid file $f: pid $pid is not $1 but: ${cmd:0:120}; removed" >>"$WORK/$1.start.log"
+  fi
+  rm -f "$f"
+  return 1
 }
 
 STARTED=()   # the daemons start_one started (empty: everything was running already)
@@ -55,7 +85,12 @@ stop_one() {
         # shellcheck disable=SC2086  # one word per pid
         kill $pids 2>/dev/null || true
       fi ;;
-    *) setsid -w /etc/init.d/"$name" stop </dev/null >>"$WORK/$name.start.log" 2>&1 || true ;;
+    mariadb|rabbitmq-server)
+      setsid -w /etc/init.d/"$name" stop </dev/null >>"$WORK/$name.start.log" 2>&1 || true ;;
+    # Only through a pid file that names this daemon: the init script would kill any pid it holds.
+    *) if own_pid "$name" >/dev/null; then
+         setsid -w /etc/init.d/"$name" stop </dev/null >>"$WORK/$name.start.log" 2>&1 || true
+       fi ;;
   esac
 }
 
@@ -119,7 +154,10 @@ do_stop_services() {
   stop_openstack
   # the DHCP agent's dnsmasq outlives the agent
   for f in /var/lib/neutron/dhcp/*/pid; do
-    if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi
+    # only if that pid is still a dnsmasq (pids get reused; see own_pid)
+    if [ -f "$f" ] && [ "$(cat "/proc/$(cat "$f")/comm" 2>/dev/null)" = dnsmasq ]; then
+      kill "$(cat "$f")" 2>/dev/null || true
+    fi
   done
   stop_guests
   for ((i = ${#INFRA_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${INFRA_SERVICES[i]}"; done
