@@ -281,9 +281,20 @@ class CloudClient:
 
     def _run(self, method: str | Callable[[Any], Any], args: tuple, kwargs: dict):
         driver = self._driver()
-        if callable(method):
-            return method(driver, *args, **kwargs)
-        return getattr(driver, method)(*args, **kwargs)
+        try:
+            if callable(method):
+                return method(driver, *args, **kwargs)
+            return getattr(driver, method)(*args, **kwargs)
+        except Exception as e:
+            if classify(e)[1] is None:
+                # No HTTP answer (connection refused or reset, timeout, an error inside libcloud): the driver may
+                # be half-way through a login, and libcloud does not recover from that. Its Keystone v3
+                # connection takes a token from the shared cache, stores it, then fetches the token's catalog;
+                # if that fetch fails it keeps the token without a catalog and every later call on the driver
+                # fails ("'NoneType' object has no attribute 'get_endpoint'"). This thread's next call builds
+                # a new driver (with a cached token that costs one GET /v3/auth/tokens).
+                self._local.driver = None
+            raise
 
     async def _once(self, method: str | Callable[[Any], Any], label: str, *args, **kwargs):
         self.calls[label] = self.calls.get(label, 0) + 1
