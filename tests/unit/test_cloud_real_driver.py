@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,23 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root, so `t
 
 from libcloudspawner.cloud import CloudClient, make_driver_factory
 from libcloudspawner.config import DriverArguments
-from tests.osdouble.fixture import DoubleHandle, running_double
+from tests.osdouble.fixture import DoubleHandle
 
 TOKENS = r"^/v3/auth/tokens$"
-
-
-@pytest.fixture(scope="module")
-def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleHandle]:
-    with running_double(tmp_path_factory.mktemp("cloud"), scheduling_s=0.2, spawning_s=0.2,
-                        delete_linger_s=0.2) as handle:  # fmt: skip
-        yield handle
-
-
-@pytest.fixture
-def default(double: DoubleHandle) -> DoubleHandle:
-    double.client.reset(config=True)
-    double.client.set_catalogue(preset="default")
-    return double
 
 
 def arguments(double: DoubleHandle) -> DriverArguments:

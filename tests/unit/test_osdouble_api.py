@@ -11,7 +11,7 @@ import base64
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +31,6 @@ from tests.osdouble.fixture import DoubleHandle, running_double
 RECORDED_BASES = ("http://127.0.0.1:8774", "http://127.0.0.1:9292", "http://127.0.0.1:9696")
 USER_DATA = "#cloud-config\nruncmd:\n  - [systemctl, daemon-reload]\n"
 RECORDED_META = {"jupyterhub-user": "alice", "jupyterhub-server-name": "", "spawner": "libcloud"}
-
-
-@pytest.fixture(scope="module")
-def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleHandle]:
-    # phases long enough that a poll every 50 ms sees each one even on a loaded machine
-    with running_double(tmp_path_factory.mktemp("api"), scheduling_s=1.0, spawning_s=1.0,
-                        delete_linger_s=1.0) as handle:
-        yield handle
-
-
-@pytest.fixture
-def recorded(double: DoubleHandle) -> DoubleHandle:
-    double.client.reset(config=True)
-    double.client.set_catalogue(preset="recorded")
-    return double
-
-
-@pytest.fixture
-def default(double: DoubleHandle) -> DoubleHandle:
-    double.client.reset(config=True)
-    double.client.set_catalogue(preset="default")
-    return double
 
 
 def driver(double: DoubleHandle, api_version: str | None = None, **kw: Any) -> NodeDriver:
