@@ -150,14 +150,14 @@ stop_openstack() {
 }
 
 do_stop_services() {
-  local i f
+  local i f pid
   stop_openstack
   # the DHCP agent's dnsmasq outlives the agent
   for f in /var/lib/neutron/dhcp/*/pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
     # only if that pid is still a dnsmasq (pids get reused; see own_pid)
-    if [ -f "$f" ] && [ "$(cat "/proc/$(cat "$f")/comm" 2>/dev/null)" = dnsmasq ]; then
-      kill "$(cat "$f")" 2>/dev/null || true
-    fi
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dnsmasq ]; then kill "$pid" 2>/dev/null || true; fi
   done
   stop_guests
   for ((i = ${#INFRA_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${INFRA_SERVICES[i]}"; done
