@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 from invoke import Exit, task
 
@@ -146,7 +147,8 @@ def _qemu_img_info(c, path: Path) -> dict:
 # --- manifest --------------------------------------------------------------------------------------------
 
 
-def load_manifest(path: Path = MANIFEST_PATH) -> dict:
+def load_manifest(path: Path | None = None) -> dict:
+    path = path or MANIFEST_PATH  # looked up at call time: tests point it elsewhere
     if not path.exists():
         return {"schema": SCHEMA, "images": []}
     data = json.loads(path.read_text())
@@ -155,8 +157,9 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict:
     return data
 
 
-def save_manifest(data: dict, path: Path = MANIFEST_PATH) -> None:
+def save_manifest(data: dict, path: Path | None = None) -> None:
     """Write atomically (the spawner may be reading it)."""
+    path = path or MANIFEST_PATH
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     tmp.replace(path)
@@ -1033,9 +1036,18 @@ def _openstack_preflight(cloud: str, source_image: str, flavor: str, network: st
     """Before Packer boots anything: the cloud answers and the source image, flavor and network exist.
 
     Packer would otherwise fail minutes later (or, for a network, leave Nova to pick one)."""
+    import openstack.exceptions
+
     conn = _connect(cloud)
     problems = []
-    image = conn.image.find_image(source_image, ignore_missing=True)
+    try:
+        image = conn.image.find_image(source_image, ignore_missing=True)
+    except openstack.exceptions.DuplicateResource:
+        ids = ", ".join(sorted(i.id for i in conn.image.images(name=source_image)))
+        raise Exit(
+            f"build-image --builder openstack, cloud {cloud!r}: several images are named {source_image!r}"
+            f" ({ids}): pass one by its id"
+        ) from None
     if image is None:
         problems.append(
             f"no image {source_image!r} in Glance: upload a base first, e.g. `openstack --os-cloud {cloud} image create"
@@ -1063,6 +1075,46 @@ def _set_min_ram(cloud: str, image_id: str, min_ram_mb: int) -> None:
     conn.image.update_image(image_id, min_ram=min_ram_mb)
 
 
+SDK_SHA256_KEY = "owner_specified.openstack.sha256"  # openstacksdk's create_image records the file's sha256 here
+
+
+class GlanceImage(NamedTuple):
+    id: str
+    name: str
+    status: str
+    sha256: str
+
+
+def glance_target(
+    wanted: str, explicit: bool, sha256: str, visible: list[GlanceImage], *, force: bool = False
+) -> tuple[str, str | None]:
+    """The Glance name to publish a build under, and the id of an image to reuse instead of uploading.
+
+    Glance allows two images of one name, but a name that means two images cannot be configured (the
+    spawner and the openstack CLI refuse to guess). So: this very build (same sha256) already active
+    under its name or a suffixed one is reused, unless ``force``; a default name taken by another build
+    becomes ``NAME-2``, ``NAME-3`` ... (as local builds do); an explicit ``--name`` that is taken is refused.
+    """
+    family = [i for i in visible if i.name == wanted or re.fullmatch(re.escape(wanted) + r"-\d+", i.name)]
+    if not force:
+        for image in family:
+            if image.sha256 == sha256 and image.status == "active":
+                return image.name, image.id
+    taken = {i.name for i in visible}
+    if wanted not in taken:
+        return wanted, None
+    if explicit:
+        ids = ", ".join(sorted(i.id for i in visible if i.name == wanted))
+        raise Exit(
+            f"publish-image: the cloud already has an image named {wanted!r} ({ids}) that is not this build:"
+            " choose another --name, or delete that image first"
+        )
+    n = 2
+    while f"{wanted}-{n}" in taken:
+        n += 1
+    return f"{wanted}-{n}", None
+
+
 @task(
     help={
         "cloud": "clouds.yaml entry to publish to (e.g. devcloud)",
@@ -1083,13 +1135,28 @@ def publish_image(c, cloud, image="", name="", visibility="private", timeout=180
     if entry["sha256"] != _sha256(path):
         raise Exit(f"{path} does not match its manifest checksum: rebuild it")
     conn = _connect(cloud)
-    glance_name = name or entry["name"]
     already = entry.get("published", {}).get(cloud)
     if already and not force:
         existing = conn.image.find_image(already["image_id"], ignore_missing=True)
         if existing is not None and existing.status == "active":
             print(f"publish-image: already in {cloud} as {existing.id} ({existing.name}); --force uploads again")
             return existing.id
+    visible = [
+        GlanceImage(i.id, i.name or "", i.status, (i.properties or {}).get(SDK_SHA256_KEY, ""))
+        for i in conn.image.images()
+    ]
+    glance_name, reuse = glance_target(name or entry["name"], bool(name), entry["sha256"], visible, force=force)
+    if reuse is not None:
+        print(f"publish-image: this build is already in {cloud} as {reuse} ({glance_name}); manifest updated")
+        entry.setdefault("published", {})[cloud] = {
+            "image_id": reuse,
+            "image_name": glance_name,
+            "date": _now().isoformat(),
+        }
+        save_manifest(data)
+        return reuse
+    if glance_name != entry["name"] and not name:
+        print(f"publish-image: {entry['name']!r} is taken in {cloud} by another build; publishing as {glance_name!r}")
     vars_ = _os_vars(entry["os"])
     properties = {
         "os_distro": vars_["os_distro"],
@@ -1112,8 +1179,8 @@ def publish_image(c, cloud, image="", name="", visibility="private", timeout=180
             visibility=visibility,
             min_disk=entry["min_disk_gb"],
             min_ram=entry["min_ram_mb"],
-            allow_duplicates=True,
-            validate_checksum=True,
+            allow_duplicates=True,  # glance_target made the name unique among the images visible to us
+            validate_checksum=True,  # the sdk hashes the file: md5 checked by Glance, sha256 kept in SDK_SHA256_KEY
             wait=True,
             timeout=int(timeout),
             **properties,

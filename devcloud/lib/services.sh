@@ -49,7 +49,7 @@ own_pid() {
   f=$(pidfile_of "$1")
   [ -s "$f" ] || return 1
   pid=$(cat "$f" 2>/dev/null) || return 1
-  if [[ $pid =~ ^[0-9]+$ ]] && cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null); then
+  if [[ $pid =~ ^[0-9]+$ ]] && cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline"); then
     case " $cmd" in
       *" /usr/bin/$1 "*|*"/$1-uwsgi.ini "*|*start-stop-daemon*) echo "$pid"; return 0 ;;
     esac

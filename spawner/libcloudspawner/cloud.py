@@ -49,6 +49,11 @@ class CloudNotFound(CloudError):
     """An image, size or network named in the configuration does not exist in the cloud."""
 
 
+class CloudAmbiguous(CloudNotFound):
+    """A name in the configuration names several images, sizes or networks (Glance allows duplicate
+    names): the spawner will not guess which one a user boots. Configure it by id."""
+
+
 class CreateOutcomeUnknown(CloudError):
     """The create request may or may not have created the instance: look it up before doing anything."""
 
@@ -371,6 +376,7 @@ class CloudClient:
             return items
 
     async def _resolve(self, kind: str, method: str, wanted: str):
+        found: list = []
         for refresh in (False, True):
             entry = self._cache.get(kind)
             if refresh and entry and time.monotonic() - entry[0] < 10:
@@ -378,8 +384,13 @@ class CloudClient:
             items = await self._cached_list(kind, method, refresh=refresh)
             found = [i for i in items if str(getattr(i, "id", "")) == wanted]
             found = found or [i for i in items if getattr(i, "name", None) == wanted]
-            if found:
+            if len(found) == 1:
                 return found[0]
+        if found:  # still several after a fresh listing (or moments after one)
+            ids = ", ".join(sorted(str(getattr(i, "id", "?")) for i in found))
+            raise CloudAmbiguous(
+                f"the cloud has {len(found)} {kind} named {wanted!r} ({ids}): configure one by its id", status=409
+            )
         raise CloudNotFound(f"the cloud has no {kind[:-1]} {wanted!r}", status=404)
 
     async def image(self, name_or_id: str):

@@ -65,18 +65,23 @@ def artifacts(tmp_path_factory):
             shutil.copy2(f, ARTIFACTS / f.name)
 
 
+def doc_libcloudparams(facts) -> dict:
+    """The original documentation's `libcloudparams` (Keystone v3 password), for the dev cloud."""
+    return {
+        "arg_user_id": facts["user"],
+        "arg_key": facts["password"],
+        "ex_force_auth_version": facts["auth_version"],
+        "ex_force_auth_url": facts["auth_url"],
+        "ex_force_service_region": facts["region"],
+        "ex_tenant_name": facts["project"],
+        "ex_domain_name": "default",
+    }
+
+
 def doc_config(facts, image) -> dict:
     """The original documentation's configuration lines, pointed at the dev cloud."""
     return {
-        "libcloudparams": {
-            "arg_user_id": facts["user"],
-            "arg_key": facts["password"],
-            "ex_force_auth_version": facts["auth_version"],
-            "ex_force_auth_url": facts["auth_url"],
-            "ex_force_service_region": facts["region"],
-            "ex_tenant_name": facts["project"],
-            "ex_domain_name": "default",
-        },
+        "libcloudparams": doc_libcloudparams(facts),
         "userserver_net": facts["network"],
         "cloud_region": facts["region"],
         "userserver_sizes": [("2 vCPU, 2 GiB", "j1.small"), ("1 vCPU, 1 GiB", "j1.tiny")],

@@ -10,7 +10,14 @@ from types import SimpleNamespace
 import pytest
 from libcloud.common.exceptions import BaseHTTPError, RateLimitReachedError
 
-from libcloudspawner.cloud import CloudClient, CloudError, CloudNotFound, CreateOutcomeUnknown, classify
+from libcloudspawner.cloud import (
+    CloudAmbiguous,
+    CloudClient,
+    CloudError,
+    CloudNotFound,
+    CreateOutcomeUnknown,
+    classify,
+)
 
 
 class FakeDriver:
@@ -168,6 +175,27 @@ async def test_unknown_image_refreshes_once_then_fails():
     client._cache["images"] = (time.monotonic() - 60, client._cache["images"][1])
     with pytest.raises(CloudNotFound):
         await client.image("nope")
+    assert len(log) == 2
+
+
+async def test_a_name_shared_by_two_images_is_refused_not_guessed():
+    # Glance allows duplicate names; a project member's upload must not be booted in place of the admin's image
+    twins = [SimpleNamespace(id="img-a", name="debian"), SimpleNamespace(id="img-b", name="debian")]
+    client, log, _ = make_client({"list_images": [twins, twins]})
+    with pytest.raises(CloudAmbiguous) as info:
+        await client.image("debian")
+    assert str(info.value) == "the cloud has 2 images named 'debian' (img-a, img-b): configure one by its id"
+    assert isinstance(info.value, CloudNotFound) and info.value.status == 409
+    assert (await client.image("img-b")).id == "img-b"  # by id it is unambiguous
+    assert len(log) == 1  # the fresh listing was moments old: no third call
+
+
+async def test_a_duplicate_gone_on_the_fresh_listing_is_not_an_error():
+    twins = [SimpleNamespace(id="img-a", name="debian"), SimpleNamespace(id="img-b", name="debian")]
+    client, log, _ = make_client({"list_images": [twins, twins[1:]]})
+    await client.image("img-a")
+    client._cache["images"] = (time.monotonic() - 60, twins)  # a listing from before the duplicate was deleted
+    assert (await client.image("debian")).id == "img-b"
     assert len(log) == 2
 
 

@@ -373,6 +373,22 @@ async def test_unknown_image_is_an_administrator_problem(spawner, cloud):
     assert "create_node" not in cloud.calls
 
 
+async def test_an_ambiguous_image_name_is_an_administrator_problem(spawner, cloud):
+    from libcloudspawner.cloud import CloudAmbiguous
+
+    async def twins(name):
+        raise CloudAmbiguous(f"the cloud has 2 images named {name!r} (a, b): configure one by its id", status=409)
+
+    cloud.image = twins
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert info.value.message == (
+        "The cloud has 2 images named 'debian-12-jupyter' (a, b): configure one by its id;"
+        " please tell the administrator."
+    )
+    assert "create_node" not in cloud.calls
+
+
 async def test_profile_overrides_are_applied_before_the_hub_deadline_and_restored():
     from libcloudspawner.spawner import _apply_user_options
 
