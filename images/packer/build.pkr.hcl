@@ -3,7 +3,8 @@
 build {
   sources = ["source.qemu.image", "source.openstack.image"]
 
-  # Build inputs go to a private directory: the wheelhouse (offline install), the lock, the optional CA.
+  # Build inputs go to a private directory: the wheelhouse (offline install), the lock, the start-up helper,
+  # the optional CA.
   provisioner "shell" {
     inline = ["mkdir -p /tmp/lcs-build/wheelhouse"]
   }
@@ -21,6 +22,11 @@ build {
   provisioner "file" {
     source      = var.build_tools_lock
     destination = "/tmp/lcs-build/build-tools.lock"
+  }
+
+  provisioner "file" {
+    source      = var.startup_helper
+    destination = "/tmp/lcs-build/lcs_startup.py"
   }
 
   provisioner "file" {

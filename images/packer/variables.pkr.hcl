@@ -141,6 +141,12 @@ variable "build_tools_lock" {
   default     = "files/build-tools.lock"
 }
 
+variable "startup_helper" {
+  type        = string
+  description = "The image's start-up helper for jupyterhub-singleuser (cyclic GC paused until the server serves)."
+  default     = "files/lcs_startup.py"
+}
+
 variable "extra_ca_bundle" {
   type        = string
   description = "Optional PEM bundle trusted during the build only (intercepting proxy); an empty file means none."

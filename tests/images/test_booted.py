@@ -72,6 +72,16 @@ def test_singleuser_reached_the_hub_api(booted):
     assert booted.hub.seen("GET", "/hub/api"), booted.hub.requests
 
 
+def test_server_resumed_the_gc_paused_for_its_start(host):
+    """The image's jupyterhub-singleuser pauses the cyclic GC while the server starts; the server itself, through
+    the helper's extension, resumes it when it begins serving (images/packer/files/lcs_startup.py)."""
+    log = host.check_output(f"journalctl -o cat -u {UNIT}")
+    resumed = [line for line in log.splitlines() if "lcs_startup: cyclic GC resumed (the server is serving)" in line]
+    assert len(resumed) == 1, log[-3000:]
+    frozen = int(re.search(r"; (\d+) start-up objects frozen", resumed[0]).group(1))
+    assert frozen > 100_000  # the start-up's objects, no longer scanned by every full collection
+
+
 def test_singleuser_major_version_matches_hub(host):
     from jupyterhub import __version__ as hub_version
 

@@ -53,13 +53,43 @@ def test_no_singleuser_unit_baked(host, image_root):
     assert not host.file(f"{image_root}/etc/jupyterhub-singleuser").exists
 
 
-@pytest.mark.parametrize("cmd", ["jupyterhub-singleuser", "jupyter-lab", "jupyter", "pip"])
+@pytest.mark.parametrize("cmd", ["jupyter-lab", "jupyter", "pip"])
 def test_command_linked_from_venv(host, image_root, cmd):
     link = image_root / "usr/local/bin" / cmd
     assert link.is_symlink(), f"/usr/local/bin/{cmd} is not a link"
     # the link is absolute inside the image: resolve it against the image root, not the host's
     assert os.readlink(link) == f"/opt/jupyter/bin/{cmd}"
     assert host.file(f"{image_root}/opt/jupyter/bin/{cmd}").exists
+
+
+def test_singleuser_command_is_the_start_up_helper(host, image_root):
+    """/usr/local/bin/jupyterhub-singleuser runs lcs_startup.main (GC paused during start-up), whose extension
+    is enabled in the venv's Jupyter Server configuration; the booted tier sees the server resume the GC."""
+    launcher = image_root / "usr/local/bin/jupyterhub-singleuser"
+    assert not launcher.is_symlink() and os.access(launcher, os.X_OK)
+    assert launcher.read_text().splitlines()[0] == "#!/opt/jupyter/bin/python"
+    assert "from lcs_startup import main" in launcher.read_text()
+    conf = image_root / "opt/jupyter/etc/jupyter/jupyter_server_config.d/lcs_startup.json"
+    assert json.loads(conf.read_text()) == {"ServerApp": {"jpserver_extensions": {"lcs_startup": True}}}
+    out = in_image(host, image_root, "/usr/local/bin/jupyterhub-singleuser --version")
+    from jupyterhub import __version__ as hub_version
+
+    assert out.rc == 0, out.stderr
+    assert out.stdout.strip().split(".")[0] == hub_version.split(".")[0]
+
+
+def test_what_a_server_start_imports_is_byte_compiled(host, image_root):
+    """Users cannot write .pyc files into the root-owned venv: a module without one is compiled again at every
+    start (62 were, measured: the server's request handlers, JupyterLab's HTTP client)."""
+    out = in_image(host, image_root, "/opt/jupyter/bin/python -I -c " + repr(
+        "import importlib.util as u, os; "
+        "mods = ['lcs_startup', 'jupyter_server.services.kernels.handlers', 'jupyter_server.view.handlers', "
+        "'tornado.platform.asyncio', 'httpcore._async.http11', 'h11._connection', 'notebook_shim.nbserver', "
+        "'jupyter_core.migrate', 'jinja2.ext', 'jupyter_lsp.virtual_documents_shadow']; "
+        "print([m for m in mods if not os.path.exists(u.cache_from_source(u.find_spec(m).origin))])"
+    ))  # fmt: skip
+    assert out.rc == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_python_command_is_the_venv(host, image_root):
