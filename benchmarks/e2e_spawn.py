@@ -11,7 +11,9 @@ the hub marking the server ready, i.e. the single-user server answering on the V
   wheelhouse is served from the host (10.99.0.1) by a throw-away HTTP server;
 - ``bare``: the floor, create to SSH banner with no user-data (openstacksdk, no hub): the base image, and
   our image itself (same disk: ours/bare is what the slim cloud-init and Jupyter's start add);
-- ``concurrency``: ``ours`` with 1, 2 and 4 users at once.
+- ``concurrency``: ``ours`` with 1, 2 and 4 users at once;
+- ``baseline``: ``ours`` with another Glance image (``--baseline NAME``, e.g. the previous build), to compare
+  two builds side by side in one run.
 
     python -m benchmarks.e2e_spawn --modes ours,bare,install,concurrency --concurrency 2,4
 
@@ -200,12 +202,15 @@ def main() -> int:
         help="comma-separated, run in this order (results are saved after each)",
     )
     parser.add_argument("--concurrency", default="2,4", help="users at once for the concurrency mode")
+    parser.add_argument("--baseline", default="", help="Glance image name for the baseline mode")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
     modes = args.modes.split(",")
-    unknown = set(modes) - {"ours", "bare", "install", "concurrency"}
+    unknown = set(modes) - {"ours", "bare", "install", "concurrency", "baseline"}
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    if "baseline" in modes and not args.baseline:
+        parser.error("the baseline mode needs --baseline IMAGE_NAME")
     facts = devcloud_facts()
     conn = connect_nova(facts)
     image = published_image(conn)
@@ -231,6 +236,10 @@ def main() -> int:
             results["ours_over_bare"] = round(results["ours_s"] / results["bare_ours_ssh_s"], 2)
         if "ours_s" in results and "bare_base_ssh_s" in results:
             results["ours_over_bare_base"] = round(results["ours_s"] / results["bare_base_ssh_s"], 2)
+        if "ours_s" in results and "baseline_s" in results:
+            results["ours_over_baseline"] = round(results["ours_s"] / results["baseline_s"], 2)
+        if "baseline_s" in results and "bare_ours_ssh_s" in results:
+            results["baseline_over_bare"] = round(results["baseline_s"] / results["bare_ours_ssh_s"], 2)
         for n in range(2, 9):
             if f"concurrent_{n}_s" in results:
                 results[f"concurrent_{n}_median_s"] = round(statistics.median(results[f"concurrent_{n}_s"]), 1)
@@ -271,6 +280,18 @@ def main() -> int:
                 results["bare_ours_ssh_s"] = round(bare_boot(conn, facts, image["image_id"]), 1)
                 results["bare_load"] = load()
                 print("bare ours", results["bare_ours_ssh_s"], flush=True)
+            elif mode == "baseline":
+                if ours_hub is not None:  # one hub at a time
+                    ours_hub.stop()
+                    ours_hub = None
+                hub = make_hub(facts, work / "baseline", [("Baseline", args.baseline)])
+                try:
+                    results["baseline_image"] = args.baseline
+                    results["baseline_s"] = round(spawn_many(hub, ["b1"], 900)[0], 1)
+                    results["baseline_load"] = load()
+                    print("baseline", results["baseline_s"], flush=True)
+                finally:
+                    hub.stop()
             elif mode == "install":
                 if ours_hub is not None:  # one hub at a time
                     ours_hub.stop()
