@@ -950,7 +950,7 @@ def build_image(
                 date=date, git_commit=commit, builder="openstack", image=None, sizes={}, sha256=None,
                 min_disk_gb=8, min_ram_mb=1024,
             )  # fmt: skip
-            entry["published"][cloud] = {"image_id": image_id, "image_name": name, "date": _now().isoformat()}
+            entry["published"][cloud] = _published(image_id, name)
             _set_min_ram(cloud, image_id, 1024)
             data = load_manifest()
             data["images"].append(entry)
@@ -1077,6 +1077,16 @@ def _set_min_ram(cloud: str, image_id: str, min_ram_mb: int) -> None:
     conn.image.update_image(image_id, min_ram=min_ram_mb)
 
 
+def _published(image_id: str, name: str) -> dict:
+    """A manifest entry's record of one cloud's copy (``published.<cloud>``)."""
+    return {"image_id": image_id, "image_name": name, "date": _now().isoformat()}
+
+
+def _record_published(data: dict, entry: dict, cloud: str, image_id: str, name: str) -> None:
+    entry.setdefault("published", {})[cloud] = _published(image_id, name)
+    save_manifest(data)
+
+
 SDK_SHA256_KEY = "owner_specified.openstack.sha256"  # openstacksdk's create_image records the file's sha256 here
 
 
@@ -1150,12 +1160,7 @@ def publish_image(c, cloud, image="", name="", visibility="private", timeout=180
     glance_name, reuse = glance_target(name or entry["name"], bool(name), entry["sha256"], visible, force=force)
     if reuse is not None:
         print(f"publish-image: this build is already in {cloud} as {reuse} ({glance_name}); manifest updated")
-        entry.setdefault("published", {})[cloud] = {
-            "image_id": reuse,
-            "image_name": glance_name,
-            "date": _now().isoformat(),
-        }
-        save_manifest(data)
+        _record_published(data, entry, cloud, reuse, glance_name)
         return reuse
     if glance_name != entry["name"] and not name:
         print(f"publish-image: {entry['name']!r} is taken in {cloud} by another build; publishing as {glance_name!r}")
@@ -1189,9 +1194,7 @@ def publish_image(c, cloud, image="", name="", visibility="private", timeout=180
         )
     except openstack.exceptions.SDKException as e:
         raise Exit(f"publish-image: upload to {cloud} failed: {e}") from None
-    published = {"image_id": img.id, "image_name": glance_name, "date": _now().isoformat()}
-    entry.setdefault("published", {})[cloud] = published
-    save_manifest(data)
+    _record_published(data, entry, cloud, img.id, glance_name)
     print(f"publish-image: {glance_name} is {img.id} in {cloud} (status {img.status}); manifest updated")
     return img.id
 
