@@ -12,8 +12,9 @@ the hub marking the server ready, i.e. the single-user server answering on the V
 - ``bare``: the floor, create to SSH banner with no user-data (openstacksdk, no hub): the base image, and
   our image itself (same disk: ours/bare is what the slim cloud-init and Jupyter's start add);
 - ``concurrency``: ``ours`` with 1, 2 and 4 users at once;
-- ``baseline``: ``ours`` with another Glance image (``--baseline NAME``, e.g. the previous build), to compare
-  two builds side by side in one run.
+- ``baseline``: ``ours`` with another Glance image (``--baseline NAME``, e.g. the previous build) and/or
+  another cloud-init template (``--baseline-template FILE``, e.g. ``git show REV:cloudinit/singleuser.yaml.j2``),
+  to compare two builds or two templates side by side in one run.
 
     python -m benchmarks.e2e_spawn --modes ours,bare,install,concurrency --concurrency 2,4
 
@@ -202,15 +203,22 @@ def main() -> int:
         help="comma-separated, run in this order (results are saved after each)",
     )
     parser.add_argument("--concurrency", default="2,4", help="users at once for the concurrency mode")
-    parser.add_argument("--baseline", default="", help="Glance image name for the baseline mode")
+    parser.add_argument("--baseline", default="", help="Glance image name for the baseline mode (default: ours)")
+    parser.add_argument(
+        "--baseline-template",
+        default="",
+        help="cloud-init template file for the baseline mode (default: the packaged one), e.g. a previous version's",
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
     modes = args.modes.split(",")
     unknown = set(modes) - {"ours", "bare", "install", "concurrency", "baseline"}
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
-    if "baseline" in modes and not args.baseline:
-        parser.error("the baseline mode needs --baseline IMAGE_NAME")
+    if "baseline" in modes and not (args.baseline or args.baseline_template):
+        parser.error("the baseline mode needs --baseline IMAGE_NAME and/or --baseline-template FILE")
+    if args.baseline_template and not Path(args.baseline_template).is_file():
+        parser.error(f"--baseline-template {args.baseline_template}: no such file")
     facts = devcloud_facts()
     conn = connect_nova(facts)
     image = published_image(conn)
@@ -284,9 +292,12 @@ def main() -> int:
                 if ours_hub is not None:  # one hub at a time
                     ours_hub.stop()
                     ours_hub = None
-                hub = make_hub(facts, work / "baseline", [("Baseline", args.baseline)])
+                template = Path(args.baseline_template).resolve() if args.baseline_template else None
+                baseline = args.baseline or image["image_name"]
+                hub = make_hub(facts, work / "baseline", [("Baseline", baseline)], template)
                 try:
-                    results["baseline_image"] = args.baseline
+                    results["baseline_image"] = baseline
+                    results["baseline_template"] = str(template) if template else "packaged"
                     results["baseline_s"] = round(spawn_many(hub, ["b1"], 900)[0], 1)
                     results["baseline_load"] = load()
                     print("baseline", results["baseline_s"], flush=True)
