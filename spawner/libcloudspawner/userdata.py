@@ -20,7 +20,6 @@ import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import jinja2
 
@@ -30,10 +29,6 @@ DEFAULT_TEMPLATE = "singleuser.yaml.j2"
 ENV_PATH = "/etc/jupyterhub-singleuser/env"
 UNIT_NAME = "jupyterhub-singleuser.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
-#: how long the template holds cloud-init's config and final stages for the server to listen (then they go on)
-HOLD_SECONDS = 300
-#: jupyter_server's own default port, when neither the command nor JUPYTERHUB_SERVICE_URL names one
-DEFAULT_SERVER_PORT = 8888
 
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LINUX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -132,19 +127,6 @@ def unit_file(*, username: str, homedir: str, cmd: Sequence[str]) -> str:
     )
 
 
-def listen_port(env: Mapping[str, str], cmd: Sequence[str]) -> int:
-    """The TCP port the server will listen on: ``--port=N`` in the command, else JUPYTERHUB_SERVICE_URL's."""
-    for arg in reversed(list(cmd)):
-        m = re.fullmatch(r"--(?:ServerApp\.)?port=(\d{1,5})", arg)
-        if m and 0 < int(m.group(1)) < 65536:
-            return int(m.group(1))
-    try:
-        port = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "")).port
-    except ValueError:
-        port = None
-    return port or DEFAULT_SERVER_PORT
-
-
 def load_template(path: str | None = None) -> str:
     """The template text: ``path`` if given (an administrator's override), else the packaged default.
 
@@ -213,8 +195,6 @@ def render_userdata(
                 env_path=ENV_PATH,
                 unit_path=UNIT_PATH,
                 unit_name=UNIT_NAME,
-                listen_port_hex=f"{listen_port(env, cmd):04X}",
-                hold_seconds=HOLD_SECONDS,
             )
         )
     except jinja2.TemplateError as e:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 
 import pytest
 import yaml
@@ -17,11 +15,7 @@ from libcloudspawner import userdata
 from libcloudspawner.userdata import UserDataError, render_userdata
 
 CMD = ["jupyterhub-singleuser"]
-ENV = {
-    "JUPYTERHUB_API_TOKEN": "secret-token",
-    "JUPYTERHUB_USER": "alice",
-    "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8000/user/alice/",
-}
+ENV = {"JUPYTERHUB_API_TOKEN": "secret-token", "JUPYTERHUB_USER": "alice"}
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +48,11 @@ def test_document_shape():
         ["systemctl", "enable", "--now", "jupyterhub-singleuser.service"],
     ]
     # the early start: queued by bootcmd, run once cloud-init's network stage has written the files and
-    # created the user; the stage does not wait for it (a blocking start would deadlock boot). The queued
-    # oneshot starts the server without waiting for it either, then holds cloud-config.service (and so the
-    # final stage) until the server listens: JUPYTERHUB_SERVICE_URL's port here, 0x1F40 = 8000
+    # created the user; neither the stage nor the queued unit waits (a blocking start would deadlock boot)
     [early] = doc["bootcmd"]
     assert early[:2] == ["systemd-run", "--no-block"]
-    assert "--property=Type=oneshot" in early
     assert "--property=After=cloud-init.service cloud-init-network.service" in early
-    assert "--property=Before=cloud-config.service" in early
-    shell = early.index("sh")
-    assert early[shell + 1] == "-c"
-    assert 'systemctl start --no-block "$1"' in early[shell + 2]
-    assert early[shell + 3:] == ["lcs-start-singleuser", "jupyterhub-singleuser.service", "1F40", "300"]
+    assert early[early.index("systemctl"):] == ["systemctl", "start", "--no-block", "jupyterhub-singleuser.service"]
     assert env == ENV
     assert unit["User"] == "alice"
     assert unit["WorkingDirectory"] == "/home/alice"
@@ -186,65 +173,3 @@ def test_property_schema_valid_and_exact_round_trip(validator, username, env, ar
     assert split_exec_start(unit["ExecStart"]) == cmd
     assert unit["User"] == username
     assert doc["runcmd"][1] == ["systemctl", "enable", "--now", "jupyterhub-singleuser.service"]
-
-
-@pytest.mark.parametrize(
-    ("cmd", "env", "port"),
-    [
-        (CMD, ENV, 8000),  # JUPYTERHUB_SERVICE_URL's port
-        ([*CMD, "--port=9123"], ENV, 9123),  # an explicit --port wins
-        ([*CMD, "--ServerApp.port=9124"], ENV, 9124),
-        (CMD, {"JUPYTERHUB_USER": "alice"}, userdata.DEFAULT_SERVER_PORT),  # jupyter_server's default
-        (CMD, {"JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:notaport/"}, userdata.DEFAULT_SERVER_PORT),
-    ],
-)
-def test_the_port_the_hold_waits_for(cmd, env, port):
-    assert userdata.listen_port(env, cmd) == port
-    [early] = yaml.safe_load(render_userdata(username="alice", env=env, cmd=cmd))["bootcmd"]
-    assert early[-2] == f"{port:04X}"
-
-
-def _hold(tmp_path, port_hex: str, hold_seconds: int) -> subprocess.CompletedProcess:
-    """Run the rendered hold script with the real /bin/sh and the host's /proc/net/tcp; `systemctl` is a
-    stand-in on PATH that records its arguments (the script must not wait for the start it asks for)."""
-    [early] = yaml.safe_load(render_userdata(username="alice", env=ENV, cmd=CMD))["bootcmd"]
-    shell = early.index("sh")
-    script = early[shell + 2]
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "systemctl.log"}\n')
-    (bindir / "systemctl").chmod(0o755)
-    env = {"PATH": f"{bindir}:/usr/bin:/bin"}
-    args = ["/bin/sh", "-c", script, "lcs-start-singleuser", userdata.UNIT_NAME, port_hex, str(hold_seconds)]
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=hold_seconds + 30)
-
-
-def test_the_hold_ends_as_soon_as_the_server_listens(tmp_path):
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        done = _hold(tmp_path, f"{port:04X}", 60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == (
-        "lcs: jupyterhub-singleuser.service listens after 0 s; cloud-init's config and final stages go on\n"
-    )
-    assert (tmp_path / "systemctl.log").read_text() == "start --no-block jupyterhub-singleuser.service\n"
-
-
-def test_the_hold_gives_up_after_its_limit(tmp_path):
-    with socket.socket() as s:  # a port nothing listens on: bound, never listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        done = _hold(tmp_path, f"{port:04X}", 4)
-    assert done.returncode == 0, done.stderr  # the config and final stages go on regardless
-    assert done.stdout == (
-        "lcs: jupyterhub-singleuser.service does not listen after 6 s; cloud-init's config and final stages go on\n"
-    )
-
-
-def test_the_hold_script_has_nothing_systemd_would_expand():
-    # systemd expands ${VAR} anywhere in an ExecStart argument (and %-specifiers in unit files)
-    [early] = yaml.safe_load(render_userdata(username="alice", env=ENV, cmd=CMD))["bootcmd"]
-    assert "${" not in early[early.index("sh") + 2]
-    assert "%" not in " ".join(early)
