@@ -261,6 +261,12 @@ def main() -> int:
             ours_hub = make_hub(facts, work / "ours", [(image["display_name"], image["image_name"])])
         return ours_hub
 
+    def stop_ours() -> None:
+        nonlocal ours_hub
+        if ours_hub is not None:
+            ours_hub.stop()
+            ours_hub = None
+
     try:
         for mode in modes:
             if mode == "ours":
@@ -289,9 +295,7 @@ def main() -> int:
                 results["bare_load"] = load()
                 print("bare ours", results["bare_ours_ssh_s"], flush=True)
             elif mode == "baseline":
-                if ours_hub is not None:  # one hub at a time
-                    ours_hub.stop()
-                    ours_hub = None
+                stop_ours()  # one hub at a time
                 template = Path(args.baseline_template).resolve() if args.baseline_template else None
                 baseline = args.baseline or image["image_name"]
                 hub = make_hub(facts, work / "baseline", [("Baseline", baseline)], template)
@@ -304,9 +308,7 @@ def main() -> int:
                 finally:
                     hub.stop()
             elif mode == "install":
-                if ours_hub is not None:  # one hub at a time
-                    ours_hub.stop()
-                    ours_hub = None
+                stop_ours()  # one hub at a time
                 base_image(conn)
                 url, server, _ = serve_wheelhouse(facts["host_ip"])
                 template = work / "install.yaml.j2"
@@ -321,8 +323,7 @@ def main() -> int:
                     server.shutdown()
             save()
     finally:
-        if ours_hub is not None:
-            ours_hub.stop()
+        stop_ours()
         leftovers = servers_of(conn, f"bench-{os.getpid()}")
         for s in leftovers:
             conn.compute.delete_server(s, ignore_missing=True)
