@@ -204,6 +204,9 @@ $(ini_client service_user nova)
 send_service_user_token = true
 $(ini_client placement placement)
 $(ini_client neutron neutron)
+# A call to Neutron that never answers (see neutron-api below) must fail, not hang the instance's
+# operation forever: a delete then ends in ERROR, and a DELETE again (the spawner's) finishes it.
+timeout = 60
 [glance]
 region_name = $REGION
 [cinder]
@@ -297,7 +300,11 @@ interface_driver = linuxbridge
 dhcp_driver = neutron.agent.linux.dhcp.Dnsmasq
 enable_isolated_metadata = false
 INI
-  uwsgi_tune /etc/neutron/neutron-api-uwsgi.ini 1 4
+  # Like nova-api: one thread per process. With threads, neutron-api's eventlet code is entered from
+  # several OS threads ("greenlet.error: cannot switch to a different thread" in its log, 171 times in one
+  # day here); once, a port DELETE never answered and nova-compute waited on it forever, leaving the
+  # instance in "deleting" until nova-compute restarted.
+  uwsgi_tune /etc/neutron/neutron-api-uwsgi.ini 2 1
   run_as neutron "neutron-db-manage --config-file /etc/neutron/neutron.conf \
     --config-file /etc/neutron/plugins/ml2/ml2_conf.ini upgrade head" >/dev/null
 }

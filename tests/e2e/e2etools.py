@@ -121,12 +121,36 @@ def servers_of(conn, hub_id: str, user: str | None = None, server: str | None = 
 
 
 def wait_no_server(conn, hub_id: str, user: str, server: str | None = None, timeout_s: float = 180) -> None:
-    """Nova lists no server (not even a deleting one) for this user: the VM is really gone."""
-    deadline_wait(
-        lambda: not servers_of(conn, hub_id, user, server),
-        timeout_s=timeout_s,
-        what=f"Nova to list no server of {user}/{server or ''}",
-    )
+    """Nova lists no server (not even a deleting one) for this user: the VM is really gone. On failure, says
+    what Nova and nova-compute say about the servers still listed."""
+    try:
+        deadline_wait(
+            lambda: not servers_of(conn, hub_id, user, server),
+            timeout_s=timeout_s,
+            what=f"Nova to list no server of {user}/{server or ''}",
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{nova_view(conn, servers_of(conn, hub_id, user, server))}") from None
+
+
+NOVA_COMPUTE_LOG = Path("/var/log/nova/nova-compute.log")
+
+
+def nova_view(conn, servers: list, log_lines: int = 12) -> str:
+    """For failure messages: each server's states and fault as Nova shows them, and the dev cloud's
+    nova-compute log lines about it (this tier runs on the dev cloud's host). Never raises."""
+    out = []
+    for s in servers:
+        out.append(
+            f"--- {s.name} {s.id}: status={s.status} vm_state={s.vm_state} task_state={s.task_state}"
+            f" fault={(s.fault or {}).get('message')!r}"
+        )
+        try:
+            lines = [ln for ln in NOVA_COMPUTE_LOG.read_text(errors="replace").splitlines() if s.id in ln]
+            out.extend(ln[:300] for ln in lines[-log_lines:])
+        except OSError as err:
+            out.append(f"(nova-compute log unavailable: {err})")
+    return "\n".join(out) or "(no server listed any more)"
 
 
 def devcloud_service(action: str, name: str) -> None:
