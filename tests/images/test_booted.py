@@ -97,6 +97,20 @@ def test_imports_as_user(host, booted, code):
     assert out.rc == 0, out.stderr
 
 
+def test_hub_orm_still_stamps_a_database(host, booted):
+    """The image moves Alembic's imports into JupyterHub's check_db_revision (30-jupyter.sh); that function still
+    creates and stamps a fresh hub database with the schema's head revision."""
+    code = (
+        "import os, sqlite3, tempfile, jupyterhub.orm as orm; "
+        "f = os.path.join(tempfile.mkdtemp(), 'hub.sqlite'); "
+        "orm.new_session_factory('sqlite:///' + f); "
+        "print(sqlite3.connect(f).execute('select version_num from alembic_version').fetchone()[0])"
+    )
+    out = host.run(f"runuser -u {booted.username} -- /usr/local/bin/python -c {code!r}")
+    assert out.rc == 0, out.stderr
+    assert re.fullmatch(r"[0-9a-f]{12}", out.stdout.strip()), out.stdout
+
+
 def test_ssh_host_keys_regenerated(host):
     f = host.file("/etc/ssh/ssh_host_ed25519_key.pub")
     assert f.exists and f.content_string.startswith("ssh-ed25519 ")

@@ -123,6 +123,33 @@ def test_server_start_skips_the_slow_iri_checker(host, image_root):
     assert out.stdout.strip() == "[]"
 
 
+def test_server_start_imports_no_alembic(host, image_root):
+    """JupyterHub's ORM imports Alembic only inside check_db_revision in the image (8.6% of a start's
+    instructions; 30-jupyter.sh): a single-user server's imports, the ORM's included, load no Alembic or Mako.
+    The booted tier checks that the hub-side function still stamps a database."""
+    out = in_image(host, image_root, "/opt/jupyter/bin/python -I -c " + repr(
+        "import sys, jupyterhub.singleuser, jupyterhub.orm, jupyter_server.serverapp; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'mako'}))"
+    ))  # fmt: skip
+    assert out.rc == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_jupyter_lsp_server_extension_disabled(host, image_root):
+    """No language server in the image: jupyter-lsp's search at every start is off (4.5% of a start's
+    instructions), through Jupyter Server's own configuration, so `jupyter server extension enable --sys-prefix
+    jupyter_lsp` brings it back; the other extensions stay on."""
+    out = in_image(host, image_root, "/opt/jupyter/bin/python -I -c " + repr(
+        "import json; from jupyter_server.extension.config import ExtensionConfigManager as M; "
+        "from jupyter_core.paths import jupyter_config_path as p; "
+        "print(json.dumps(M(read_config_path=p()).get_jpserver_extensions()))"
+    ))  # fmt: skip
+    assert out.rc == 0, out.stderr
+    enabled = json.loads(out.stdout)
+    assert enabled["jupyter_lsp"] is False
+    assert all(enabled[e] for e in ("jupyterlab", "jupyter_server_terminals", "notebook_shim", "lcs_startup"))
+
+
 @pytest.mark.parametrize("package", ["cloud-init", "openssh-server", "qemu-guest-agent", "python3-venv"])
 def test_package_installed(host, image_root, package):
     out = in_image(host, image_root, f"dpkg-query -W -f='${{Status}}' {package}")
