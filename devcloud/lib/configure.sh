@@ -205,7 +205,7 @@ send_service_user_token = true
 $(ini_client placement placement)
 $(ini_client neutron neutron)
 # A call to Neutron that never answers (see neutron-api below) must fail, not hang the instance's
-# operation forever: a delete then ends in ERROR, and a DELETE again (the spawner's) finishes it.
+# operation forever: Nova then puts the instance in ERROR, and a DELETE again (the spawner's) finishes it.
 timeout = 60
 [glance]
 region_name = $REGION
