@@ -546,8 +546,8 @@ def _prebake(c, base: Path, os_name: str, vars_: dict[str, str], wheelhouse: Pat
     _need("qemu-img", "losetup", "partx", "fsfreeze", "chroot")
     scripts = [PACKER_DIR / "scripts" / s.format(family=vars_["os_family"]) for s in PRESTAGE_SCRIPTS]
     locks = [_lock_path(os_name), PACKER_DIR / "files" / "build-tools.lock"]
-    helper = PACKER_DIR / "files" / "lcs_startup.py"
-    key = hashlib.sha256("".join(_sha256(p) for p in [base, *locks, helper, *scripts]).encode()).hexdigest()[:12]
+    helpers = [PACKER_DIR / "files" / "lcs_startup.py", PACKER_DIR / "files" / "lcs_hub_imports.py"]
+    key = hashlib.sha256("".join(_sha256(p) for p in [base, *locks, *helpers, *scripts]).encode()).hexdigest()[:12]
     out = OUTPUT_DIR / "prebaked" / f"{os_name}-{key}.qcow2"
     if out.exists() and c.run(f"qemu-img check -q {_q(out)}", hide=True, warn=True).ok:
         print(f"prebake: {out.relative_to(ROOT)} (cached)")
@@ -579,7 +579,8 @@ def _prebake(c, base: Path, os_name: str, vars_: dict[str, str], wheelhouse: Pat
         shutil.copytree(wheelhouse, build / "wheelhouse")
         shutil.copy(locks[0], build / "requirements.lock")
         shutil.copy(locks[1], build / "build-tools.lock")
-        shutil.copy(helper, build / "lcs_startup.py")
+        for helper in helpers:
+            shutil.copy(helper, build / helper.name)
         (build / "scripts").mkdir()
         for script in scripts:
             shutil.copy(script, build / "scripts" / script.name)

@@ -4,7 +4,7 @@ build {
   sources = ["source.qemu.image", "source.openstack.image"]
 
   # Build inputs go to a private directory: the wheelhouse (offline install), the lock, the start-up helper,
-  # the optional CA.
+  # the hub-imports step, the optional CA.
   provisioner "shell" {
     inline = ["mkdir -p /tmp/lcs-build/wheelhouse"]
   }
@@ -27,6 +27,11 @@ build {
   provisioner "file" {
     source      = var.startup_helper
     destination = "/tmp/lcs-build/lcs_startup.py"
+  }
+
+  provisioner "file" {
+    source      = var.hub_imports_step
+    destination = "/tmp/lcs-build/lcs_hub_imports.py"
   }
 
   provisioner "file" {

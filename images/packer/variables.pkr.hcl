@@ -147,6 +147,12 @@ variable "startup_helper" {
   default     = "files/lcs_startup.py"
 }
 
+variable "hub_imports_step" {
+  type        = string
+  description = "Build step that keeps JupyterHub's hub-only imports (ORM, SQLAlchemy, Alembic) out of a server start."
+  default     = "files/lcs_hub_imports.py"
+}
+
 variable "extra_ca_bundle" {
   type        = string
   description = "Optional PEM bundle trusted during the build only (intercepting proxy); an empty file means none."

@@ -73,46 +73,21 @@ for d in ("jupyterhub", "jupyterlab", "numpy", "matplotlib"):
     print(f"jupyter stack: {d} {installed[d]}")
 PY
 
-# Two cuts in what every server start runs, measured by instruction counts of a whole start in a chroot of the
-# image (callgrind, until the server answers the hub's API: 4.10 G as before; docs/images.md):
-# 1. JupyterHub's ORM imports Alembic (with Mako, Pygments and two SQL dialects) at module level for one
-#    function, check_db_revision, which only the hub calls; a single-user server imports the ORM but never
-#    calls it. The three imports move into that function: -8.6%. Idempotent; if JupyterHub's orm.py no
-#    longer has them at module level (upstream made them lazy) nothing is done; if it has them in another
-#    form, the build stops here so that whoever updates the lock looks at it.
-"$venv/bin/python" -I - "$(site_of)/jupyterhub/orm.py" <<'PY'
-import py_compile
-import re
-import sys
-
-path = sys.argv[1]
-src = open(path).read()
-imports = ["import alembic.command\n", "import alembic.config\n", "from alembic.script import ScriptDirectory\n"]
-marker = "    # lcs: Alembic imported here, not at module level (images/packer/scripts/common/30-jupyter.sh)\n"
-anchor = "    from .dbutil import _temp_alembic_ini\n"
-if marker in src:
-    print("jupyter: orm.py already imports Alembic lazily")
-elif not re.search(r"^(import|from) alembic", src, flags=re.M):
-    print("jupyter: orm.py imports no Alembic at module level (nothing to defer)")
-else:
-    body = src[src.find("\ndef check_db_revision(") :]
-    if not all(src.count(i) == 1 and ("\n" + i) in src for i in imports) or anchor not in body:
-        sys.exit(f"jupyter: {path} is not laid out as expected (Alembic imports, check_db_revision); update or drop"
-                 " the deferral in images/packer/scripts/common/30-jupyter.sh")
-    for i in imports:
-        src = src.replace("\n" + i, "\n", 1)
-    head, sep, tail = src.partition("\ndef check_db_revision(")
-    tail = tail.replace(anchor, marker + "".join("    " + i for i in imports) + "\n" + anchor, 1)
-    src = head + sep + tail
-    open(path, "w").write(src)
-    print("jupyter: orm.py imports Alembic in check_db_revision only")
-py_compile.compile(path, doraise=True)
-PY
+# Two cuts in what every server start runs, measured by instruction counts (callgrind; docs/images.md):
+# 1. A single-user server imports JupyterHub's ORM, SQLAlchemy, Alembic and the hub's handlers, but never
+#    opens a database: files/lcs_hub_imports.py defers those imports in five of JupyterHub's modules (-38%
+#    of `import jupyterhub.singleuser`). Idempotent; if JupyterHub changed those lines, the build stops here so
+#    that whoever updates the lock looks at it.
+"$venv/bin/python" -I "$build/lcs_hub_imports.py" "$(site_of)"
 # 2. jupyter-lsp's server extension looks for language servers at every start; the image has none (users cannot
 #    install into the root-owned venv), and JupyterLab's LSP features are off by default: -4.5%. Disabled in
 #    the venv's configuration; `jupyter server extension enable --sys-prefix jupyter_lsp` brings it back.
-"$venv/bin/jupyter" server extension disable --sys-prefix jupyter_lsp >/dev/null 2>&1 \
-    || { echo "jupyter: could not disable jupyter_lsp" >&2; exit 1; }
+# (its chatter is kept quiet, and shown if it fails)
+if ! out=$("$venv/bin/jupyter" server extension disable --sys-prefix jupyter_lsp 2>&1); then
+    printf '%s\n' "$out" >&2
+    echo "jupyter: could not disable jupyter_lsp (its output above)" >&2
+    exit 1
+fi
 
 # The start-up helper (files/lcs_startup.py): jupyterhub-singleuser with the cyclic GC paused until the server
 # serves (about 15% of a start's CPU), resumed by the helper's Jupyter Server extension.

@@ -1,0 +1,231 @@
+"""The image build step that keeps JupyterHub's hub-only imports out of a server start
+(images/packer/files/lcs_hub_imports.py), run for real on a miniature ``jupyterhub`` package laid out line for
+line like JupyterHub 6's five files, with stand-ins for SQLAlchemy and Alembic that record being imported.
+The images tier checks the real JupyterHub in the built image (tests/images/test_offline.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STEP = Path(__file__).resolve().parents[2] / "images" / "packer" / "files" / "lcs_hub_imports.py"
+
+FILES = {
+    "jupyterhub/__init__.py": "",
+    "jupyterhub/dbutil.py": "_temp_alembic_ini = 'ini'\n",
+    "jupyterhub/httpclient.py": "def fetch():\n    return None\n",
+    "jupyterhub/handlers/__init__.py": "",
+    "jupyterhub/handlers/pages.py": "class HealthCheckHandler:\n    pass\n",
+    "jupyterhub/orm.py": '''"""orm"""
+import json
+
+import alembic.command
+import alembic.config
+from alembic.script import ScriptDirectory
+
+
+class Base:
+    pass
+
+
+def check_db_revision(engine):
+    from .dbutil import _temp_alembic_ini
+
+    return (alembic.command.NAME, alembic.config.NAME, ScriptDirectory.NAME, _temp_alembic_ini, json.__name__)
+''',
+    "jupyterhub/roles.py": "def get_roles_for(obj):\n    return ['user']\n",
+    "jupyterhub/metrics.py": '''"""metrics"""
+from . import orm
+from .utils import fetch
+
+
+def prometheus_log_method(handler):
+    return fetch
+
+
+def count_users():
+    return orm.Base.__name__
+''',
+    "jupyterhub/scopes.py": '''"""scopes"""
+from functools import lru_cache
+
+import sqlalchemy as sa
+
+from . import orm, roles
+
+
+def get_scopes_for(obj):
+    if not isinstance(obj, orm.Base):
+        raise TypeError(obj)
+    return roles.get_roles_for(obj), sa.inspect(obj)
+''',
+    "jupyterhub/utils.py": '''"""utils"""
+import os
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .httpclient import fetch
+
+
+def catch_db_error(f):
+    def wrapped():
+        try:
+            return f()
+        except SQLAlchemyError:
+            return "rolled back"
+
+    return wrapped
+''',
+    "jupyterhub/log.py": '''"""log"""
+import logging
+
+
+class StaticFileHandler:
+    pass
+
+
+from .handlers.pages import HealthCheckHandler
+from .metrics import prometheus_log_method
+
+
+def log_level(handler, status):
+    if status == 304 or (
+        status < 300 and isinstance(handler, StaticFileHandler | HealthCheckHandler)
+    ):
+        return logging.DEBUG
+    return logging.INFO
+''',
+    "sqlalchemy/__init__.py": "def inspect(obj):\n    return 'inspected'\n",
+    "sqlalchemy/exc.py": "class SQLAlchemyError(Exception):\n    pass\n",
+    "alembic/__init__.py": "",
+    "alembic/command.py": "NAME = 'command'\n",
+    "alembic/config.py": "NAME = 'config'\n",
+    "alembic/script.py": "class ScriptDirectory:\n    NAME = 'script'\n",
+}
+
+EDITED = [
+    "jupyterhub/orm.py",
+    "jupyterhub/log.py",
+    "jupyterhub/metrics.py",
+    "jupyterhub/scopes.py",
+    "jupyterhub/utils.py",
+]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    for name, text in FILES.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+def run_step(site: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-I", str(STEP), str(site)], capture_output=True, text=True, timeout=60)
+
+
+def in_site(site: Path, code: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n{code}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+HEAVY = "['jupyterhub.orm', 'jupyterhub.roles', 'jupyterhub.handlers.pages', 'sqlalchemy', 'alembic']"
+
+
+def test_the_step_defers_the_imports_and_keeps_what_the_hub_needs(site: Path) -> None:
+    loaded = "sorted(m for m in " + HEAVY + " if m in sys.modules)"
+    before = in_site(
+        site, f"import json, jupyterhub.log, jupyterhub.scopes, jupyterhub.utils\nprint(json.dumps({loaded}))"
+    )
+    assert before == ["alembic", "jupyterhub.handlers.pages", "jupyterhub.orm", "jupyterhub.roles", "sqlalchemy"]
+
+    out = run_step(site)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"jupyter: {name}: deferred" for name in EDITED]
+
+    result = in_site(
+        site,
+        f"""import json, logging
+from jupyterhub import log, metrics, scopes, utils
+r = {{"loaded at import": {loaded}}}
+r["info for another handler"] = log.log_level(object(), 200) == logging.INFO
+r["no import for that check"] = {loaded}
+from jupyterhub.handlers.pages import HealthCheckHandler
+r["debug for a health check"] = log.log_level(HealthCheckHandler(), 200) == logging.DEBUG
+from jupyterhub import orm
+r["scopes"] = list(scopes.get_scopes_for(orm.Base()))
+r["rebound"] = [scopes.orm is orm, scopes.roles.__name__, scopes.sa.__name__, metrics.orm is orm]
+r["metrics"] = metrics.count_users()
+import sqlalchemy.exc
+def db_error():
+    raise sqlalchemy.exc.SQLAlchemyError()
+def other_error():
+    raise KeyError("x")
+r["caught"] = utils.catch_db_error(db_error)()
+try:
+    utils.catch_db_error(other_error)()
+except KeyError:
+    r["other errors pass"] = True
+r["alembic still there for the hub"] = list(orm.check_db_revision(None))
+print(json.dumps(r))
+""",
+    )
+    assert result == {
+        "loaded at import": [],
+        "info for another handler": True,
+        "no import for that check": [],
+        "debug for a health check": True,
+        "scopes": [["user"], "inspected"],
+        "rebound": [True, "jupyterhub.roles", "sqlalchemy", False],
+        "metrics": "Base",
+        "caught": "rolled back",
+        "other errors pass": True,
+        "alembic still there for the hub": ["command", "config", "script", "ini", "json"],
+    }
+
+
+def test_a_second_run_changes_nothing(site: Path) -> None:
+    assert run_step(site).returncode == 0
+    first = {name: (site / name).read_text() for name in EDITED}
+    out = run_step(site)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"jupyter: {name}: already deferred" for name in EDITED]
+    assert {name: (site / name).read_text() for name in EDITED} == first
+
+
+def test_a_changed_layout_stops_the_build_and_edits_no_file(site: Path) -> None:
+    utils = site / "jupyterhub" / "utils.py"
+    utils.write_text(utils.read_text().replace("except SQLAlchemyError:", "except (SQLAlchemyError, OSError):"))
+    originals = {name: (site / name).read_text() for name in EDITED}
+    out = run_step(site)
+    assert out.returncode == 1
+    assert "jupyterhub/utils.py is not laid out as" in out.stderr
+    assert "except SQLAlchemyError:" in out.stderr  # what it looked for
+    assert {name: (site / name).read_text() for name in EDITED} == originals
+
+
+def test_an_import_already_gone_upstream_is_left_alone(site: Path) -> None:
+    metrics = site / "jupyterhub" / "metrics.py"
+    lazy = metrics.read_text().replace("from . import orm\n", "").replace("orm.Base", "__import__('x').Base")
+    metrics.write_text(lazy)
+    out = run_step(site)
+    assert out.returncode == 0, out.stderr
+    assert "jupyter: jupyterhub/metrics.py: nothing to defer" in out.stdout.splitlines()
+    assert metrics.read_text() == lazy
+
+
+def test_usage(tmp_path: Path) -> None:
+    out = run_step(tmp_path)
+    assert out.returncode == 2
+    assert "usage:" in out.stderr
