@@ -98,8 +98,8 @@ def test_imports_as_user(host, booted, code):
 
 
 def test_hub_orm_still_stamps_a_database(host, booted):
-    """The image moves Alembic's imports into JupyterHub's check_db_revision (30-jupyter.sh); that function still
-    creates and stamps a fresh hub database with the schema's head revision."""
+    """The image moves Alembic's imports into JupyterHub's check_db_revision (files/lcs_hub_imports.py); that
+    function still creates and stamps a fresh hub database with the schema's head revision."""
     code = (
         "import os, sqlite3, tempfile, jupyterhub.orm as orm; "
         "f = os.path.join(tempfile.mkdtemp(), 'hub.sqlite'); "
@@ -109,6 +109,27 @@ def test_hub_orm_still_stamps_a_database(host, booted):
     out = host.run(f"runuser -u {booted.username} -- /usr/local/bin/python -c {code!r}")
     assert out.rc == 0, out.stderr
     assert re.fullmatch(r"[0-9a-f]{12}", out.stdout.strip()), out.stdout
+
+
+def test_hub_modules_still_work_after_the_deferral(host, booted):
+    """The imports files/lcs_hub_imports.py defers still resolve where the hub needs them: the whole hub
+    application imports; with a real hub database, the default roles and a user's scopes (scopes.py's lazy orm
+    and roles, rebound to the modules on first use), log.py's health-check test and the SQLAlchemy error class
+    that utils.catch_db_error catches."""
+    code = (
+        "import jupyterhub.app; from jupyterhub import log, orm, roles, scopes, utils; "
+        "from jupyterhub.handlers.pages import HealthCheckHandler as H; import sqlalchemy.exc; "
+        "db = orm.new_session_factory('sqlite://')(); "
+        "[roles.create_role(db, r) for r in roles.get_default_roles()]; "
+        "u = orm.User(name='alice'); db.add(u); db.commit(); roles.assign_default_roles(db, entity=u); "
+        "s = scopes.get_scopes_for(u); "
+        "print('read:users:activity!user=alice' in s, scopes.orm is orm, scopes.roles is roles, "
+        "log._lcs_is_health_check(H.__new__(H)), log._lcs_is_health_check(object()), "
+        "utils._lcs_sqlalchemy_error() is sqlalchemy.exc.SQLAlchemyError)"
+    )
+    out = host.run(f"runuser -u {booted.username} -- /usr/local/bin/python -c {code!r}")
+    assert out.rc == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "True True True True False True", out.stdout
 
 
 def test_ssh_host_keys_regenerated(host):

@@ -131,8 +131,9 @@ def test_server_start_skips_the_slow_iri_checker(host, image_root):
 
 def test_server_start_imports_no_hub_database_stack(host, image_root):
     """A single-user server never opens a database: in the image its imports load none of JupyterHub's ORM,
-    SQLAlchemy, Alembic or Mako (files/lcs_hub_imports.py, -38% of the import's instructions), and the ORM
-    itself, where the hub imports it, loads no Alembic until check_db_revision runs."""
+    SQLAlchemy, Alembic or Mako (files/lcs_hub_imports.py: 38% fewer instructions for the import than JupyterHub
+    as published), and the ORM itself, where the hub imports it, loads no Alembic until check_db_revision runs.
+    The booted tier checks the hub's side (test_hub_modules_still_work_after_the_deferral)."""
     imports = "jupyterhub.singleuser, jupyter_server.serverapp, jupyterhub.singleuser.extension"
     assert packages_loaded(host, image_root, imports, ["sqlalchemy", "alembic", "mako"]) == []
     assert packages_loaded(host, image_root, "jupyterhub.orm", ["alembic", "mako"]) == []
@@ -142,27 +143,6 @@ def test_server_start_imports_no_hub_database_stack(host, image_root):
     ))  # fmt: skip
     assert out.rc == 0, out.stderr
     assert out.stdout.strip() == "[]"
-
-
-def test_hub_modules_still_work_after_the_deferral(host, image_root):
-    """The deferred imports still resolve where the hub needs them: with a real (in-memory) hub database, the
-    default roles, a user's scopes (scopes.py's lazy orm and roles), the health-check test of log.py and the
-    SQLAlchemy error class that utils.catch_db_error catches."""
-    out = in_image(host, image_root, "/opt/jupyter/bin/python -I -c " + repr(
-        "import jupyterhub.app; from jupyterhub import log, orm, roles, scopes, utils; "
-        "from jupyterhub.handlers.pages import HealthCheckHandler as H; "
-        "import sqlalchemy.exc; "
-        "db = orm.new_session_factory('sqlite://')(); "
-        "[roles.create_role(db, r) for r in roles.get_default_roles()]; "
-        "u = orm.User(name='alice'); db.add(u); db.commit(); roles.assign_default_roles(db, entity=u); "
-        "s = scopes.get_scopes_for(u); "
-        "h = H.__new__(H); "
-        "print('read:users:activity!user=alice' in s, scopes.orm is orm, scopes.roles is roles, "
-        "log._lcs_is_health_check(h), log._lcs_is_health_check(object()), "
-        "utils._lcs_sqlalchemy_error() is sqlalchemy.exc.SQLAlchemyError)"
-    ))  # fmt: skip
-    assert out.rc == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "True True True True False True", out.stdout
 
 
 def test_jupyter_lsp_server_extension_disabled(host, image_root):
