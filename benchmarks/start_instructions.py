@@ -128,7 +128,15 @@ def callgrind(cmd: list[str], env: dict[str, str], until_url: str | None = None)
                 if time.monotonic() > deadline:
                     raise RuntimeError("the server did not answer within 600 s")
                 time.sleep(0.5)
-            proc.send_signal(signal.SIGTERM)
+            # a moment for the request's log line: a signal during that write can make the stop fail
+            time.sleep(1)
+            for _ in range(3):
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         proc.wait(timeout=600)
         text = Path(out.name).read_text()
     finally:
