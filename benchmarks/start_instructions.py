@@ -89,9 +89,9 @@ def make_variants(venv: Path, work: Path) -> dict[str, Path]:
         shutil.copytree(published, dest / "jupyterhub", ignore=shutil.ignore_patterns("__pycache__", "tests"))
         for edit in edits:
             path = dest / edit.path
-            src, what = edit.apply(path.read_text())
+            src, what = edit.apply(path.read_text(encoding="utf-8"))
             assert what == "deferred", (edit.path, what)
-            path.write_text(src)
+            path.write_text(src, encoding="utf-8")
         subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(dest)], check=True)
         variants[name] = dest
     return variants

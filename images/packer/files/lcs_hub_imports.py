@@ -171,7 +171,7 @@ def main(argv: list[str]) -> int:
     for edit in EDITS:  # every file checked before any is written: all edits or none
         path = site / edit.path
         try:
-            src, what = edit.apply(path.read_text())
+            src, what = edit.apply(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             print(
                 f"jupyter: {path} is not laid out as images/packer/files/lcs_hub_imports.py expects ({e}); "
@@ -182,7 +182,7 @@ def main(argv: list[str]) -> int:
         results.append((edit, path, src, what))
     for edit, path, src, what in results:
         if what == "deferred":
-            path.write_text(src)
+            path.write_text(src, encoding="utf-8")
         py_compile.compile(str(path), doraise=True)
         print(f"jupyter: {edit.path}: {what}")
     return 0
