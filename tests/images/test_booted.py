@@ -89,12 +89,18 @@ def test_singleuser_major_version_matches_hub(host):
     assert out.split(".")[0] == hub_version.split(".")[0]
 
 
+def python_as_user(host, booted, code: str) -> str:
+    """Run ``code`` with the image's Python as the spawned user; its standard output (it must succeed)."""
+    out = host.run(f"runuser -u {booted.username} -- /usr/local/bin/python -c {code!r}")
+    assert out.rc == 0, out.stderr
+    return out.stdout
+
+
 @pytest.mark.parametrize(
     "code", ["import numpy; numpy.ones(3).sum()", "import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"]
 )
 def test_imports_as_user(host, booted, code):
-    out = host.run(f"runuser -u {booted.username} -- /usr/local/bin/python -c {code!r}")
-    assert out.rc == 0, out.stderr
+    python_as_user(host, booted, code)
 
 
 def test_hub_orm_still_stamps_a_database(host, booted):
@@ -106,9 +112,8 @@ def test_hub_orm_still_stamps_a_database(host, booted):
         "orm.new_session_factory('sqlite:///' + f); "
         "print(sqlite3.connect(f).execute('select version_num from alembic_version').fetchone()[0])"
     )
-    out = host.run(f"runuser -u {booted.username} -- /usr/local/bin/python -c {code!r}")
-    assert out.rc == 0, out.stderr
-    assert re.fullmatch(r"[0-9a-f]{12}", out.stdout.strip()), out.stdout
+    revision = python_as_user(host, booted, code).strip()
+    assert re.fullmatch(r"[0-9a-f]{12}", revision), revision
 
 
 def test_hub_modules_still_work_after_the_deferral(host, booted):
@@ -127,9 +132,8 @@ def test_hub_modules_still_work_after_the_deferral(host, booted):
         "log._lcs_is_health_check(H.__new__(H)), log._lcs_is_health_check(object()), "
         "utils._lcs_sqlalchemy_error() is sqlalchemy.exc.SQLAlchemyError)"
     )
-    out = host.run(f"runuser -u {booted.username} -- /usr/local/bin/python -c {code!r}")
-    assert out.rc == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "True True True True False True", out.stdout
+    out = python_as_user(host, booted, code)
+    assert out.strip().splitlines()[-1] == "True True True True False True", out
 
 
 def test_ssh_host_keys_regenerated(host):
