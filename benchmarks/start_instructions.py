@@ -1,4 +1,4 @@
-"""Instructions of a whole ``jupyterhub-singleuser`` start, JupyterHub as published against as the image ships it.
+"""Instructions of a whole ``jupyterhub-singleuser`` start, the stack as published against as the image ships it.
 
     .venv/bin/python -m benchmarks.start_instructions [--venv /var/tmp/lcs-start-venv] [--runs 1]
 
@@ -7,12 +7,14 @@ by more (docs/e2e.md), so a change to what a start runs is measured in instructi
 --tool=callgrind`` counts every instruction of the process, deterministically (two runs agree within 0.2%).
 
 One run, side by side, the same venv (Debian 12's Python, the image's hashed lock, jupyter_lsp's server
-extension disabled as in the image), only the ``jupyterhub`` package differing:
+extension disabled as in the image), only the ``jupyterhub`` and ``aiohttp`` packages and one configuration
+file differing:
 
-- ``published``: JupyterHub as on PyPI;
-- ``alembic-only``: with only the first edit of ``images/packer/files/lcs_hub_imports.py`` (Alembic imported in
-  ``check_db_revision``), what images built before that step carried;
-- ``image``: with every edit of that step, as ``30-jupyter.sh`` applies it.
+- ``published``: JupyterHub and aiohttp as on PyPI, JupyterLab's default (PyPI) extension manager;
+- ``hub-edits``: with the JupyterHub edits of ``images/packer/files/lcs_start_edits.py`` only, what images
+  built from f44c4ef until the aiohttp edit and the read-only extension manager carried;
+- ``image``: every edit of that step (aiohttp's TLS contexts too) and the image's read-only extension manager
+  (the ``LabApp`` configuration that ``30-jupyter.sh`` writes), as the image ships it.
 
 Each variant is measured twice: ``import jupyterhub.singleuser`` alone, and a whole start (the image's
 ``jupyterhub-singleuser`` arguments, a stand-in hub answering its API on loopback) until the server answers
@@ -43,7 +45,7 @@ FILES = ROOT / "images" / "packer" / "files"
 sys.path.insert(0, str(ROOT / "tests" / "images"))
 sys.path.insert(0, str(FILES))
 
-import lcs_hub_imports  # noqa: E402
+import lcs_start_edits  # noqa: E402
 import vmtools  # noqa: E402
 
 USER = "alice"
@@ -76,22 +78,39 @@ def make_venv(venv: Path) -> Path:
     return venv
 
 
+PACKAGES = ("jupyterhub", "aiohttp")
+JUPYTER_SCRIPT = ROOT / "images" / "packer" / "scripts" / "common" / "30-jupyter.sh"
+
+
+def image_lab_config() -> dict:
+    """The LabApp configuration the image's build writes (30-jupyter.sh), read from that script."""
+    found = re.search(r"""printf '(\{"LabApp": .*\})\\n'""", JUPYTER_SCRIPT.read_text())
+    if not found:
+        raise SystemExit(f"start_instructions: no LabApp configuration found in {JUPYTER_SCRIPT}")
+    return json.loads(found.group(1))
+
+
 def make_variants(venv: Path, work: Path) -> dict[str, Path]:
-    """One directory per variant holding a ``jupyterhub`` package, put first on the path."""
-    published = next((venv / "lib").glob("python3*/site-packages/jupyterhub"))
+    """One directory per variant holding ``jupyterhub`` and ``aiohttp`` (put first on the path) and, in
+    ``config/``, its Jupyter configuration directory."""
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    hub_edits = [e for e in lcs_start_edits.EDITS if e.path.startswith("jupyterhub/")]
     variants = {}
-    for name, edits in (
-        ("published", []),
-        ("alembic-only", lcs_hub_imports.EDITS[:1]),
-        ("image", lcs_hub_imports.EDITS),
+    for name, edits, config in (
+        ("published", [], {}),
+        ("hub-edits", hub_edits, {}),
+        ("image", lcs_start_edits.EDITS, image_lab_config()),
     ):
         dest = work / name
-        shutil.copytree(published, dest / "jupyterhub", ignore=shutil.ignore_patterns("__pycache__", "tests"))
+        for package in PACKAGES:
+            shutil.copytree(site / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "tests"))
         for edit in edits:
             path = dest / edit.path
             src, what = edit.apply(path.read_text(encoding="utf-8"))
             assert what == "deferred", (edit.path, what)
             path.write_text(src, encoding="utf-8")
+        (dest / "config").mkdir()
+        (dest / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
         subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(dest)], check=True)
         variants[name] = dest
     return variants
@@ -154,6 +173,7 @@ def measure(venv: Path, variant: Path, home: Path) -> dict[str, int]:
     python = str(venv / "bin" / "python")
     base_env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
     base_env["PYTHONPATH"] = str(variant)
+    base_env["JUPYTER_CONFIG_DIR"] = str(variant / "config")
     imports = callgrind([python, "-c", "import jupyterhub.singleuser"], base_env)
     token = secrets.token_hex(16)
     hub = vmtools.StubHub(version=_hub_version(venv), token=token, username=USER).start()

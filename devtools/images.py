@@ -546,7 +546,7 @@ def _prebake(c, base: Path, os_name: str, vars_: dict[str, str], wheelhouse: Pat
     _need("qemu-img", "losetup", "partx", "fsfreeze", "chroot")
     scripts = [PACKER_DIR / "scripts" / s.format(family=vars_["os_family"]) for s in PRESTAGE_SCRIPTS]
     locks = [_lock_path(os_name), PACKER_DIR / "files" / "build-tools.lock"]
-    helpers = [PACKER_DIR / "files" / "lcs_startup.py", PACKER_DIR / "files" / "lcs_hub_imports.py"]
+    helpers = [PACKER_DIR / "files" / "lcs_startup.py", PACKER_DIR / "files" / "lcs_start_edits.py"]
     key = hashlib.sha256("".join(_sha256(p) for p in [base, *locks, *helpers, *scripts]).encode()).hexdigest()[:12]
     out = OUTPUT_DIR / "prebaked" / f"{os_name}-{key}.qcow2"
     if out.exists() and c.run(f"qemu-img check -q {_q(out)}", hide=True, warn=True).ok:

@@ -30,8 +30,8 @@ build {
   }
 
   provisioner "file" {
-    source      = var.hub_imports_step
-    destination = "/tmp/lcs-build/lcs_hub_imports.py"
+    source      = var.start_edits_step
+    destination = "/tmp/lcs-build/lcs_start_edits.py"
   }
 
   provisioner "file" {

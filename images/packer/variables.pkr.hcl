@@ -147,10 +147,10 @@ variable "startup_helper" {
   default     = "files/lcs_startup.py"
 }
 
-variable "hub_imports_step" {
+variable "start_edits_step" {
   type        = string
-  description = "Build step that keeps JupyterHub's hub-only imports (ORM, SQLAlchemy, Alembic) out of a server start."
-  default     = "files/lcs_hub_imports.py"
+  description = "Build step that keeps work a server start does not need out of it (JupyterHub's hub-only imports, aiohttp's import-time TLS contexts)."
+  default     = "files/lcs_start_edits.py"
 }
 
 variable "extra_ca_bundle" {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 import pytest
 
@@ -131,7 +132,7 @@ def test_server_start_skips_the_slow_iri_checker(host, image_root):
 
 def test_server_start_imports_no_hub_database_stack(host, image_root):
     """A single-user server never opens a database: in the image its imports load none of JupyterHub's ORM,
-    SQLAlchemy, Alembic or Mako (files/lcs_hub_imports.py: 38% fewer instructions for the import than JupyterHub
+    SQLAlchemy, Alembic or Mako (files/lcs_start_edits.py: 38% fewer instructions for the import than JupyterHub
     as published), and the ORM itself, where the hub imports it, loads no Alembic until check_db_revision runs.
     The booted tier checks the hub's side (test_hub_modules_still_work_after_the_deferral)."""
     imports = "jupyterhub.singleuser, jupyter_server.serverapp, jupyterhub.singleuser.extension"
@@ -143,6 +144,56 @@ def test_server_start_imports_no_hub_database_stack(host, image_root):
     ))  # fmt: skip
     assert out.rc == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_server_start_parses_no_ca_bundle_and_aiohttp_still_verifies(host, image_root):
+    """aiohttp made its two default TLS contexts at import, each a parse of the whole CA bundle (a sixth of a
+    server's start); files/lcs_start_edits.py makes each on first use. In the image: a server's imports make
+    none; an HTTPS request through the real client makes the verifying one (the request itself fails: nothing
+    listens on 127.0.0.1:1); it verifies the peer and its hostname against the system's CAs, the other one
+    does not verify, and each is made once."""
+    code = """
+import asyncio, json, ssl, aiohttp, jupyterhub.singleuser, jupyter_server.serverapp
+from aiohttp import connector as c
+r = {"at import": len(c._SSL_CONTEXTS)}
+
+async def request():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        try:
+            await session.get("https://127.0.0.1:1/")
+        except aiohttp.ClientConnectorError as e:
+            return type(e).__name__
+
+r["request"] = asyncio.run(request())
+r["made by the request"] = sorted(c._SSL_CONTEXTS)
+v, u = c._default_ssl_context(True), c._default_ssl_context(False)
+r["verifying"] = [v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname, v.cert_store_stats()["x509_ca"] > 100]
+r["not verifying"] = [u.verify_mode == ssl.CERT_NONE, u.check_hostname]
+r["kept"] = c._default_ssl_context(True) is v and c._default_ssl_context(False) is u
+print(json.dumps(r))
+"""
+    out = in_image(host, image_root, "/opt/jupyter/bin/python -I -c " + shlex.quote(code))
+    assert out.rc == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "at import": 0,
+        "request": "ClientConnectorError",
+        "made by the request": [True],
+        "verifying": [True, True, True],
+        "not verifying": [True, False],
+        "kept": True,
+    }
+
+
+def test_jupyterlab_extension_manager_is_read_only(host, image_root):
+    """JupyterLab's PyPI extension manager builds an HTTP client at every start (8% of its instructions) and
+    could install nothing into the root-owned venv: the venv's Jupyter Server configuration selects the
+    read-only manager, which is what a server loads from its configuration files."""
+    out = in_image(host, image_root, "/opt/jupyter/bin/python -I -c " + repr(
+        "from jupyter_server.serverapp import ServerApp; a = ServerApp(); a.load_config_file(); "
+        "print(a.config.LabApp.extension_manager)"
+    ))  # fmt: skip
+    assert out.rc == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "readonly"
 
 
 def test_jupyter_lsp_server_extension_disabled(host, image_root):

@@ -73,12 +73,13 @@ for d in ("jupyterhub", "jupyterlab", "numpy", "matplotlib"):
     print(f"jupyter stack: {d} {installed[d]}")
 PY
 
-# Two cuts in what every server start runs, measured by instruction counts (callgrind; docs/images.md):
-# 1. A single-user server imports JupyterHub's ORM, SQLAlchemy, Alembic and the hub's handlers, but never
-#    opens a database: files/lcs_hub_imports.py defers those imports in five of JupyterHub's modules (-38%
-#    of `import jupyterhub.singleuser`). Idempotent; if JupyterHub changed those lines, the build stops here so
-#    that whoever updates the lock looks at it.
-"$venv/bin/python" -I "$build/lcs_hub_imports.py" "$(site_of)"
+# Three cuts in what every server start runs, measured by instruction counts (callgrind; docs/images.md):
+# 1. files/lcs_start_edits.py: a single-user server imports JupyterHub's ORM, SQLAlchemy, Alembic and the hub's
+#    handlers, but never opens a database, and aiohttp builds two TLS contexts at import (each parses the whole
+#    CA bundle) for a client that talks plain HTTP to the hub: the step defers both (exact edits in five of
+#    JupyterHub's modules and in aiohttp's connector). Idempotent; if a new release changed those lines, the
+#    build stops here so that whoever updates the lock looks at it.
+"$venv/bin/python" -I "$build/lcs_start_edits.py" "$(site_of)"
 # 2. jupyter-lsp's server extension looks for language servers at every start; the image has none (users cannot
 #    install into the root-owned venv), and JupyterLab's LSP features are off by default: -4.5%. Disabled in
 #    the venv's configuration; `jupyter server extension enable --sys-prefix jupyter_lsp` brings it back.
@@ -88,6 +89,13 @@ if ! out=$("$venv/bin/jupyter" server extension disable --sys-prefix jupyter_lsp
     echo "jupyter: could not disable jupyter_lsp (its output above)" >&2
     exit 1
 fi
+# 3. JupyterLab's extension manager: the default one (PyPI) builds an HTTP client for pypi.org at every start
+#    (-8%), yet could install nothing here (pip cannot write to the root-owned venv). The read-only manager
+#    still lists the installed extensions. An administrator who makes the venv writable sets it back in this
+#    file or with the spawner's args (--LabApp.extension_manager=pypi).
+mkdir -p "$venv/etc/jupyter/jupyter_server_config.d"
+printf '{"LabApp": {"extension_manager": "readonly"}}\n' \
+    > "$venv/etc/jupyter/jupyter_server_config.d/lcs_extension_manager.json"
 
 # The start-up helper (files/lcs_startup.py): jupyterhub-singleuser with the cyclic GC paused until the server
 # serves (about 15% of a start's CPU), resumed by the helper's Jupyter Server extension.

@@ -1,14 +1,17 @@
-"""Build step: keep JupyterHub's hub-only imports out of every single-user server start.
+"""Build step: keep work that a single-user server's start does not need out of every start.
 
 Usage (by ``scripts/common/30-jupyter.sh``, as root, in the image's venv)::
 
-    /opt/jupyter/bin/python -I lcs_hub_imports.py SITE_PACKAGES_DIR
+    /opt/jupyter/bin/python -I lcs_start_edits.py SITE_PACKAGES_DIR
 
-A ``jupyterhub-singleuser`` process never opens a database, yet importing ``jupyterhub.singleuser`` imports the
-hub's ORM: SQLAlchemy (about 140 modules), Alembic with Mako, Pygments and two more SQL dialects, and the hub's
-request handlers, user and spawner classes. Counted with ``valgrind --tool=callgrind`` (Debian 12's Python,
-this image's lock): 3.27 G instructions to import ``jupyterhub.singleuser`` as published, 2.04 G with the
-edits below (-38%); 1103 modules loaded before, 806 after. The chains, and what each edit does:
+Counted with ``valgrind --tool=callgrind`` (Debian 12's Python, this image's lock,
+``benchmarks/start_instructions.py``; figures in docs/images.md): a whole server start, until it answers, runs
+about 45% fewer instructions in this image than with JupyterHub and aiohttp as published. Two kinds of edits:
+
+**JupyterHub's hub-only imports.** A ``jupyterhub-singleuser`` process never opens a database, yet importing
+``jupyterhub.singleuser`` imports the hub's ORM: SQLAlchemy (about 140 modules), Alembic with Mako, Pygments and
+two more SQL dialects, and the hub's request handlers, user and spawner classes (3.27 G instructions to import
+``jupyterhub.singleuser`` as published, 2.04 G with these edits; 1103 modules loaded before, 806 after):
 
 - ``orm.py`` imports Alembic at module level for ``check_db_revision``, which only the hub calls: the three
   imports move into that function.
@@ -22,11 +25,19 @@ edits below (-38%); 1103 modules loaded before, 806 after. The chains, and what 
 - ``utils.py`` imports ``sqlalchemy.exc`` (which imports all of SQLAlchemy) for one ``except`` clause in the
   hub's ``catch_db_error``: the class is looked up when that clause is reached.
 
+**aiohttp's import-time TLS contexts.** ``aiohttp/connector.py`` builds its two default client SSL contexts
+(verifying and not) when it is imported, and each loads and parses the system's whole CA bundle: 0.48 G
+instructions, a sixth of a server's start, in a process whose only aiohttp client talks plain HTTP to the hub
+(JupyterHub 6's ``httpclient``). The edit makes each context on its first use, once, by the same function and
+with the same settings; ``_get_ssl_context`` returns it as before. The cost moves to the first HTTPS request
+(one CA bundle parse, about 30 ms natively), which aiohttp had avoided doing inside the event loop.
+
 Every edit replaces exact text. A file already edited (marker) is left alone, so the step is idempotent; a
-file whose heavy import is gone has nothing to defer. Any other difference (JupyterHub changed the lines)
+file whose heavy work is gone has nothing to defer. Any other difference (a new release changed the lines)
 stops the build with the file's name: whoever updates the lock looks at it. The image tests check the result
-from both sides: a server start imports no SQLAlchemy, and the image's hub modules still create, stamp and
-query a database. These edits belong upstream in JupyterHub; until then the image carries them.
+from both sides: a server start imports no SQLAlchemy and makes no TLS context, and the image's hub modules
+still create, stamp and query a database, and aiohttp's contexts still verify. These edits belong upstream in
+JupyterHub and aiohttp; until then the image carries them.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ import re
 import sys
 from pathlib import Path
 
-MARKER = "# lcs: hub-only imports deferred by images/packer/files/lcs_hub_imports.py\n"
+MARKER = "# lcs: start-up work deferred by images/packer/files/lcs_start_edits.py\n"
 
 LAZY_MODULE = '''\
 class _LcsLazyModule:
@@ -80,7 +91,7 @@ def _lcs_sqlalchemy_error():
 
 class Edit:
     """One file: exact (old, new) replacements, each old text present exactly once; ``heavy`` matches the
-    module-level import that the edits remove (absent: nothing to defer)."""
+    module-level work that the edits remove (absent: nothing to defer)."""
 
     def __init__(self, path: str, heavy: str, pairs: list[tuple[str, str]]) -> None:
         self.path, self.heavy, self.pairs = path, re.compile(heavy, re.M), pairs
@@ -97,9 +108,34 @@ class Edit:
         for old, new in self.pairs:
             src = src.replace(old, new, 1)
         if self.heavy.search(src):
-            raise ValueError(f"a module-level import matching {self.heavy.pattern!r} is still there")
+            raise ValueError(f"what {self.heavy.pattern!r} matches is still there")
         return MARKER + src, "deferred"
 
+
+SSL_CONTEXTS = '''\
+_SSL_CONTEXTS = {}
+
+
+def _default_ssl_context(verified):
+    """The default client SSL context (verifying or not), made on first use, then kept (lcs)."""
+    try:
+        return _SSL_CONTEXTS[verified]
+    except KeyError:
+        return _SSL_CONTEXTS.setdefault(verified, _make_ssl_context(verified))
+'''
+
+GET_SSL_CONTEXT_TAIL = '''\
+        if sslcontext is not True:
+            # not verified or fingerprinted
+            return _SSL_CONTEXT_UNVERIFIED
+        sslcontext = self._ssl
+        if isinstance(sslcontext, ssl.SSLContext):
+            return sslcontext
+        if sslcontext is not True:
+            # not verified or fingerprinted
+            return _SSL_CONTEXT_UNVERIFIED
+        return _SSL_CONTEXT_VERIFIED
+'''
 
 ALEMBIC = ["import alembic.command\n", "import alembic.config\n", "from alembic.script import ScriptDirectory\n"]
 
@@ -159,12 +195,33 @@ EDITS = [
             ("        except SQLAlchemyError:\n", "        except _lcs_sqlalchemy_error():\n"),
         ],
     ),
+    Edit(
+        "aiohttp/connector.py",
+        r"\b_SSL_CONTEXT_(UN)?VERIFIED\b",
+        [
+            (
+                "\n# The default SSLContext objects are created at import time\n"
+                "# since they do blocking I/O to load certificates from disk,\n"
+                "# and imports should always be done before the event loop starts\n"
+                "# or in a thread.\n"
+                "_SSL_CONTEXT_VERIFIED = _make_ssl_context(True)\n_SSL_CONTEXT_UNVERIFIED = _make_ssl_context(False)\n",
+                "\n# The default SSLContext objects are made on their first use (an HTTPS request), not at import:\n"
+                "# each parses the whole CA bundle, in every process that imports aiohttp (lcs).\n" + SSL_CONTEXTS,
+            ),
+            (
+                GET_SSL_CONTEXT_TAIL,
+                GET_SSL_CONTEXT_TAIL.replace("_SSL_CONTEXT_UNVERIFIED", "_default_ssl_context(False)").replace(
+                    "_SSL_CONTEXT_VERIFIED", "_default_ssl_context(True)"
+                ),
+            ),
+        ],
+    ),
 ]
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or not Path(argv[1], "jupyterhub").is_dir():
-        print(f"usage: {argv[0]} SITE_PACKAGES_DIR (the directory holding jupyterhub/)", file=sys.stderr)
+    if len(argv) != 2 or not all(Path(argv[1], package).is_dir() for package in ("jupyterhub", "aiohttp")):
+        print(f"usage: {argv[0]} SITE_PACKAGES_DIR (the directory holding jupyterhub/ and aiohttp/)", file=sys.stderr)
         return 2
     site = Path(argv[1])
     results = []
@@ -174,7 +231,7 @@ def main(argv: list[str]) -> int:
             src, what = edit.apply(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             print(
-                f"jupyter: {path} is not laid out as images/packer/files/lcs_hub_imports.py expects ({e}); "
+                f"jupyter: {path} is not laid out as images/packer/files/lcs_start_edits.py expects ({e}); "
                 "update or drop that edit",
                 file=sys.stderr,
             )

@@ -1,7 +1,8 @@
-"""The image build step that keeps JupyterHub's hub-only imports out of a server start
-(images/packer/files/lcs_hub_imports.py), run for real on a miniature ``jupyterhub`` package laid out line for
-line like JupyterHub 6's five files, with stand-ins for SQLAlchemy and Alembic that record being imported.
-The images tier checks the real JupyterHub in the built image (tests/images/test_offline.py)."""
+"""The image build step that keeps work a server start does not need out of it
+(images/packer/files/lcs_start_edits.py), run for real on a miniature ``jupyterhub`` package laid out line for
+line like JupyterHub 6's five files, with stand-ins for SQLAlchemy and Alembic that record being imported, and a
+miniature ``aiohttp/connector.py`` laid out like aiohttp 3.14's, whose context factory records each context made.
+The images tier checks the real JupyterHub and aiohttp in the built image (tests/images/test_offline.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-STEP = Path(__file__).resolve().parents[2] / "images" / "packer" / "files" / "lcs_hub_imports.py"
+STEP = Path(__file__).resolve().parents[2] / "images" / "packer" / "files" / "lcs_start_edits.py"
 
 FILES = {
     "jupyterhub/__init__.py": "",
@@ -105,6 +106,59 @@ def log_level(handler, status):
     "alembic/command.py": "NAME = 'command'\n",
     "alembic/config.py": "NAME = 'config'\n",
     "alembic/script.py": "class ScriptDirectory:\n    NAME = 'script'\n",
+    "aiohttp/__init__.py": "",
+    "aiohttp/connector.py": '''import asyncio
+import functools
+
+try:
+    import ssl
+
+    SSLContext = ssl.SSLContext
+except ImportError:  # pragma: no cover
+    ssl = None  # type: ignore[assignment]
+    SSLContext = object  # type: ignore[misc,assignment]
+
+MADE = []
+
+
+def _make_ssl_context(verified: bool) -> SSLContext:
+    """Create SSL context."""
+    MADE.append(verified)
+    return ("context", verified, len(MADE))
+
+
+# The default SSLContext objects are created at import time
+# since they do blocking I/O to load certificates from disk,
+# and imports should always be done before the event loop starts
+# or in a thread.
+_SSL_CONTEXT_VERIFIED = _make_ssl_context(True)
+_SSL_CONTEXT_UNVERIFIED = _make_ssl_context(False)
+
+
+class TCPConnector:
+    def __init__(self, ssl=True):
+        self._ssl = ssl
+
+    def _get_ssl_context(self, req):
+        if not req.is_ssl():
+            return None
+
+        if ssl is None:  # pragma: no cover
+            raise RuntimeError("SSL is not supported.")
+        sslcontext = req.ssl
+        if isinstance(sslcontext, ssl.SSLContext):
+            return sslcontext
+        if sslcontext is not True:
+            # not verified or fingerprinted
+            return _SSL_CONTEXT_UNVERIFIED
+        sslcontext = self._ssl
+        if isinstance(sslcontext, ssl.SSLContext):
+            return sslcontext
+        if sslcontext is not True:
+            # not verified or fingerprinted
+            return _SSL_CONTEXT_UNVERIFIED
+        return _SSL_CONTEXT_VERIFIED
+''',
 }
 
 EDITED = [
@@ -113,6 +167,7 @@ EDITED = [
     "jupyterhub/metrics.py",
     "jupyterhub/scopes.py",
     "jupyterhub/utils.py",
+    "aiohttp/connector.py",
 ]
 
 
@@ -193,6 +248,53 @@ print(json.dumps(r))
         "other errors pass": True,
         "alembic still there for the hub": ["command", "config", "script", "ini", "json"],
     }
+
+
+AIOHTTP_REQUESTS = """import json, ssl
+from aiohttp import connector
+
+class Req:
+    def __init__(self, url, ssl_):
+        self.url, self.ssl = url, ssl_
+
+    def is_ssl(self):
+        return self.url.startswith("https:")
+
+mine = ssl.create_default_context()
+r = {"made at import": list(connector.MADE)}
+answers = [
+    connector.TCPConnector()._get_ssl_context(Req("http://hub:8081/hub/api", True)),
+    connector.TCPConnector()._get_ssl_context(Req("https://pypi.org/", True)),
+    connector.TCPConnector()._get_ssl_context(Req("https://pypi.org/", False)),
+    connector.TCPConnector(ssl=False)._get_ssl_context(Req("https://pypi.org/", True)),
+    connector.TCPConnector()._get_ssl_context(Req("https://pypi.org/", True)),
+]
+r["answers"] = [a[:2] if isinstance(a, tuple) else a for a in answers]
+r["same object each time"] = answers[1] is answers[4] and answers[2] is answers[3]
+r["own context passed through"] = connector.TCPConnector()._get_ssl_context(Req("https://x/", mine)) is mine
+r["made"] = list(connector.MADE)
+print(json.dumps(r))
+"""
+
+
+def test_aiohttp_makes_its_default_tls_contexts_on_first_use(site: Path) -> None:
+    """aiohttp built both default contexts (each a parse of the CA bundle) at import; after the step, none at
+    import, each on the first HTTPS request that needs it, then the same object, and the same answers."""
+    before = in_site(site, AIOHTTP_REQUESTS)
+    assert before["made at import"] == [True, False]
+    assert run_step(site).returncode == 0
+    after = in_site(site, AIOHTTP_REQUESTS)
+    assert after["made at import"] == []
+    assert after["answers"] == before["answers"] == [
+        None,  # plain HTTP (the hub's API): no context at all
+        ["context", True],
+        ["context", False],
+        ["context", False],
+        ["context", True],
+    ]
+    assert after["same object each time"] and before["same object each time"]
+    assert after["own context passed through"]
+    assert after["made"] == [True, False]  # one of each, made when first asked for
 
 
 def test_a_second_run_changes_nothing(site: Path) -> None:
