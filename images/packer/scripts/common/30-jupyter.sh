@@ -92,10 +92,11 @@ fi
 # 3. JupyterLab's extension manager: the default one (PyPI) builds an HTTP client for pypi.org at every start
 #    (-8%), yet could install nothing here (pip cannot write to the root-owned venv). The read-only manager
 #    still lists the installed extensions. An administrator who makes the venv writable sets it back in this
-#    file or with the spawner's args (--LabApp.extension_manager=pypi).
-mkdir -p "$venv/etc/jupyter/jupyter_server_config.d"
-printf '{"LabApp": {"extension_manager": "readonly"}}\n' \
-    > "$venv/etc/jupyter/jupyter_server_config.d/lcs_extension_manager.json"
+#    file or with the spawner's args (--LabApp.extension_manager=pypi). The venv's own jupyter_server_config.json
+#    (the image's; `jupyter server extension enable` writes into the .d directory, which Jupyter Server reads
+#    for jpserver_extensions only, so a LabApp setting there would be ignored).
+mkdir -p "$venv/etc/jupyter"
+printf '{"LabApp": {"extension_manager": "readonly"}}\n' > "$venv/etc/jupyter/jupyter_server_config.json"
 
 # The start-up helper (files/lcs_startup.py): jupyterhub-singleuser with the cyclic GC paused until the server
 # serves (about 15% of a start's CPU), resumed by the helper's Jupyter Server extension.
