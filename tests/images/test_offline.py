@@ -151,7 +151,7 @@ def test_server_start_parses_no_ca_bundle_and_aiohttp_still_verifies(host, image
     server's start); files/lcs_start_edits.py makes each on first use. In the image: a server's imports make
     none; an HTTPS request through the real client makes the verifying one (the request itself fails: nothing
     listens on 127.0.0.1:1); it verifies the peer and its hostname against the system's CAs, the other one
-    does not verify, and each is made once."""
+    does not verify, each is made once, and the old module-level name still imports it."""
     code = """
 import asyncio, json, ssl, aiohttp, jupyterhub.singleuser, jupyter_server.serverapp
 from aiohttp import connector as c
@@ -170,6 +170,8 @@ v, u = c._default_ssl_context(True), c._default_ssl_context(False)
 r["verifying"] = [v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname, v.cert_store_stats()["x509_ca"] > 100]
 r["not verifying"] = [u.verify_mode == ssl.CERT_NONE, u.check_hostname]
 r["kept"] = c._default_ssl_context(True) is v and c._default_ssl_context(False) is u
+from aiohttp.connector import _SSL_CONTEXT_VERIFIED
+r["old name"] = _SSL_CONTEXT_VERIFIED is v
 print(json.dumps(r))
 """
     out = in_image(host, image_root, "/opt/jupyter/bin/python -I -c " + shlex.quote(code))
@@ -181,6 +183,7 @@ print(json.dumps(r))
         "verifying": [True, True, True],
         "not verifying": [True, False],
         "kept": True,
+        "old name": True,
     }
 
 

@@ -273,6 +273,12 @@ r["answers"] = [a[:2] if isinstance(a, tuple) else a for a in answers]
 r["same object each time"] = answers[1] is answers[4] and answers[2] is answers[3]
 r["own context passed through"] = connector.TCPConnector()._get_ssl_context(Req("https://x/", mine)) is mine
 r["made"] = list(connector.MADE)
+from aiohttp.connector import _SSL_CONTEXT_UNVERIFIED, _SSL_CONTEXT_VERIFIED
+r["old names"] = [_SSL_CONTEXT_VERIFIED is answers[1], _SSL_CONTEXT_UNVERIFIED is answers[2], len(connector.MADE)]
+try:
+    connector.NO_SUCH_NAME
+except AttributeError as e:
+    r["other names"] = str(e)
 print(json.dumps(r))
 """
 
@@ -295,6 +301,22 @@ def test_aiohttp_makes_its_default_tls_contexts_on_first_use(site: Path) -> None
     assert after["same object each time"] and before["same object each time"]
     assert after["own context passed through"]
     assert after["made"] == [True, False]  # one of each, made when first asked for
+    # the old module-level names still import (aiohttp's own tests use them): the same, kept objects
+    assert after["old names"] == before["old names"] == [True, True, 2]
+    assert after["other names"] == before["other names"] == "module 'aiohttp.connector' has no attribute 'NO_SUCH_NAME'"
+
+
+def test_a_use_of_the_old_names_the_edits_miss_stops_the_build(site: Path) -> None:
+    """A new reference to a module-level context elsewhere in the file would be a NameError once the globals are
+    gone: the step refuses and edits no file."""
+    connector = site / "aiohttp" / "connector.py"
+    connector.write_text(connector.read_text() + "\n\ndef default_context():\n    return _SSL_CONTEXT_VERIFIED\n")
+    originals = {name: (site / name).read_text() for name in EDITED}
+    out = run_step(site)
+    assert out.returncode == 1
+    assert "aiohttp/connector.py is not laid out as" in out.stderr
+    assert "_SSL_CONTEXT_" in out.stderr
+    assert {name: (site / name).read_text() for name in EDITED} == originals
 
 
 def test_a_second_run_changes_nothing(site: Path) -> None:

@@ -122,6 +122,13 @@ def _default_ssl_context(verified):
         return _SSL_CONTEXTS[verified]
     except KeyError:
         return _SSL_CONTEXTS.setdefault(verified, _make_ssl_context(verified))
+
+
+def __getattr__(name):
+    """The two former module-level names, for code that imports them (aiohttp's own tests do) (lcs)."""
+    if name in ("_SSL_CONTEXT_VERIFIED", "_SSL_CONTEXT_UNVERIFIED"):
+        return _default_ssl_context(name == "_SSL_CONTEXT_VERIFIED")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 '''
 
 GET_SSL_CONTEXT_TAIL = '''\
@@ -197,7 +204,8 @@ EDITS = [
     ),
     Edit(
         "aiohttp/connector.py",
-        r"\b_SSL_CONTEXT_(UN)?VERIFIED\b",
+        # a line using either name outside a string: the module-level contexts, or a use the edits missed
+        r"""^(?!.*["']_SSL_CONTEXT_).*\b_SSL_CONTEXT_(UN)?VERIFIED\b""",
         [
             (
                 "\n# The default SSLContext objects are created at import time\n"
