@@ -6,6 +6,7 @@ The images tier checks the real JupyterHub and aiohttp in the built image (tests
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,6 +15,10 @@ from pathlib import Path
 import pytest
 
 STEP = Path(__file__).resolve().parents[2] / "images" / "packer" / "files" / "lcs_start_edits.py"
+_spec = importlib.util.spec_from_file_location("lcs_start_edits", STEP)
+assert _spec and _spec.loader
+STEP_MODULE = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(STEP_MODULE)
 
 FILES = {
     "jupyterhub/__init__.py": "",
@@ -148,17 +153,9 @@ class TCPConnector:
         sslcontext = req.ssl
         if isinstance(sslcontext, ssl.SSLContext):
             return sslcontext
-        if sslcontext is not True:
-            # not verified or fingerprinted
-            return _SSL_CONTEXT_UNVERIFIED
-        sslcontext = self._ssl
-        if isinstance(sslcontext, ssl.SSLContext):
-            return sslcontext
-        if sslcontext is not True:
-            # not verified or fingerprinted
-            return _SSL_CONTEXT_UNVERIFIED
-        return _SSL_CONTEXT_VERIFIED
-''',
+'''
+    # the rest of _get_ssl_context: the very lines the step replaces (aiohttp 3.14's, kept in the step)
+    + STEP_MODULE.GET_SSL_CONTEXT_TAIL,
 }
 
 EDITED = [
