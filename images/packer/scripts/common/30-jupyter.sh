@@ -91,10 +91,10 @@ if ! out=$("$venv/bin/jupyter" server extension disable --sys-prefix jupyter_lsp
 fi
 # 3. JupyterLab's extension manager: the default one (PyPI) builds an HTTP client for pypi.org at every start
 #    (-8%), yet could install nothing here (pip cannot write to the root-owned venv). The read-only manager
-#    still lists the installed extensions. An administrator who makes the venv writable sets it back in this
-#    file or with the spawner's args (--LabApp.extension_manager=pypi). The venv's own jupyter_server_config.json
-#    (the image's; `jupyter server extension enable` writes into the .d directory, which Jupyter Server reads
-#    for jpserver_extensions only, so a LabApp setting there would be ignored).
+#    still lists the installed extensions. Written to the venv's jupyter_server_config.json, not to the .d
+#    directory beside it: Jupyter Server reads that directory for jpserver_extensions only. An administrator who
+#    makes the venv writable sets "pypi" back in that file or with the spawner's args
+#    (--LabApp.extension_manager=pypi).
 mkdir -p "$venv/etc/jupyter"
 printf '{"LabApp": {"extension_manager": "readonly"}}\n' > "$venv/etc/jupyter/jupyter_server_config.json"
 
