@@ -28,6 +28,7 @@ is read as well: ``custom_data`` may carry ``display_name``, ``image_name`` and 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -281,3 +282,36 @@ def build_catalog(
         images=tuple(merged),
         profiles=tuple(profiles),
     )
+
+
+_cached: dict[str, Catalog] = {}
+
+
+def cached_catalog(
+    sizes: Iterable[Any],
+    images: Iterable[Any],
+    profiles: Iterable[Any],
+    allowed_overrides: Iterable[str],
+    *,
+    manifest: str | None = None,
+    manifest_cloud: str | None = None,
+) -> Catalog:
+    """:func:`build_catalog` from the configuration, built again only when the configuration or the
+    manifest file (its modification time) changes; shared by every spawner of the process."""
+    version: object = None
+    if manifest:
+        try:
+            version = os.stat(manifest).st_mtime_ns
+        except OSError:
+            version = "missing"  # load_manifest says so below
+    key = json.dumps(
+        [sizes, images, profiles, list(allowed_overrides), manifest, version, manifest_cloud], default=repr
+    )
+    catalog = _cached.get(key)
+    if catalog is None:
+        found = load_manifest(manifest, manifest_cloud) if manifest else ()
+        catalog = build_catalog(sizes, images, normalize_profiles(profiles, allowed_overrides), found)
+        if len(_cached) >= 16:
+            _cached.clear()
+        _cached[key] = catalog
+    return catalog

@@ -9,7 +9,8 @@
   libcloud dropped the cached token.
 - A create is never retried blindly: :meth:`CloudClient.create_node` reports an *unknown* outcome, and
   the caller looks the instance up by name and tags first.
-- Image, size and network lists are cached (TTL) and shared by all spawners of the process.
+- Image, size and network lists are cached (TTL) and shared by all spawners of the process: one client per
+  :class:`~libcloudspawner.settings.CloudSettings` (:func:`client_for`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DriverArguments
+from .config import CredentialsError, DriverArguments
 from .naming import tags_match
+from .settings import CloudSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class Instance:
     public_ips: tuple[str, ...] = ()
     metadata: Mapping[str, Any] | None = None
     task_state: str | None = None
+    created: str | None = None  # ISO 8601, as the cloud reports it
 
     @property
     def deleting(self) -> bool:
@@ -86,6 +89,7 @@ def _to_instance(node) -> Instance:
         public_ips=tuple(node.public_ips or ()),
         metadata=extra.get("metadata") or {},
         task_state=extra.get("task_state"),
+        created=extra.get("created"),
     )
 
 
@@ -164,12 +168,7 @@ def make_driver_factory(args: DriverArguments) -> Callable[[], Any]:
     def prepare() -> None:
         from libcloud.compute.providers import get_driver
 
-        if args.ca_bundle:
-            import libcloud.security
-
-            # libcloud reads the CA path per connection from this module setting; verification stays on
-            libcloud.security.VERIFY_SSL_CERT = True
-            libcloud.security.CA_CERTS_PATH = args.ca_bundle
+        use_ca_bundle(args.ca_bundle)
         try:
             shared["cls"] = get_driver(args.provider)
         except AttributeError as e:
@@ -191,6 +190,30 @@ def make_driver_factory(args: DriverArguments) -> Callable[[], Any]:
 
     factory.shared = shared  # type: ignore[attr-defined]
     return factory
+
+
+_ca_bundle_lock = threading.Lock()
+_ca_bundle_in_use: list[str] = []
+
+
+def use_ca_bundle(path: str | None) -> None:
+    """The one place that sets libcloud's CA bundle. libcloud reads it from a process-wide module setting
+    (``libcloud.security.CA_CERTS_PATH``) for every connection, so one hub process can verify its cloud with one
+    bundle only: a second, different bundle is refused rather than silently replacing the first.
+    Verification stays on either way."""
+    if not path:
+        return
+    import libcloud.security
+
+    with _ca_bundle_lock:
+        if _ca_bundle_in_use and _ca_bundle_in_use[0] != path:
+            raise CloudError(
+                f"ca_bundle {path!r}: this process already verifies its cloud with {_ca_bundle_in_use[0]!r};"
+                " libcloud holds one CA bundle per process"
+            )
+        libcloud.security.VERIFY_SSL_CERT = True
+        libcloud.security.CA_CERTS_PATH = path
+        _ca_bundle_in_use[:] = [path]
 
 
 def _destroy(driver, node_id: str):
@@ -233,7 +256,7 @@ def _fault(driver, node_id: str) -> str | None:
 
 
 class CloudClient:
-    """Async access to one cloud account. Share one per configuration (see :func:`shared_client`)."""
+    """Async access to one cloud account. Share one per settings (see :func:`client_for`)."""
 
     def __init__(
         self,
@@ -403,20 +426,23 @@ class CloudClient:
         return await self._resolve("networks", "ex_list_networks", name_or_id)
 
     # ------------------------------------------------------------------------------ instances
-    async def create_node(self, *, tracker: Any = None, **kwargs) -> Instance:
-        """Create an instance. Never retried here: every doubtful outcome is for the caller to look up.
+    async def create_node(
+        self, request: Mapping[str, Any], *, on_sent: Callable[[Any], None] | None = None
+    ) -> Instance:
+        """Create an instance from ``request`` (``requests.create_request``). Never retried here: every
+        doubtful outcome is for the caller to look up.
 
-        ``tracker.pending`` receives the in-flight request, so that a cancelled start can wait for it
-        (see :func:`settle_create`) before looking for what it created.
+        ``on_sent`` receives the in-flight request (a ``concurrent.futures.Future``), so that a cancelled start
+        can wait for it (see :func:`settle_create`) before looking for what it created.
         Raises ``CloudError`` when the API refused the request (nothing was created), or
         ``CreateOutcomeUnknown`` when the outcome is unknown (5xx, timeout, connection lost, and a 401:
         libcloud's create is a POST then a GET of the new server, and a token refused on the GET comes
         after Nova created it, so re-sending the POST would make a second instance).
         """
         self.calls["create_node"] = self.calls.get("create_node", 0) + 1
-        pending = self._executor.submit(self._run, _create, (), kwargs)
-        if tracker is not None:
-            tracker.pending = pending
+        pending = self._executor.submit(self._run, _create, (), dict(request))
+        if on_sent is not None:
+            on_sent(pending)
         try:
             node = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending)), self.timeout_seconds)
         except asyncio.TimeoutError as e:
@@ -447,6 +473,10 @@ class CloudClient:
             return None if node is None else _to_instance(node)
         nodes = await self.call("list_nodes", retries=retries, what="list instances")
         return next((_to_instance(n) for n in nodes if str(n.id) == node_id), None)
+
+    async def list_nodes(self) -> list[Instance]:
+        """Every instance of the project (one listing)."""
+        return [_to_instance(n) for n in await self.call("list_nodes", what="list instances")]
 
     async def find_nodes(self, *, name: str | None, tags: Mapping[str, str]) -> list[Instance]:
         """Instances carrying all ``tags`` (and named ``name`` if given)."""
@@ -492,15 +522,32 @@ async def settle_create(pending, timeout: float) -> Instance | None:
     return _to_instance(node)
 
 
-_shared: dict[str, CloudClient] = {}
-_shared_lock = threading.Lock()
+_clients: dict[str, CloudClient] = {}
+_clients_lock = threading.Lock()
 
 
-def shared_client(args: DriverArguments, log: logging.Logger | None = None, **settings) -> CloudClient:
-    """One client (executor, drivers, token and lookup caches) per credentials + settings, per process."""
-    key = args.fingerprint() + repr(sorted(settings.items()))
-    with _shared_lock:
-        client = _shared.get(key)
+def client_for(settings: CloudSettings, log: logging.Logger | None = None) -> CloudClient:
+    """The one client (executor, drivers, token and lookup caches) of these settings in this process.
+
+    Raises ``CloudError`` when the settings cannot make a driver (no credentials, an unreadable clouds.yaml).
+    """
+    key = settings.key()
+    with _clients_lock:
+        client = _clients.get(key)
         if client is None:
-            client = _shared[key] = CloudClient(make_driver_factory(args), provider=args.provider, log=log, **settings)
+            try:
+                args = settings.driver_arguments()
+            except CredentialsError as e:
+                raise CloudError(str(e)) from e
+            client = _clients[key] = CloudClient(
+                make_driver_factory(args),
+                provider=args.provider,
+                log=log,
+                timeout_seconds=settings.api_timeout_seconds,
+                retries=settings.api_retries,
+                backoff_base_seconds=settings.api_backoff_base_seconds,
+                backoff_max_seconds=settings.api_backoff_max_seconds,
+                max_workers=settings.api_max_workers,
+                cache_ttl_seconds=settings.api_cache_ttl_seconds,
+            )
         return client

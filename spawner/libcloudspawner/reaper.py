@@ -8,7 +8,8 @@ An instance is this hub's when its metadata carries ``jupyterhub-managed-by: lib
 
 Untagged instances and instances of other hubs are never touched. Dry run by default.
 
-Usage (reads the hub's own configuration file for the cloud credentials and the hub id)::
+Usage (reads the hub's own configuration file for the cloud credentials, the hub id and the hub's API URL;
+the token comes from ``$JUPYTERHUB_API_TOKEN``)::
 
     libcloudspawner-reaper --config /etc/jupyterhub/jupyterhub_config.py            # list orphans
     libcloudspawner-reaper --config /etc/jupyterhub/jupyterhub_config.py --delete   # and delete them
@@ -36,6 +37,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import naming
+from .cloud import CloudClient, CloudError, Instance, client_for
+from .settings import load_hub_config
 
 log = logging.getLogger("libcloudspawner.reaper")
 
@@ -149,33 +152,15 @@ def hub_servers_from_api(api_url: str, token: str, *, timeout_seconds: float = 3
         offset = nxt["offset"]
 
 
-def _spawner_from_config(path: str):
-    from traitlets.config import PyFileConfigLoader
-
-    from .spawner import LibcloudSpawner
-
-    directory, filename = os.path.split(os.path.abspath(path))
-    config = PyFileConfigLoader(filename, path=directory).load_config()
-    return LibcloudSpawner(config=config)
+def as_listing(instances: Iterable[Instance]) -> list[dict[str, Any]]:
+    """What :func:`judge` reads of each instance."""
+    return [{"id": i.id, "name": i.name, "metadata": dict(i.metadata or {}), "created": i.created} for i in instances]
 
 
-async def _list_instances(client) -> list[dict[str, Any]]:
-    nodes = await client.call("list_nodes", what="list instances")
-    return [
-        {
-            "id": str(n.id),
-            "name": n.name,
-            "metadata": (n.extra or {}).get("metadata") or {},
-            "created": (n.extra or {}).get("created"),
-        }
-        for n in nodes
-    ]
-
-
-async def reap_once(spawner, hub_servers: list[HubServer], *, delete: bool, min_age_seconds: float) -> list[Verdict]:
-    client = spawner._client()
-    instances = await _list_instances(client)
-    verdicts = judge(instances, hub_servers, hub_id=spawner.hub_id, min_age_seconds=min_age_seconds)
+async def reap_once(
+    client: CloudClient, hub_id: str, hub_servers: list[HubServer], *, delete: bool, min_age_seconds: float
+) -> list[Verdict]:
+    verdicts = judge(as_listing(await client.list_nodes()), hub_servers, hub_id=hub_id, min_age_seconds=min_age_seconds)
     for v in verdicts:
         if v.orphan and delete:
             log.warning("Deleting orphan instance %s (%s) of %s/%s: %s", v.instance_name, v.instance_id,
@@ -193,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--hub-api-url",
         default=os.environ.get("JUPYTERHUB_API_URL"),
-        help="the hub's API URL (default: $JUPYTERHUB_API_URL, set when run as a hub service)",
+        help="the hub's API URL (default: $JUPYTERHUB_API_URL, set when run as a hub service; else the one the"
+        " hub's configuration gives, e.g. http://127.0.0.1:8081/hub/api)",
     )
     p.add_argument(
         "--token-env",
@@ -211,20 +197,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON lines")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "traitlets"):  # the hub's configuration file may import JupyterHub
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     token = os.environ.get(args.token_env)
-    if not args.hub_api_url or not token:
-        p.error(f"the hub API URL (--hub-api-url) and a token in ${args.token_env} are both needed")
-    spawner = _spawner_from_config(args.config)
+    if not token:
+        p.error(
+            f"a hub API token is needed in ${args.token_env}: give the reaper a service token with the scopes"
+            " list:users, read:users:name, read:servers and admin:server_state (see this command's module"
+            " documentation for the service and role definition)"
+        )
+    try:
+        hub = load_hub_config(args.config)
+        client = client_for(hub.cloud)
+    except (OSError, ValueError, CloudError) as e:
+        p.error(f"cannot use the hub's configuration {args.config}: {e}")
+    api_url = args.hub_api_url or hub.hub_api_url
 
     async def run() -> int:
         while True:
-            servers = hub_servers_from_api(args.hub_api_url, token)
-            verdicts = await reap_once(spawner, servers, delete=args.delete, min_age_seconds=args.min_age_seconds)
+            servers = hub_servers_from_api(api_url, token)
+            verdicts = await reap_once(
+                client, hub.hub_id, servers, delete=args.delete, min_age_seconds=args.min_age_seconds
+            )
             orphans = [v for v in verdicts if v.orphan]
             for v in verdicts:
                 if args.json:
                     print(json.dumps(asdict(v)), flush=True)
-            print(f"hub {spawner.hub_id}: {len(verdicts)} instances, {len(orphans)} orphans"
+            print(f"hub {hub.hub_id}: {len(verdicts)} instances, {len(orphans)} orphans"
                   + (" deleted" if args.delete else " (dry run)"), file=sys.stderr, flush=True)  # fmt: skip
             if args.every_seconds <= 0:
                 return 0

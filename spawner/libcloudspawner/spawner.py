@@ -1,221 +1,45 @@
 """LibcloudSpawner: every JupyterHub user server in its own cloud VM, through Apache Libcloud.
 
-Only orchestration lives here: the traits (the configuration reference), the form, and the
-start/poll/stop/progress/state lifecycle. Names, options, choices and user-data come from the pure helper
-modules; every cloud call goes through :mod:`libcloudspawner.cloud`.
+The Spawner contract only: the traits (their help is the configuration reference), the options form, and
+start / poll / stop / state. The rooms beside it: ``settings`` (the cloud settings, checked once),
+``cloud`` (the only module talking to the cloud), ``provision`` (create with recovery, waits, cleanup,
+deletion), ``requests`` (the create request as data), ``errors`` (what the user reads), ``progress``,
+and the pure helpers ``naming``, ``options``, ``catalog`` and ``userdata``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, observe, validate
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
 
-from . import naming, options, userdata
-from .catalog import Catalog, CatalogError, build_catalog, load_manifest, normalize_choices, normalize_profiles
-from .cloud import CloudClient, CloudError, CloudNotFound, CreateOutcomeUnknown, Instance, describe, shared_client
-from .config import CredentialsError, driver_arguments
+from . import errors, naming, options, userdata
+from .catalog import Catalog, CatalogError, cached_catalog
+from .cloud import CloudClient, CloudError, Instance, client_for
+from .progress import ProgressLog
+from .provision import CreateAttempt, Provisioner, address_of
+from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings
 
-#: settings a profile may override
-PROFILE_OVERRIDES = (
-    "userserver_net",
-    "security_groups",
-    "instance_metadata",
-    "userserver_keyname",
-    "forceuser",
-    "start_timeout",
-    "http_timeout",
-    "environment",
-    "default_url",
-    "cmd",
-    "args",
-    "cloudinit_template",
-)
-
-
-#: cloud clients by configuration (the key holds the secret only inside this process's memory)
-_clients: dict[str, CloudClient] = {}
+# How long a failed start waits for its instance's removal before reporting (the rest goes on in the background).
+CLEANUP_WAIT_SECONDS = 3.0
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
-    """Default ``apply_user_options``: validate strictly (HTTP 400 on anything not offered), and apply
-    the chosen profile's overrides now, so that the hub's own start deadline sees its ``start_timeout``."""
-    spawner._selection = spawner.validate_options(user_options)
-    spawner._apply_profile(spawner._selection.profile)
+    """Default ``apply_user_options``: validate strictly (HTTP 400 on anything not offered), keep the
+    selection for ``start()``, and apply the chosen profile's overrides now, so that the hub's own start
+    deadline sees its ``start_timeout``."""
+    spawner.select(user_options)
 
 
-class UserFacingSpawnError(SpawnException):
-    """A SpawnException whose ``message`` is what the user reads. JupyterHub 6 shows a failed spawn's
-    ``str(exception)`` on the spawn page, which carries the ``log_message`` (cloud error bodies, instance ids),
-    unless the exception has a ``jupyterhub_message``: this class provides it."""
+class LibcloudSpawner(Spawner, CloudAccess):
+    """Start each single-user server in its own cloud instance (OpenStack by default).
 
-    @property
-    def jupyterhub_message(self) -> str:
-        return self.message
-
-
-# After a DELETE, how long an instance may show no deletion in progress before it is deleted again.
-REDELETE_AFTER_SECONDS = 5.0
-# How long a failed start waits for its instance's removal before reporting (the rest goes on in the background).
-CLEANUP_WAIT_SECONDS = 3.0
-# Pause between two DELETEs of an instance that stop() could not delete (transient errors).
-STOP_RETRY_SECONDS = 2.0
-# After a create with an unknown outcome found nothing: look again every this many seconds, for up to one
-# api_timeout_seconds, before creating again (Nova may still be creating it after our request timed out).
-LANDING_CHECK_SECONDS = 2.0
-# ...and after such a create, look for a late instance again in the background, this many api_timeouts later.
-LATE_LANDING_CHECKS = (2, 4, 8)
-# While the VM's state does not change, a progress message at least this often (seconds): a user whose VM
-# Nova keeps building for minutes sees that the wait goes on, and for how long.
-PENDING_REPORT_SECONDS = 60.0
-
-
-class LibcloudSpawner(Spawner):
-    """Start each single-user server in its own cloud instance (OpenStack by default)."""
-
-    # old name -> (new name, version that introduced the new name)
-    _aliases = {"libcloud_driver_params": ("libcloudparams", "2.0")}
-
-    # ------------------------------------------------------------------------------ cloud access
-    libcloudparams = Dict(
-        help="""
-        Arguments of the libcloud driver (the original configuration, unchanged).
-
-        `arg_user_id` and `arg_key` are the user name (or application credential id) and the password (or
-        application credential secret); every other key is passed to the driver as a keyword argument, e.g.
-        `ex_force_auth_version` (`"3.x_password"` for Keystone v3 password, `"3.x_appcred"` for
-        application credentials), `ex_force_auth_url`, `ex_force_service_region`, `ex_tenant_name`,
-        `ex_domain_name`, `ex_tenant_domain_id`, `api_version`. Other `arg_<name>` keys become `<name>`.
-
-        When it carries no credentials, `clouds_yaml_cloud` or the `OS_*` environment variables are used.
-        Alias: `libcloud_driver_params`.
-        """,
-    ).tag(config=True)
-
-    libcloud_driver_params = Dict(help="Alias of `libcloudparams`.").tag(config=True)
-
-    @observe(*list(_aliases))
-    def _alias_changed(self, change):
-        new_name, version = self._aliases[change.name]
-        self.log.debug("LibcloudSpawner.%s is an alias of %s (since %s)", change.name, new_name, version)
-        setattr(self, new_name, change.new)
-
-    libcloud_provider = Unicode(
-        "openstack",
-        help="""
-        libcloud compute provider name (`libcloud.compute.types.Provider`), e.g. `openstack`, `ec2`,
-        `gce`. The spawner is tested on OpenStack; other providers need their `libcloudparams`.
-        """,
-    ).tag(config=True)
-
-    @validate("libcloud_provider")
-    def _validate_provider(self, proposal):
-        value = proposal.value.strip().lower()
-        if not value:
-            raise ValueError("libcloud_provider must name a libcloud compute provider, e.g. 'openstack'")
-        return value
-
-    openstack_api_version = Unicode(
-        "2.0",
-        help="""
-        libcloud OpenStack driver version, unless `libcloudparams` sets `api_version`.
-
-        `2.0` (default) reads images from Glance and networks from Neutron directly. libcloud's own default
-        `1.1` reads them through Nova's image and network proxy APIs, deprecated since compute microversion
-        2.36, and finds networks by their Nova `label`. The 2.0 driver authenticates once per service
-        (Nova, Glance, Neutron); the spawner shares one token cache between all its driver threads, so this
-        costs a few Keystone calls per hub process, not per spawn.
-        """,
-    ).tag(config=True)
-
-    @validate("openstack_api_version")
-    def _validate_api_version(self, proposal):
-        if proposal.value not in ("1.1", "2.0", "2.1", "2.2"):
-            raise ValueError(f"openstack_api_version must be '1.1' or '2.0' (or 2.1, 2.2), not {proposal.value!r}")
-        return proposal.value
-
-    cloud_region = Unicode(
-        None,
-        allow_none=True,
-        help="Cloud region of the instances (OpenStack: `ex_force_service_region`, unless libcloudparams sets it).",
-    ).tag(config=True)
-
-    clouds_yaml_cloud = Unicode(
-        None,
-        allow_none=True,
-        help="""
-        Name of a `clouds.yaml` entry to take the credentials and region from (read with openstacksdk's
-        loader, from the usual places: `./clouds.yaml`, `~/.config/openstack/`, `/etc/openstack/`, or
-        `clouds_yaml_path`). Used when `libcloudparams` holds no credentials. Without it, the `OS_*`
-        environment variables (`OS_AUTH_URL`, `OS_USERNAME`, ... or `OS_APPLICATION_CREDENTIAL_*`) are used.
-        """,
-    ).tag(config=True)
-
-    clouds_yaml_path = Unicode(
-        None, allow_none=True, help="Explicit path of the `clouds.yaml` file to read `clouds_yaml_cloud` from."
-    ).tag(config=True)
-
-    ca_bundle = Unicode(
-        None,
-        allow_none=True,
-        help="""
-        Path of a CA bundle to verify the cloud API's TLS certificates with (for a private CA).
-        TLS verification is always on; a clouds.yaml `cacert` is used when this is unset.
-        """,
-    ).tag(config=True)
-
-    @validate("ca_bundle", "image_manifest", "cloudinit_template", "clouds_yaml_path")
-    def _validate_file(self, proposal):
-        value = proposal.value
-        if value is not None and not os.path.isfile(value):
-            raise ValueError(f"{proposal.trait.name}: no such file {value!r}")
-        return value
-
-    api_timeout_seconds = Float(
-        30.0, help="Deadline of one cloud API call, in seconds (also the driver's socket timeout)."
-    ).tag(config=True)
-    api_retries = Integer(
-        4, help="How many times a cloud API call failing transiently (5xx, timeout, 429) is retried."
-    ).tag(config=True)
-    api_backoff_base_seconds = Float(
-        1.0, help="First retry delay in seconds; doubles on every retry, with jitter."
-    ).tag(config=True)
-    api_backoff_max_seconds = Float(30.0, help="Longest delay between two retries, in seconds.").tag(config=True)
-    api_max_workers = Integer(
-        8,
-        help="""
-        Threads running cloud API calls for this hub (each with its own driver: libcloud drivers are not
-        thread-safe). Calls beyond this wait in a queue, never on the hub's event loop.
-        """,
-    ).tag(config=True)
-    api_cache_ttl_seconds = Float(300.0, help="How long the image, size and network lists are cached, in seconds.").tag(
-        config=True
-    )
-
-    @validate("api_timeout_seconds", "api_backoff_base_seconds", "api_backoff_max_seconds", "api_cache_ttl_seconds")
-    def _validate_positive_seconds(self, proposal):
-        if proposal.value <= 0:
-            raise ValueError(f"{proposal.trait.name} must be a positive number of seconds")
-        return proposal.value
-
-    @validate("api_retries")
-    def _validate_retries(self, proposal):
-        if not 0 <= proposal.value <= 20:
-            raise ValueError("api_retries must be between 0 and 20")
-        return proposal.value
-
-    @validate("api_max_workers")
-    def _validate_workers(self, proposal):
-        if not 1 <= proposal.value <= 256:
-            raise ValueError("api_max_workers must be between 1 and 256")
-        return proposal.value
+    The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`."""
 
     # ------------------------------------------------------------------------------ what to boot
     userserver_sizes = List(
@@ -232,13 +56,6 @@ class LibcloudSpawner(Spawner):
         """,
     ).tag(config=True)
 
-    @validate("userserver_sizes", "userserver_images")
-    def _validate_choices(self, proposal):
-        try:
-            return [(c.display_name, c.cloud_name) for c in normalize_choices(proposal.value, proposal.trait.name)]
-        except CatalogError as e:
-            raise ValueError(str(e)) from None
-
     profiles = List(
         Dict(),
         help=f"""
@@ -248,14 +65,6 @@ class LibcloudSpawner(Spawner):
         `overrides`: a dict of settings among {", ".join(PROFILE_OVERRIDES)}.
         """,
     ).tag(config=True)
-
-    @validate("profiles")
-    def _validate_profiles(self, proposal):
-        try:
-            normalize_profiles(proposal.value, PROFILE_OVERRIDES)
-        except CatalogError as e:
-            raise ValueError(str(e)) from None
-        return proposal.value
 
     image_manifest = Unicode(
         None,
@@ -267,7 +76,9 @@ class LibcloudSpawner(Spawner):
     ).tag(config=True)
 
     image_manifest_cloud = Unicode(
-        None, allow_none=True, help="Offer only the manifest's images published to this cloud (its `cloud` field)."
+        None,
+        allow_none=True,
+        help="Offer only the manifest's images published to this cloud (a key of their `published` record).",
     ).tag(config=True)
 
     userserver_net = Unicode(
@@ -298,17 +109,6 @@ class LibcloudSpawner(Spawner):
         """,
     ).tag(config=True)
 
-    @validate("instance_metadata")
-    def _validate_metadata(self, proposal):
-        for key, value in proposal.value.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ValueError("instance_metadata keys and values must be strings")
-            if len(key) > 255 or len(value) > 255:
-                raise ValueError(f"instance_metadata {key[:40]!r}: keys and values are limited to 255 characters")
-            if key in naming.RESERVED_METADATA_KEYS:
-                raise ValueError(f"instance_metadata: {key!r} is reserved for the spawner's tags")
-        return proposal.value
-
     instance_name_template = Unicode(
         naming.DEFAULT_INSTANCE_NAME_TEMPLATE,
         help="""
@@ -317,10 +117,6 @@ class LibcloudSpawner(Spawner):
         are too long are hashed, so that they stay valid host names (63 characters) and never collide.
         """,
     ).tag(config=True)
-
-    @validate("instance_name_template")
-    def _validate_template(self, proposal):
-        return naming.validate_instance_name_template(proposal.value)
 
     hub_id = Unicode(
         help="""
@@ -334,12 +130,6 @@ class LibcloudSpawner(Spawner):
     def _default_hub_id(self):
         return naming.default_hub_id(socket.gethostname())
 
-    @validate("hub_id")
-    def _validate_hub_id(self, proposal):
-        if not proposal.value or len(proposal.value) > 255:
-            raise ValueError("hub_id must be a non-empty string of at most 255 characters")
-        return proposal.value
-
     forceuser = Unicode(
         None,
         allow_none=True,
@@ -348,12 +138,6 @@ class LibcloudSpawner(Spawner):
         name (used as is when it is a valid, non-system account name; else escaped and hashed).
         """,
     ).tag(config=True)
-
-    @validate("forceuser")
-    def _validate_forceuser(self, proposal):
-        if proposal.value is None:
-            return None
-        return naming.validate_linux_username(proposal.value)
 
     cloudinit_template = Unicode(
         None,
@@ -381,21 +165,17 @@ class LibcloudSpawner(Spawner):
         help="Port of the single-user server on the instance (the hub must reach it: open it in the security group).",
     ).tag(config=True)
 
-    @default("ip")
-    def _default_ip(self):
-        return "0.0.0.0"
-
-    @default("start_timeout")
-    def _default_start_timeout(self):
-        return 900
-
-    @default("http_timeout")
-    def _default_http_timeout(self):
-        return 60
-
-    @default("poll_interval")
-    def _default_poll_interval(self):
-        return 60
+    # JupyterHub's own timings, with defaults for VMs (declared again so that --help-all shows these defaults)
+    ip = Unicode("0.0.0.0", help="Address the single-user server listens on, on its instance.").tag(config=True)
+    start_timeout = Integer(
+        900, help="Seconds a start may take (a VM boots first), including the server's own start."
+    ).tag(config=True)
+    http_timeout = Integer(
+        60, help="Seconds the hub waits for a started server to answer over HTTP before giving up."
+    ).tag(config=True)
+    poll_interval = Integer(60, help="Seconds between two checks that a running server's instance exists.").tag(
+        config=True
+    )
 
     startup_poll_interval_seconds = Float(
         3.0, help="While a server starts, how often its instance state and HTTP endpoint are checked, in seconds."
@@ -420,34 +200,28 @@ class LibcloudSpawner(Spawner):
 
     @default("options_from_form")
     def _default_options_from_form(self):
-        return self._strict_options_from_form
+        return LibcloudSpawner._options_from_form
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._selection: options.Selection | None = None
+        self._selected: tuple[str, options.Selection] | None = None  # (the options it was made from, selection)
         self._profile_saved: dict[str, Any] = {}
-        self._events: list[dict[str, Any]] = []
-        self._events_changed = asyncio.Event()
-        self._progress_done = True
+        self._progress = ProgressLog(self.log)
         self._cleanup_task: asyncio.Future | None = None
         self._late_watch: asyncio.Future | None = None
         self._starting = False
-        self._manifest_cache: tuple[tuple, tuple] | None = None
+        self._settings: CloudSettings | None = None
 
     # ------------------------------------------------------------------------------ options
     def catalog(self) -> Catalog:
-        manifest = ()
-        if self.image_manifest:
-            stat = os.stat(self.image_manifest)
-            key = (self.image_manifest, stat.st_mtime_ns, self.image_manifest_cloud)
-            if self._manifest_cache is None or self._manifest_cache[0] != key:
-                self._manifest_cache = (key, load_manifest(self.image_manifest, self.image_manifest_cloud))
-            manifest = self._manifest_cache[1]
-        return build_catalog(
+        """What users may choose; built once per configuration and manifest version."""
+        return cached_catalog(
             self.userserver_sizes,
             self.userserver_images,
-            normalize_profiles(self.profiles, PROFILE_OVERRIDES),
-            manifest,
+            self.profiles,
+            PROFILE_OVERRIDES,
+            manifest=self.image_manifest,
+            manifest_cloud=self.image_manifest_cloud,
         )
 
     @staticmethod
@@ -458,37 +232,44 @@ class LibcloudSpawner(Spawner):
         previous = spawner.orm_spawner.user_options if spawner.orm_spawner is not None else None
         return options.render_form(catalog, previous or spawner.user_options)
 
-    def _strict_options_from_form(self, form_data):
+    @staticmethod
+    def _options_from_form(form_data) -> dict[str, str]:
+        """The form only converts; ``apply_user_options`` judges what was sent."""
         try:
-            user_options = options.options_from_form(form_data)
+            return options.options_from_form(form_data)
         except options.InvalidUserOptions as e:
-            raise UserFacingSpawnError(str(e), reason="options", status_code=400) from None
-        self.validate_options(user_options)
-        return user_options
+            raise errors.UserFacingSpawnError(str(e), reason="options", status_code=400) from None
 
     def validate_options(self, user_options: Any) -> options.Selection:
         """The validated selection for ``user_options``; ``SpawnException`` (HTTP 400) if not offered."""
         try:
             return options.validate_user_options(user_options, self.catalog())
         except options.InvalidUserOptions as e:
-            raise UserFacingSpawnError(f"Invalid server options: {e}", reason="options", status_code=400) from None
+            raise errors.invalid_options(str(e)) from None
         except (LookupError, CatalogError) as e:
-            raise UserFacingSpawnError(
-                "This hub's server choices are misconfigured; please tell the administrator.",
-                reason="config",
-                status_code=500,
-                log_message=f"LibcloudSpawner configuration error: {e}",
+            raise errors.configuration(
+                "This hub's server choices are misconfigured", f"LibcloudSpawner configuration error: {e}"
             ) from None
 
-    def _apply_profile(self, profile) -> None:
+    def select(self, user_options: Any) -> options.Selection:
+        """Validate ``user_options``, keep the selection for ``start()`` and apply its profile's overrides."""
+        selection = self.validate_options(user_options)
+        self._selected = (json.dumps(user_options, sort_keys=True, default=repr), selection)
         for key, value in self._profile_saved.items():
             setattr(self, key, value)
         self._profile_saved = {}
-        if profile is None:
-            return
-        for key, value in profile.overrides.items():
+        for key, value in (selection.profile.overrides if selection.profile else {}).items():
             self._profile_saved[key] = getattr(self, key)
             setattr(self, key, value)
+        return selection
+
+    def _selection(self) -> options.Selection:
+        """The selection ``apply_user_options`` made for the current ``user_options`` (made now if it did not
+        run, e.g. when an administrator replaced it)."""
+        current = json.dumps(self.user_options, sort_keys=True, default=repr)
+        if self._selected is not None and self._selected[0] == current:
+            return self._selected[1]
+        return self.select(self.user_options)
 
     # ------------------------------------------------------------------------------ helpers
     @property
@@ -504,108 +285,47 @@ class LibcloudSpawner(Spawner):
         return naming.instance_tags(hub_id=self.hub_id, username=self.user.name, servername=self.name or "")
 
     def _client(self) -> CloudClient:
-        """The shared cloud client of this configuration (built once: reading clouds.yaml is file I/O)."""
-        key = repr(
-            (
-                sorted(self.libcloudparams.items()),
-                self.libcloud_provider,
-                self.cloud_region,
-                self.openstack_api_version,
-                self.clouds_yaml_cloud,
-                self.clouds_yaml_path,
-                self.ca_bundle,
-                self.api_timeout_seconds,
-                self.api_retries,
-                self.api_backoff_base_seconds,
-                self.api_backoff_max_seconds,
-                self.api_max_workers,
-                self.api_cache_ttl_seconds,
-            )
-        )
-        client = _clients.get(key)
-        if client is None:
-            client = _clients[key] = self._new_client()
-        return client
-
-    def _new_client(self) -> CloudClient:
+        """The process's client for this hub's cloud settings (built once: reading clouds.yaml is file I/O)."""
+        if self._settings is None:
+            self._settings = CloudSettings.from_traits(self)
         try:
-            args = driver_arguments(
-                self.libcloudparams,
-                provider=self.libcloud_provider,
-                region=self.cloud_region,
-                api_version=self.openstack_api_version,
-                timeout_seconds=self.api_timeout_seconds,
-                clouds_yaml_cloud=self.clouds_yaml_cloud,
-                clouds_yaml_path=self.clouds_yaml_path,
-            )
-            if self.ca_bundle:
-                args = type(args)(**{**args.__dict__, "ca_bundle": self.ca_bundle})
-            return shared_client(
-                args,
-                log=self.log,
-                timeout_seconds=self.api_timeout_seconds,
-                retries=self.api_retries,
-                backoff_base_seconds=self.api_backoff_base_seconds,
-                backoff_max_seconds=self.api_backoff_max_seconds,
-                max_workers=self.api_max_workers,
-                cache_ttl_seconds=self.api_cache_ttl_seconds,
-            )
-        except (CredentialsError, CloudError) as e:
-            raise UserFacingSpawnError(
-                "This hub cannot reach its cloud (configuration problem); please tell the administrator.",
-                reason="config",
-                status_code=500,
-                log_message=f"LibcloudSpawner cloud configuration error: {e}",
+            return client_for(self._settings, log=self.log)
+        except CloudError as e:
+            raise errors.configuration(
+                "This hub cannot reach its cloud (configuration problem)",
+                f"LibcloudSpawner cloud configuration error: {e}",
             ) from None
 
+    def _provisioner(self, client: CloudClient) -> Provisioner:
+        return Provisioner(
+            client,
+            log=self.log,
+            log_name=self._log_name,
+            poll_interval_seconds=self.startup_poll_interval_seconds,
+            stop_timeout_seconds=self.stop_timeout_seconds,
+            emit=self._progress.emit,
+        )
+
     def _render_userdata(self) -> str:
-        template = None
-        if self.cloudinit_template:
-            template = userdata.load_template(self.cloudinit_template)
+        template = userdata.load_template(self.cloudinit_template) if self.cloudinit_template else None
         try:
             return userdata.render_userdata(
-                username=self.linux_user,
-                env=self.get_env(),
-                cmd=[*self.cmd, *self.get_args()],
-                template=template,
+                username=self.linux_user, env=self.get_env(), cmd=[*self.cmd, *self.get_args()], template=template
             )
         except userdata.UserDataError as e:
-            raise UserFacingSpawnError(
-                "The server's start-up script could not be prepared; please tell the administrator.",
+            raise errors.configuration(
+                "The server's start-up script could not be prepared",
+                f"LibcloudSpawner cannot render the user-data for {self._log_name}: {e}",
                 reason="userdata",
-                status_code=500,
-                log_message=f"LibcloudSpawner cannot render the user-data for {self._log_name}: {e}",
             ) from None
 
     def _address(self, instance: Instance) -> str | None:
-        private, public = list(instance.private_ips), list(instance.public_ips)
-        order = {
-            "private_first": private + public,
-            "public_first": public + private,
-            "private": private,
-            "public": public,
-        }[self.address_type]
-        return order[0] if order else None
-
-    def _emit(self, progress: int, message: str) -> None:
-        self._events.append({"progress": progress, "message": message})
-        self.log.info("%s: %s", self._log_name, message)
-        changed, self._events_changed = self._events_changed, asyncio.Event()
-        changed.set()
+        return address_of(instance, self.address_type)
 
     async def progress(self):
         """The start's real phases, with percentages (JupyterHub streams these to the spawn page)."""
-        index = 0
-        while True:
-            while index < len(self._events):
-                yield self._events[index]
-                index += 1
-            if self._progress_done:
-                return
-            try:
-                await asyncio.wait_for(self._events_changed.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
+        async for event in self._progress.stream():
+            yield event
 
     # ------------------------------------------------------------------------------ state
     def get_state(self):
@@ -643,8 +363,7 @@ class LibcloudSpawner(Spawner):
         super().clear_state()
         # the hub clears the state right before a new start: forget the last start's progress events,
         # so that an early progress request waits for this start's events instead of replaying old ones
-        self._events = []
-        self._progress_done = False
+        self._progress.reset()
         self._forget_instance()
 
     def _forget_instance(self) -> None:
@@ -654,77 +373,89 @@ class LibcloudSpawner(Spawner):
 
     # ------------------------------------------------------------------------------ start
     async def start(self):
-        self._events = []
-        self._progress_done = False
+        self._progress.reset()
+        self._progress.log_name = self._log_name
         try:
-            self._emit(5, "Checking the server options")
-            selection = self.validate_options(self.user_options)  # no cloud call before this
-            self._apply_profile(selection.profile)
+            self._progress.emit(5, "Checking the server options")
+            selection = self._selection()  # no cloud call before this
             return await self._start_with_deadline(selection)
         finally:
-            self._progress_done = True
-            changed, self._events_changed = self._events_changed, asyncio.Event()
-            changed.set()
+            self._progress.finish()
 
     async def _start_with_deadline(self, selection: options.Selection) -> str:
-        # our own deadline, a little before the hub's start_timeout, so that the user gets a message
-        # saying what was too slow (the hub's own timeout says only "Spawn failed") and cleanup starts
+        # a deadline a little before the hub's start_timeout, so that the user gets a message saying what was
+        # too slow (the hub's own timeout says only "Spawn failed") and cleanup starts
         budget = self.start_timeout - 5 if self.start_timeout >= 20 else None
         try:
             return await asyncio.wait_for(self._start(selection), budget)
         except asyncio.TimeoutError:
-            phase = self._events[-1]["message"] if self._events else "starting"
+            phase = self._progress.last_message
             self.log.warning("Start of %s timed out after %ss (last phase: %s)", self._log_name, budget, phase)
             await self._wait_cleanup_briefly()
-            raise UserFacingSpawnError(
-                f"Your server did not start within {self.start_timeout:.0f} seconds (last step: {phase})."
-                " Please try again; if it keeps happening, tell the administrator.",
-                reason="timeout",
-                status_code=504,
-            ) from None
+            raise errors.start_timeout(self.start_timeout, phase) from None
 
-    async def _start(self, selection: options.Selection):
+    async def _start(self, selection: options.Selection) -> str:
         if self._cleanup_task is not None and not self._cleanup_task.done():
-            self._emit(6, "Waiting for the previous attempt's instance to be removed")
+            self._progress.emit(6, "Waiting for the previous attempt's instance to be removed")
             await asyncio.shield(self._cleanup_task)
-        self._selection = selection
         user_data = self._render_userdata()
-        client = self._client()
-        name = self._instance_name()
-        tags = self._tags()
-        self.instance_name = name
-        attempt = _CreateAttempt(name=name, tags=tags)
+        provisioner = self._provisioner(self._client())
+        attempt = CreateAttempt(name=self._instance_name(), tags=self._tags())
+        self.instance_name = attempt.name
         self._starting = True
         try:
-            return await self._boot(client, selection, user_data, attempt)
+            return await self._boot(provisioner, selection, user_data, attempt)
         except BaseException as e:
-            self._cleanup_task = asyncio.ensure_future(self._cleanup(client, attempt))
+            self._cleanup_task = asyncio.ensure_future(provisioner.cleanup(attempt))
             self._forget_instance()
             if isinstance(e, asyncio.CancelledError):
                 self.log.warning("Start of %s cancelled (timeout?); removing its instance", self._log_name)
                 raise
             await self._wait_cleanup_briefly()
-            raise self._user_error(e) from e
+            raise errors.for_user(e, self._log_name) from e
         finally:
             self._starting = False
             if attempt.doubtful:
                 if self._late_watch is not None:
                     self._late_watch.cancel()
-                self._late_watch = asyncio.ensure_future(self._watch_late_landing(client, attempt))
+                self._late_watch = asyncio.ensure_future(
+                    provisioner.watch_late_landing(
+                        attempt, starting=lambda: self._starting, in_use=lambda: self.instance_id
+                    )
+                )
 
-    async def _watch_late_landing(self, client: CloudClient, attempt: _CreateAttempt) -> None:
-        """After a create whose outcome was unknown, Nova may carry the request out long after the spawner
-        stopped waiting for it. Look again in the background (LATE_LANDING_CHECKS api timeouts later) and
-        delete any instance of this server that the spawner does not use, unless a new start of the
-        server is in progress (it owns the name then, and removes leftovers itself)."""
-        waited = 0.0
-        for factor in LATE_LANDING_CHECKS:
-            delay = factor * client.timeout_seconds - waited
-            await asyncio.sleep(delay)
-            waited += delay
-            if self._starting:
-                continue
-            await self._remove_duplicates(client, attempt.name, attempt.tags, keep=self.instance_id)
+    async def _boot(self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt) -> str:
+        """A fresh VM: look up what to boot, create it (with recovery), wait until it runs and Jupyter answers."""
+        emit = self._progress.emit
+        emit(10, f"Looking up image {selection.image_display} and size {selection.size_display}")
+        instance = await provisioner.create_fresh(
+            attempt,
+            image=selection.image,
+            size=selection.size,
+            network=self.userserver_net,
+            user_data=user_data,
+            extra_metadata=self.instance_metadata,
+            config_drive=self.config_drive,
+            key_name=self.userserver_keyname,
+            security_groups=self.security_groups,
+        )
+        self.instance_id = instance.id
+        self._persist_state()
+        self.log.info("Created instance %s (%s) for %s", attempt.name, instance.id, self._log_name)
+
+        emit(30, "Virtual machine created; the cloud is booting it")
+        instance = await provisioner.wait_running(instance, lambda i: bool(self._address(i)))
+        self.instance_address = self._address(instance)
+        self._persist_state()
+        url = f"http://{self.instance_address}:{self.port}"
+        emit(60, f"Virtual machine running at {self.instance_address}; waiting for Jupyter to answer")
+        base_url = self.server.base_url if self.server is not None else f"/user/{self.user.name}/"
+        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api")
+        if attempt.doubtful:
+            # a create whose answer was lost may still have landed late, next to the one in use
+            await provisioner.remove_duplicates(attempt.name, attempt.tags, keep=instance.id)
+        emit(95, "Jupyter is answering")
+        return url
 
     async def _wait_cleanup_briefly(self) -> None:
         """Give the cleanup of a failed start a few seconds, then let it go on in the background (stop()
@@ -739,305 +470,6 @@ class LibcloudSpawner(Spawner):
         except Exception:
             self.log.exception("Cleanup after the failed start of %s failed", self._log_name)
 
-    def _user_error(self, e: BaseException) -> BaseException:
-        if isinstance(e, SpawnException):
-            return e
-        if isinstance(e, CloudNotFound):
-            return UserFacingSpawnError(
-                f"{str(e)[:1].upper()}{str(e)[1:]}; please tell the administrator.",
-                reason="config",
-                status_code=500,
-                log_message=f"LibcloudSpawner: {e}",
-            )
-        if isinstance(e, CloudError) and e.status == 401:
-            return UserFacingSpawnError(
-                "The hub's cloud credentials were refused; please tell the administrator.",
-                reason="config",
-                status_code=500,
-                log_message=f"Cloud credentials refused while starting {self._log_name}: {e}",
-            )
-        if isinstance(e, CloudError):
-            message = (
-                "The cloud is not answering right now; please try again in a few minutes."
-                if e.transient
-                else f"The cloud refused to create your server: {describe(e)}"
-            )
-            return UserFacingSpawnError(
-                message, reason="cloud", status_code=503, log_message=f"Cloud error starting {self._log_name}: {e}"
-            )
-        return e
-
-    async def _boot(self, client: CloudClient, selection, user_data: str, attempt: _CreateAttempt) -> str:
-        self._emit(10, f"Looking up image {selection.image_display} and size {selection.size_display}")
-        image = await client.image(selection.image)
-        size = await client.size(selection.size)
-        networks = [await client.network(self.userserver_net)] if self.userserver_net else []
-
-        # An instance with this name and these tags is a leftover of an interrupted start (hub crash):
-        # its API token is no longer valid, so it cannot be adopted. Remove it.
-        for leftover in await client.find_nodes(name=attempt.name, tags=attempt.tags):
-            if not leftover.deleting:
-                self.log.warning("Removing leftover instance %s (%s) of %s", leftover.name, leftover.id, self._log_name)
-                attempt.ignore.add(leftover.id)
-                await client.destroy_node(leftover.id)
-
-        metadata = {**self.instance_metadata, **attempt.tags}
-        create_args = dict(
-            name=attempt.name,
-            size=size,
-            image=image,
-            networks=networks,
-            ex_userdata=user_data,
-            ex_metadata=metadata,
-            ex_config_drive=self.config_drive,
-        )
-        if self.userserver_keyname:
-            create_args["ex_keyname"] = self.userserver_keyname
-        if self.security_groups:
-            create_args["security_groups"] = list(self.security_groups)
-
-        self._emit(20, f"Creating virtual machine {attempt.name}")
-        instance = None
-        for try_number in range(2):
-            attempt.sent = True
-            try:
-                instance = await client.create_node(tracker=attempt, **create_args)
-                break
-            except CreateOutcomeUnknown as e:
-                attempt.doubtful = True
-                self.log.warning("Create of %s: outcome unknown (%s); looking it up", attempt.name, e)
-                instance = await self._find_created(client, attempt, landing_seconds=client.timeout_seconds)
-                if instance is not None:
-                    break
-                if try_number == 1:
-                    raise
-                self.log.info("Instance %s was not created; creating it again", attempt.name)
-        assert instance is not None
-        attempt.instance_id = instance.id
-        self.instance_id = instance.id
-        self._persist_state()
-        self.log.info("Created instance %s (%s) for %s", attempt.name, instance.id, self._log_name)
-
-        self._emit(30, "Virtual machine created; the cloud is booting it")
-        instance = await self._wait_running(client, instance)
-        address = self._address(instance)
-        self.instance_address = address
-        self._persist_state()
-        url = f"http://{address}:{self.port}"
-        self._emit(60, f"Virtual machine running at {address}; waiting for Jupyter to answer")
-        await self._wait_http(client, instance.id, url)
-        if attempt.doubtful:
-            # a create whose answer was lost may still have landed late, next to the one we use
-            await self._remove_duplicates(client, attempt.name, attempt.tags, keep=instance.id)
-        self._emit(95, "Jupyter is answering")
-        return url
-
-    async def _find_created(
-        self, client: CloudClient, attempt: _CreateAttempt, landing_seconds: float = 0.0
-    ) -> Instance | None:
-        """After an unknown create outcome: let the request finish, then look the instance up by name+tags.
-
-        Nothing found is not proof that nothing was created: the cloud may still be handling a request whose
-        answer we stopped waiting for. Look again for up to ``landing_seconds`` before giving up."""
-        instance = await attempt.settle(client.timeout_seconds + 5)
-        if instance is not None:
-            return instance
-        deadline = time.monotonic() + landing_seconds
-        interval = min(LANDING_CHECK_SECONDS, max(landing_seconds / 4, 0.05))
-        while True:
-            found = [
-                i
-                for i in await client.find_nodes(name=attempt.name, tags=attempt.tags)
-                if i.id not in attempt.ignore and not i.deleting
-            ]
-            if found or time.monotonic() + interval > deadline:
-                break
-            await asyncio.sleep(interval)
-        for extra in found[1:]:
-            self.log.warning("Removing duplicate instance %s (%s)", extra.name, extra.id)
-            await client.destroy_node(extra.id)
-        return found[0] if found else None
-
-    async def _remove_duplicates(
-        self, client: CloudClient, name: str, tags: Mapping[str, str], *, keep: str | None
-    ) -> None:
-        """Delete every instance of this server (same name and tags) except ``keep``: a create that landed
-        after its request timed out. Best effort: a failure is logged (the reaper finds what is left)."""
-        try:
-            for inst in await client.find_nodes(name=name, tags=tags):
-                if inst.id != keep and not inst.deleting:
-                    self.log.warning(
-                        "Removing duplicate instance %s (%s) of %s (a create that landed late)",
-                        inst.name,
-                        inst.id,
-                        self._log_name,
-                    )
-                    await client.destroy_node(inst.id)
-        except CloudError as e:
-            self.log.warning("Could not look for duplicate instances of %s: %s", self._log_name, e)
-
-    async def _wait_running(self, client: CloudClient, instance: Instance) -> Instance:
-        progress = 30
-        changed_at = reported_at = time.monotonic()
-        while True:
-            if instance.state == "running" and self._address(instance):
-                return instance
-            if instance.state == "error":
-                fault = await client.fault_message(instance.id)
-                raise UserFacingSpawnError(
-                    "The cloud could not start your server's virtual machine"
-                    + (f": {fault.strip()}" if fault else ".")
-                    + " Try another size or image, or tell the administrator.",
-                    reason="instance-error",
-                    status_code=503,
-                    log_message=f"Instance {instance.name} ({instance.id}) of {self._log_name} is in ERROR: "
-                    + (fault or "Nova recorded no fault"),
-                )
-            if instance.deleting:
-                raise UserFacingSpawnError(
-                    "Your server's virtual machine was deleted while starting.", reason="instance-gone", status_code=503
-                )
-            await asyncio.sleep(self.startup_poll_interval_seconds)
-            progress = min(progress + 2, 55)
-            try:
-                latest = await client.get_node(instance.id)
-            except CloudError as e:
-                if not e.transient:
-                    raise
-                self.log.warning("Could not check instance %s (%s); still waiting", instance.id, e)
-                continue
-            if latest is None:
-                raise UserFacingSpawnError(
-                    "Your server's virtual machine disappeared while starting.", reason="instance-gone", status_code=503
-                )
-            now = time.monotonic()
-            if latest.state != instance.state or (latest.task_state != instance.task_state):
-                self._emit(progress, f"Virtual machine {latest.state} ({latest.task_state or 'no task'})")
-                changed_at = reported_at = now
-            elif now - reported_at >= PENDING_REPORT_SECONDS:
-                self._emit(
-                    progress,
-                    f"Virtual machine still {latest.state} ({latest.task_state or 'no task'})"
-                    f" after {now - changed_at:.0f}s",
-                )
-                reported_at = now
-            instance = latest
-
-    async def _wait_http(self, client: CloudClient, instance_id: str, url: str) -> None:
-        base_url = self.server.base_url if self.server is not None else f"/user/{self.user.name}/"
-        api_url = url + base_url.rstrip("/") + "/api"
-        http = AsyncHTTPClient()
-        started = time.monotonic()
-        checks = 0
-        while True:
-            try:
-                response = await http.fetch(
-                    HTTPRequest(api_url, connect_timeout=5, request_timeout=10, follow_redirects=False),
-                    raise_error=False,
-                )
-                code = response.code
-            except (OSError, HTTPClientError) as e:
-                code = getattr(e, "code", 599)
-            if code != 599 and code < 500:
-                self.log.debug("%s answered %s after %.0fs", api_url, code, time.monotonic() - started)
-                return
-            checks += 1
-            if checks % 5 == 0:
-                # is the VM still there? (an ERROR or deleted instance will never answer)
-                try:
-                    latest = await client.get_node(instance_id, retries=1)
-                except CloudError as e:
-                    self.log.warning("Could not check instance %s (%s); still waiting for Jupyter", instance_id, e)
-                    latest = "unknown"
-                if latest is None or (isinstance(latest, Instance) and latest.state in ("error", "terminated")):
-                    raise UserFacingSpawnError(
-                        "Your server's virtual machine stopped before Jupyter started.",
-                        reason="instance-gone",
-                        status_code=503,
-                    )
-                self._emit(
-                    min(60 + checks, 90), f"Still waiting for Jupyter to answer ({time.monotonic() - started:.0f}s)"
-                )
-            await asyncio.sleep(self.startup_poll_interval_seconds)
-
-    async def _cleanup(self, client: CloudClient, attempt: _CreateAttempt) -> None:
-        """Remove what a failed, timed-out or cancelled start created (also when the create was lost)."""
-        ids = set()
-        if attempt.instance_id:
-            ids.add(attempt.instance_id)
-        elif attempt.sent:
-            instance = await attempt.settle(client.timeout_seconds + 5)
-            if instance is not None:
-                ids.add(instance.id)
-            try:
-                found = await client.find_nodes(name=attempt.name, tags=attempt.tags)
-                ids.update(i.id for i in found if i.id not in attempt.ignore)
-            except CloudError as e:
-                self.log.error(
-                    "Could not look for instance %s after a failed start (%s); the reaper will find it",
-                    attempt.name,
-                    e,
-                )
-        for instance_id in ids:
-            self.log.info(
-                "Deleting instance %s (%s) of the failed start of %s", attempt.name, instance_id, self._log_name
-            )
-            try:
-                await client.destroy_node(instance_id)
-                await self._wait_gone(client, instance_id)
-            except CloudError as e:
-                self.log.error(
-                    "Could not delete instance %s (%s) after a failed start: %s", attempt.name, instance_id, e
-                )
-
-    async def _delete_until_deadline(self, client: CloudClient, instance_id: str) -> None:
-        """DELETE (a 404 counts as deleted, and _wait_gone checks it). JupyterHub forgets the server whatever
-        stop() does, so an outage longer than one call's retry budget must not leave the VM behind: transient
-        failures are retried until stop_timeout_seconds."""
-        deadline = time.monotonic() + self.stop_timeout_seconds
-        while True:
-            try:
-                await client.destroy_node(instance_id)
-                return
-            except CloudError as e:
-                if not e.transient or time.monotonic() + STOP_RETRY_SECONDS >= deadline:
-                    raise
-                self.log.warning("Deleting instance %s failed (%s); trying again", instance_id, e)
-                await asyncio.sleep(STOP_RETRY_SECONDS)
-
-    async def _wait_gone(self, client: CloudClient, instance_id: str) -> bool:
-        """Wait (bounded) until the instance is gone, deleting it again if the cloud shows no deletion in
-        progress: a DELETE that answered 404 or 5xx while the instance lives must not leave it behind."""
-        deadline = time.monotonic() + self.stop_timeout_seconds
-        redelete_after = time.monotonic() + REDELETE_AFTER_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                instance = await client.get_node(instance_id, retries=1)
-            except CloudError as e:
-                self.log.debug("Checking deleted instance %s: %s", instance_id, e)
-                instance = "unknown"
-            if instance is None or (isinstance(instance, Instance) and instance.state == "terminated"):
-                return True
-            if isinstance(instance, Instance) and not instance.deleting and time.monotonic() >= redelete_after:
-                self.log.warning(
-                    "Instance %s still exists and is not being deleted (state %s); deleting it again",
-                    instance_id,
-                    instance.state,
-                )
-                redelete_after = time.monotonic() + REDELETE_AFTER_SECONDS
-                try:
-                    await client.destroy_node(instance_id)
-                except CloudError as e:
-                    self.log.warning("Deleting instance %s again failed: %s", instance_id, e)
-            await asyncio.sleep(min(2.0, self.startup_poll_interval_seconds))
-        self.log.warning(
-            "Instance %s is still being deleted after %.0fs; leaving it to the cloud"
-            " (the reaper, libcloudspawner-reaper, finds it by its tags if it stays)",
-            instance_id,
-            self.stop_timeout_seconds,
-        )
-        return False
-
     async def rename(self, old_name, new_name):
         """A named server is renamed (JupyterHub 6): retag its instance, so that the reaper and the
         recovery of lost creates keep recognising it. The instance keeps its name."""
@@ -1048,11 +480,9 @@ class LibcloudSpawner(Spawner):
                 self.instance_id, {naming.TAG_SERVER_NAME: naming.metadata_value(new_name)}
             )
         except CloudError as e:
-            raise UserFacingSpawnError(
+            raise errors.cloud_unavailable(
                 "The server's virtual machine could not be relabelled; please try again later.",
-                reason="cloud",
-                status_code=503,
-                log_message=f"Rename of {self._log_name} to {new_name!r}: {e}",
+                f"Rename of {self._log_name} to {new_name!r}: {e}",
             ) from None
         self.log.info("Instance %s of %s now tagged as server %r", self.instance_id, self._log_name, new_name)
 
@@ -1079,17 +509,7 @@ class LibcloudSpawner(Spawner):
             return 0
         if instance.state in ("error", "stopped", "terminated") or instance.deleting:
             # the hub will not call stop() for a server that is not running: remove the broken VM here
-            self.log.warning(
-                "Instance %s of %s is %s; deleting it",
-                self.instance_id,
-                self._log_name,
-                instance.task_state or instance.state,
-            )
-            try:
-                if not instance.deleting:
-                    await client.destroy_node(self.instance_id)
-            except CloudError as e:
-                self.log.error("Could not delete broken instance %s: %s", self.instance_id, e)
+            if not await self._provisioner(client).remove_broken(instance):
                 return None
             self.clear_state()
             return 1 if instance.state in ("error", "stopped") else 0
@@ -1104,46 +524,13 @@ class LibcloudSpawner(Spawner):
                 self.log.warning("Cleanup of the failed start of %s is still running: %s", self._log_name, e)
         if not self.instance_id:
             return
-        client = self._client()
-        instance_id = self.instance_id
-        self.log.info("Deleting instance %s (%s) of %s", self.instance_name, instance_id, self._log_name)
+        provisioner = self._provisioner(self._client())
         try:
-            await self._delete_until_deadline(client, instance_id)
-        except CloudError as e:
-            self.log.error(
-                "Could not delete instance %s (%s) of %s: %s. If the hub forgets it, the reaper"
-                " (libcloudspawner-reaper) will find it by its tags.",
-                self.instance_name,
-                instance_id,
-                self._log_name,
-                e,
+            await provisioner.delete(
+                self.instance_id, self.instance_name or self._instance_name(), self._tags(), wait=not now
             )
-            raise UserFacingSpawnError(
-                "Your server's virtual machine could not be deleted right now; please try again later.",
-                reason="cloud",
-                status_code=503,
+        except CloudError:
+            raise errors.cloud_unavailable(
+                "Your server's virtual machine could not be deleted right now; please try again later."
             ) from None
-        # the same server's other instances (a create that landed after its request timed out): one lookup
-        await self._remove_duplicates(client, self.instance_name or self._instance_name(), self._tags(), keep=None)
-        if not now:
-            await self._wait_gone(client, instance_id)
         self.clear_state()
-
-
-class _CreateAttempt:
-    """What a start created, or may have created: enough to clean up even if the create's answer was lost."""
-
-    def __init__(self, name: str, tags: Mapping[str, str]):
-        self.name = name
-        self.tags = dict(tags)
-        self.sent = False
-        self.doubtful = False  # a create's outcome was unknown: another instance may land late
-        self.instance_id: str | None = None
-        self.pending = None  # concurrent.futures.Future of the create request, while it runs
-        self.ignore: set[str] = set()  # leftovers being deleted: not ours
-
-    async def settle(self, timeout: float) -> Instance | None:
-        """Wait (bounded) for an in-flight create request; the instance if it answered with one."""
-        from .cloud import settle_create
-
-        return await settle_create(self.pending, timeout)

@@ -140,25 +140,25 @@ async def test_each_call_has_a_deadline():
 async def test_create_is_never_blindly_retried(failure):
     client, log, _ = make_client({"create_node": [failure, node()]})
     with pytest.raises(CreateOutcomeUnknown):
-        await client.create_node(name="x")
+        await client.create_node({"name": "x"})
     assert [m for m, _ in log] == ["create_node"]
 
 
 async def test_create_refused_is_a_plain_error():
     client, _, _ = make_client({"create_node": [http_error(403)]})
     with pytest.raises(CloudError) as info:
-        await client.create_node(name="x")
+        await client.create_node({"name": "x"})
     assert not isinstance(info.value, CreateOutcomeUnknown)
     assert info.value.status == 403
 
 
 async def test_create_timeout_is_unknown_and_trackable():
-    tracker = SimpleNamespace(pending=None)
+    sent = []
     client, _, _ = make_client({"create_node": [0.3]}, timeout_seconds=0.1)
     with pytest.raises(CreateOutcomeUnknown):
-        await client.create_node(tracker=tracker, name="x")
-    assert tracker.pending is not None
-    await asyncio.wrap_future(tracker.pending)  # the request ran to its end in its thread
+        await client.create_node({"name": "x"}, on_sent=sent.append)
+    assert len(sent) == 1
+    await asyncio.wrap_future(sent[0])  # the request ran to its end in its thread
 
 
 async def test_lookups_are_cached_and_shared():

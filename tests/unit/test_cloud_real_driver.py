@@ -83,7 +83,7 @@ def test_a_delete_after_the_api_was_down_during_login_reaches_the_cloud(default:
             sizes, images = await client.call("list_sizes"), await client.call("list_images")
             size = next(s for s in sizes if s.name == "m1.small")
             image = next(i for i in images if i.name == "debian-12-base")
-            inst = await client.create_node(name="jupyter-leak", size=size, image=image)
+            inst = await client.create_node({"name": "jupyter-leak", "size": size, "image": image})
             new_driver_with_the_cached_token(client)
             default.client.add_fault("drop", method="GET", path=TOKENS, nth=1)
             await client.destroy_node(inst.id)

@@ -10,6 +10,7 @@ import pytest
 from jupyterhub.spawner import SpawnException
 
 from libcloudspawner.cloud import CloudAmbiguous, CloudError, CloudNotFound, CreateOutcomeUnknown, Instance
+from libcloudspawner.provision import Provisioner
 from libcloudspawner.spawner import LibcloudSpawner
 
 
@@ -48,8 +49,9 @@ class FakeCloud:
             n for n in self.nodes.values() if n.name == name and all(n.metadata.get(k) == v for k, v in tags.items())
         ]
 
-    async def create_node(self, *, tracker=None, name, ex_metadata, **_):
+    async def create_node(self, request, *, on_sent=None):
         self.calls.append("create_node")
+        name, ex_metadata = request["name"], request["ex_metadata"]
         if self.next_creates:
             plan = self.next_creates.pop(0)
             if isinstance(plan, Exception):
@@ -107,10 +109,10 @@ def spawner(cloud, monkeypatch):
     s.http_ready = asyncio.Event()
     s.http_ready.set()
 
-    async def wait_http(client, instance_id, url):
+    async def wait_http(provisioner, instance_id, url):
         await s.http_ready.wait()
 
-    monkeypatch.setattr(s, "_wait_http", wait_http)
+    monkeypatch.setattr(Provisioner, "wait_http", wait_http)
     return s
 
 
@@ -277,7 +279,7 @@ async def test_progress_reports_phases_in_order(spawner, cloud):
         async for event in spawner.progress():
             events.append(event)
 
-    spawner._progress_done = False
+    spawner._progress.reset()
     collector = asyncio.ensure_future(collect())
     await spawner.start()
     await asyncio.wait_for(collector, 5)
@@ -288,7 +290,7 @@ async def test_progress_reports_phases_in_order(spawner, cloud):
 
 async def test_a_vm_that_stays_pending_is_reported_while_it_lasts(spawner, cloud, monkeypatch):
     """Nova may keep a VM in BUILD for minutes (seen on the dev cloud): the user sees the wait go on."""
-    monkeypatch.setattr("libcloudspawner.spawner.PENDING_REPORT_SECONDS", 0.05)
+    monkeypatch.setattr("libcloudspawner.provision.PENDING_REPORT_SECONDS", 0.05)
     cloud.boot_state = "pending"
     events = []
 
@@ -310,7 +312,7 @@ async def test_a_vm_that_stays_pending_is_reported_while_it_lasts(spawner, cloud
         for node_id, node in cloud.nodes.items():
             cloud.nodes[node_id] = Instance(**{**node.__dict__, "state": "running"})
 
-    spawner._progress_done = False
+    spawner._progress.reset()
     collector = asyncio.ensure_future(collect())
     await asyncio.gather(spawner.start(), boots_later())
     await asyncio.wait_for(collector, 5)
@@ -401,3 +403,24 @@ async def test_profile_overrides_are_applied_before_the_hub_deadline_and_restore
     with pytest.raises(SpawnException) as info:
         await _apply_user_options(s, {"profile": "huge"})
     assert info.value.status_code == 400
+
+
+async def test_options_are_validated_once_per_spawn(spawner, cloud, monkeypatch):
+    from libcloudspawner import options
+
+    judged = []
+    real = options.validate_user_options
+    monkeypatch.setattr(options, "validate_user_options", lambda *a: judged.append(a[0]) or real(*a))
+    spawner.user_options = spawner.options_from_form({"size": ["m1.small"], "image": ["debian-12-jupyter"]})
+    assert judged == []  # the form only converts
+    await spawner._run_apply_user_options(spawner.user_options)  # as JupyterHub does before start()
+    await spawner.start()
+    assert judged == [{"size": "m1.small", "image": "debian-12-jupyter"}]
+
+
+def test_the_form_converts_what_was_not_offered_and_apply_refuses_it(spawner):
+    user_options = spawner.options_from_form({"size": ["m1.huge"]})
+    assert user_options == {"size": "m1.huge"}
+    with pytest.raises(SpawnException) as info:
+        spawner.select(user_options)
+    assert info.value.status_code == 400 and "m1.huge" in info.value.message

@@ -1,0 +1,44 @@
+"""The create request of a user's instance, as plain data (pure: no libcloud, no spawner).
+
+Like KubeSpawner's ``objects.make_pod``: everything the spawner decided (name, image, size, network, user-data,
+tags) goes in, the keyword arguments of the driver's ``create_node`` come out, so that a test can read the
+request a spawn would send without a cloud.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def create_request(
+    *,
+    name: str,
+    image: Any,
+    size: Any,
+    networks: Sequence[Any],
+    user_data: str,
+    tags: Mapping[str, str],
+    extra_metadata: Mapping[str, str] | None = None,
+    config_drive: bool = True,
+    key_name: str | None = None,
+    security_groups: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Keyword arguments of ``create_node`` (``image``, ``size`` and ``networks`` are the cloud's objects).
+
+    The spawner's tags win over administrator metadata of the same key (the traits refuse such keys anyway).
+    """
+    request: dict[str, Any] = {
+        "name": name,
+        "size": size,
+        "image": image,
+        "networks": list(networks),
+        "ex_userdata": user_data,
+        "ex_metadata": {**(extra_metadata or {}), **tags},
+        "ex_config_drive": config_drive,
+    }
+    if key_name:
+        request["ex_keyname"] = key_name
+    if security_groups:
+        request["security_groups"] = list(security_groups)
+    return request
