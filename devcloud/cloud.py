@@ -306,7 +306,7 @@ def health(scope="all", fmt="json"):
     def api(url):
         def fn():
             try:
-                with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (our http:// URLs)
+                with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (the dev cloud's http:// URLs)
                     code = r.status
             except urllib.error.HTTPError as exc:  # version documents answer 300 Multiple Choices
                 code = exc.code
@@ -424,7 +424,7 @@ def main(argv):
     if len(argv) < 2 or argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2
-    # openstacksdk logs a warning per deprecated option; keep our output readable
+    # openstacksdk logs a warning per deprecated option; keep the output readable
     openstack.enable_logging(debug=False)
     return cmds[argv[1]](*argv[2:]) or 0
 

@@ -1,4 +1,4 @@
-"""The quick start's main job: `invoke demo` (issue 4).
+"""The quick start's main job: `invoke demo`.
 
     invoke demo           image built? dev cloud up? image published? then a JupyterHub with LibcloudSpawner
                           (configured from images/manifest.json) in the background, a server spawned for the

@@ -1,4 +1,4 @@
-"""The dev cloud: a real single-node OpenStack on this machine, from Debian's own packages (issue 4).
+"""The dev cloud: a real single-node OpenStack on this machine, from Debian's own packages.
 
     invoke devcloud up        install (first time), configure, start, wait until healthy; write
                               ~/.config/openstack/clouds.yaml (entry devcloud) and devcloud/out/

@@ -34,7 +34,7 @@ apt_install() {
     return 0
   fi
   step "apt-get install ${#missing[@]} packages (log: $WORK/apt-install.log)"
-  # Postinst scripts must not start half-configured daemons: we configure, then start them ourselves.
+  # Postinst scripts must not start half-configured daemons: they are configured first, then started here.
   # A policy-rc.d someone else put there is kept aside and restored.
   local policy=/usr/sbin/policy-rc.d
   if [ -e $policy ] && [ ! -e $policy.devcloud-saved ]; then mv $policy $policy.devcloud-saved; fi

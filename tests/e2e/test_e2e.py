@@ -1,4 +1,4 @@
-"""A user's whole story on the real dev cloud: our image booted by Nova, reached through JupyterHub's proxy.
+"""A user's whole story on the real dev cloud: the project's image booted by Nova, reached through JupyterHub's proxy.
 
 One hub for the module; VMs are shared between checks so that the tier stays short. The tests run in file
 order (each scenario builds on the VMs the previous ones started):

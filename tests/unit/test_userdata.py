@@ -149,7 +149,7 @@ env_keys = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,20}\Z")
 env_values = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
 
 
-# LCS_PROPERTY_EXAMPLES=10000 for the full campaign (issue 5); CI runs the default
+# LCS_PROPERTY_EXAMPLES=10000 for the full campaign; CI runs the default
 @settings(
     max_examples=int(os.environ.get("LCS_PROPERTY_EXAMPLES", "400")),
     deadline=None,

@@ -59,7 +59,7 @@ done
 
 mkfs.ext4 -q -L root "${loop}p1"
 mount "${loop}p1" "$mnt"
-# Shared propagation: mount namespaces cloned meanwhile (libvirt's qemu, for one) see our umount.
+# Shared propagation: mount namespaces cloned meanwhile (libvirt's qemu, for one) see the umount.
 mount --make-rshared "$mnt"
 
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
@@ -104,7 +104,7 @@ for d in dev proc sys; do umount -R "$mnt/$d"; done
 fstrim "$mnt" || true
 
 # Freeze = fully flushed; convert while frozen so the copy is consistent even if another mount
-# namespace still pins the mount after our umount.
+# namespace still pins the mount after the umount.
 sync -f "$mnt"
 fsfreeze -f "$mnt"
 mkdir -p "$(dirname "$out")"

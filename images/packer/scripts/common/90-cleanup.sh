@@ -42,7 +42,7 @@ if [ "${LCS_NO_POWEROFF:-0}" != 1 ]; then
     shutdown -P now
 fi
 FINAL
-# The values the finalize step needs, fixed now: it runs as Packer's shutdown_command, without our env.
+# The values the finalize step needs, fixed now: it runs as Packer's shutdown_command, without this environment.
 sed -i "s/\"\$LCS_BUILD_USER\" \"\$LCS_CLOUD_USER\"/$LCS_BUILD_USER $LCS_CLOUD_USER/" /var/tmp/lcs-finalize.sh
 chmod 0700 /var/tmp/lcs-finalize.sh
 echo "cleanup: done, finalize step written"
