@@ -32,38 +32,28 @@ from typing import Any
 
 SCHEMA = 1
 
-_STR = (str,)
-_OPT_STR = (str, type(None))
-_OPT_INT = (int, type(None))
-
-#: every field of an entry -> (accepted types, required); the order is the order a writer emits
-ENTRY_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
-    "name": (_STR, True),
-    "os": (_STR, True),
-    "display_name": (_STR, False),
-    "date": (_STR, False),
-    "git_commit": (_STR, False),
-    "versions": ((dict,), False),
-    "format": (_STR, False),
-    "path": (_OPT_STR, False),
-    "size_bytes": (_OPT_INT, False),
-    "virtual_size_bytes": (_OPT_INT, False),
-    "compressed_size_bytes": (_OPT_INT, False),
-    "sha256": (_OPT_STR, False),
-    "builder": (_STR, False),
-    "min_disk_gb": ((int,), False),
-    "min_ram_mb": ((int,), False),
-    "default": ((bool,), False),
-    "published": ((dict,), True),
+_NONE = type(None)
+#: the fields of an entry, in the order a writer emits them; keys not listed are kept, never interpreted
+ENTRY_FIELDS = (
+    "name", "os", "display_name", "date", "git_commit", "versions", "format", "path", "size_bytes",
+    "virtual_size_bytes", "compressed_size_bytes", "sha256", "builder", "min_disk_gb", "min_ram_mb", "default",
+    "published",
+)  # fmt: skip
+REQUIRED_FIELDS = ("name", "os", "published")
+#: accepted types -> the fields of that type
+_TYPES: dict[tuple[type, ...], tuple[str, ...]] = {
+    (str,): ("name", "os", "display_name", "date", "git_commit", "format", "builder"),
+    (str, _NONE): ("path", "sha256"),
+    (int, _NONE): ("size_bytes", "virtual_size_bytes", "compressed_size_bytes"),
+    (int,): ("min_disk_gb", "min_ram_mb"),
+    (bool,): ("default",),
+    (dict,): ("versions", "published"),
 }
-REQUIRED_FIELDS = tuple(k for k, (_, required) in ENTRY_FIELDS.items() if required)
+ENTRY_TYPES = {name: types for types, names in _TYPES.items() for name in names}
 
-#: one cloud's copy of a build (``published.<cloud>``)
-PUBLISHED_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
-    "image_id": (_STR, True),
-    "image_name": (_STR, False),
-    "date": (_STR, False),
-}
+#: one cloud's copy of a build (``published.<cloud>``): every field a string, the image id required
+PUBLISHED_FIELDS = ("image_id", "image_name", "date")
+PUBLISHED_TYPES = dict.fromkeys(PUBLISHED_FIELDS, (str,))
 
 
 class ManifestError(ValueError):
@@ -80,32 +70,34 @@ def empty_manifest() -> dict:
 
 
 def _type_names(types: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", type(None): "null"}
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", _NONE: "null"}
     return " or ".join(names[t] for t in types)
 
 
-def _check_fields(obj: Any, fields: Mapping[str, tuple[tuple[type, ...], bool]], where: str, source: str) -> None:
+def _check_fields(
+    obj: Any, types_of: Mapping[str, tuple[type, ...]], required: tuple[str, ...], where: str, source: str
+) -> None:
     if not isinstance(obj, Mapping):
         raise ManifestError(source, f"{where} must be an object, not {type(obj).__name__}")
-    missing = [k for k, (_, required) in fields.items() if required and k not in obj]
+    missing = [k for k in required if k not in obj]
     if missing:
         raise ManifestError(source, f"{where} lacks the field(s) {', '.join(missing)}")
-    for key, (types, _) in fields.items():
+    for key, types in types_of.items():
         if key not in obj:
             continue
         value = obj[key]
         # bool is an int to Python, not to JSON: an integer field refuses true/false
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise ManifestError(source, f"{where}.{key} must be {_type_names(types)}, not {value!r}")
-    if "name" in fields and not str(obj["name"]).strip():
+    if "name" in required and not obj["name"].strip():
         raise ManifestError(source, f"{where}.name must not be empty")
 
 
 def check_entry(entry: Any, where: str = "entry", source: str = "manifest") -> dict:
     """``entry`` if it has the schema's shape (required fields, field types, ``published`` records)."""
-    _check_fields(entry, ENTRY_FIELDS, where, source)
+    _check_fields(entry, ENTRY_TYPES, REQUIRED_FIELDS, where, source)
     for cloud, record in entry["published"].items():
-        _check_fields(record, PUBLISHED_FIELDS, f"{where}.published.{cloud}", source)
+        _check_fields(record, PUBLISHED_TYPES, ("image_id",), f"{where}.published.{cloud}", source)
     return entry
 
 
