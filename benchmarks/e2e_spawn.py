@@ -82,7 +82,7 @@ runcmd:
 
 def serve_wheelhouse(host: str) -> tuple[str, http.server.ThreadingHTTPServer, Path]:
     """The locked wheelhouse and the lock file over HTTP on the host's flatnet address."""
-    from devtools.images import _wheelhouse_dir
+    from devtools.images.wheelhouse import wheelhouse_dir as _wheelhouse_dir
 
     wheelhouse = _wheelhouse_dir("debian-12")
     if not (wheelhouse / ".complete").exists():

@@ -73,7 +73,7 @@ def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str) -> str:
 def _current_wheelhouse(os_name: str) -> Path:
     """images/output/wheelhouse/<os>-<digest of the locks>, as `invoke build-image` names it."""
     sys.path.insert(0, str(ROOT))
-    from devtools.images import _wheelhouse_dir
+    from devtools.images.wheelhouse import wheelhouse_dir as _wheelhouse_dir
 
     path = _wheelhouse_dir(os_name)
     if not (path / ".complete").exists():

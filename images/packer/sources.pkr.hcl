@@ -61,13 +61,14 @@ source "openstack" "image" {
   cloud    = var.openstack_cloud
   password = var.openstack_password != "" ? var.openstack_password : null
 
-  source_image_name = var.openstack_source_image
-  flavor            = var.openstack_flavor
-  networks          = var.openstack_networks
-  ssh_ip_version    = var.openstack_ssh_ip_version
-  communicator      = "ssh"
-  ssh_username      = var.cloud_user
-  ssh_timeout       = "20m"
+  # ids, as `invoke build-image` resolves them (a network must be an id: Packer sends it to Nova as is)
+  source_image   = var.openstack_source_image
+  flavor         = var.openstack_flavor
+  networks       = var.openstack_networks
+  ssh_ip_version = var.openstack_ssh_ip_version
+  communicator   = "ssh"
+  ssh_username   = var.cloud_user
+  ssh_timeout    = "20m"
 
   image_name       = var.image_name
   image_visibility = "private"

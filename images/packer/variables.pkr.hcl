@@ -235,7 +235,7 @@ variable "openstack_password" {
 
 variable "openstack_source_image" {
   type        = string
-  description = "Name of the base image in Glance (the official cloud image, or the local base uploaded)."
+  description = "Id of the base image in Glance (the official cloud image, or the local base uploaded); `invoke build-image` resolves a name to it."
   default     = "debian-12-base"
 }
 

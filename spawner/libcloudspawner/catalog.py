@@ -8,15 +8,7 @@ Choices come from three places, all configured by the administrator:
 - the image build manifest (``images/manifest.json``): every image the build published, appended to the
   images on offer.
 
-Manifest schema (written by ``invoke build-image`` / ``invoke publish-image``, ``"schema": 1``)::
-
-    {"schema": 1,
-     "images": [{"name": "debian-12-jupyter-20261125-1a2b3c4",   # the build (required)
-                 "os": "debian-12",                               # builds of one OS replace each other
-                 "display_name": "Debian 12 · JupyterLab 4.6.6",  # shown in the form (default: name)
-                 "published": {"devcloud": {"image_id": "3f0c...", "image_name": "debian-12-jupyter-..."}},
-                 "default": false, ...}]}                        # (date, versions, sha256, ... for people)
-
+The manifest's schema and its checks live in ``manifest.py`` (shared with the build tasks that write it).
 Only published builds are offered (a local qcow2 cannot boot in the cloud), by their cloud image id; of the
 builds of one OS, only the newest (last listed) is offered. ``image_manifest_cloud`` names the cloud to
 read; it may be left unset when every build was published to one cloud only.
@@ -34,6 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import manifest
+from .manifest import ManifestError, check_entries, is_packer_manifest, parse_manifest
 
 MAX_DISPLAY_LENGTH = 200
 MAX_CLOUD_NAME_LENGTH = 255
@@ -191,35 +186,34 @@ def _slugify(display_name: str) -> str:
 
 
 def load_manifest(path: str | Path, cloud: str | None = None) -> tuple[Choice, ...]:
-    """Images listed by a build manifest (see the module docstring), filtered to ``cloud`` if given.
+    """Images listed by a build manifest (see ``manifest.py``), filtered to ``cloud`` if given.
 
-    Raises ``CatalogError`` if the file cannot be read or has the wrong shape.
+    Raises ``CatalogError`` if the file cannot be read, has an unknown schema or a malformed entry.
     """
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CatalogError(f"cannot read the image manifest {path}: {e}") from e
+        data = manifest.load_manifest(path)
+    except ManifestError as e:
+        raise CatalogError(str(e)) from e
     return manifest_choices(data, cloud=cloud, source=str(path))
+
+
+def _entries(data: Any, source: str) -> tuple[list, bool]:
+    """The entries of a parsed manifest and whether it is Packer's; their shape checked by ``manifest.py``."""
+    try:
+        if is_packer_manifest(data):
+            return parse_manifest(data, source)["builds"], True
+        if not isinstance(data, Mapping) or "images" not in data:
+            raise CatalogError(f"{source}: expected a JSON object with an 'images' list (or Packer's 'builds')")
+        return check_entries(data["images"], source), False
+    except ManifestError as e:
+        raise CatalogError(str(e)) from e
 
 
 def manifest_choices(data: Any, cloud: str | None = None, source: str = "manifest") -> tuple[Choice, ...]:
     """The images of a parsed manifest (ours or Packer's): the newest published build of each OS."""
-    if not isinstance(data, Mapping):
-        raise CatalogError(f"{source}: expected a JSON object with an 'images' list")
-    if "images" in data:
-        entries = data["images"]
-        packer = False
-    elif "builds" in data:
-        entries = data["builds"]
-        packer = True
-    else:
-        raise CatalogError(f"{source}: expected an 'images' list (or Packer's 'builds')")
-    if not isinstance(entries, list):
-        raise CatalogError(f"{source}: 'images' must be a list")
+    entries, packer = _entries(data, source)
     newest: dict[str, Choice] = {}  # OS (or name) -> choice; dicts keep first-insertion order
     for index, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
-            raise CatalogError(f"{source}: images[{index}] must be an object")
         if packer:
             custom = entry.get("custom_data") or {}
             name = custom.get("image_name") or entry.get("name")
@@ -230,11 +224,8 @@ def manifest_choices(data: Any, cloud: str | None = None, source: str = "manifes
             default = str(custom.get("default", "")).lower() == "true"
             key = f"packer-{index}"
         else:
-            name = entry.get("name")
-            published = entry.get("published")
-            published = {} if published is None else published
-            if not isinstance(published, Mapping):
-                raise CatalogError(f"{source}: images[{index}].published must be an object")
+            name = entry["name"]
+            published = entry["published"]  # cloud -> record, each checked by manifest.check_entry
             if cloud is not None:
                 where = published.get(cloud)
             elif len(published) > 1:
@@ -246,9 +237,7 @@ def manifest_choices(data: Any, cloud: str | None = None, source: str = "manifes
                 where = next(iter(published.values()), None)
             if not where:
                 continue  # built here but not published to this cloud: nothing a VM could boot from
-            if not isinstance(where, Mapping):
-                raise CatalogError(f"{source}: images[{index}].published entries must be objects")
-            image_id = where.get("image_id")
+            image_id = where["image_id"]
             name = where.get("image_name") or name
             display = entry.get("display_name") or name
             default = entry.get("default") is True
@@ -293,23 +282,23 @@ def cached_catalog(
     profiles: Iterable[Any],
     allowed_overrides: Iterable[str],
     *,
-    manifest: str | None = None,
+    manifest_path: str | None = None,
     manifest_cloud: str | None = None,
 ) -> Catalog:
     """:func:`build_catalog` from the configuration, built again only when the configuration or the
     manifest file (its modification time) changes; shared by every spawner of the process."""
     version: object = None
-    if manifest:
+    if manifest_path:
         try:
-            version = os.stat(manifest).st_mtime_ns
+            version = os.stat(manifest_path).st_mtime_ns
         except OSError:
             version = "missing"  # load_manifest says so below
     key = json.dumps(
-        [sizes, images, profiles, list(allowed_overrides), manifest, version, manifest_cloud], default=repr
+        [sizes, images, profiles, list(allowed_overrides), manifest_path, version, manifest_cloud], default=repr
     )
     catalog = _cached.get(key)
     if catalog is None:
-        found = load_manifest(manifest, manifest_cloud) if manifest else ()
+        found = load_manifest(manifest_path, manifest_cloud) if manifest_path else ()
         catalog = build_catalog(sizes, images, normalize_profiles(profiles, allowed_overrides), found)
         if len(_cached) >= 16:
             _cached.clear()

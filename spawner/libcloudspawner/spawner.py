@@ -220,7 +220,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
             self.userserver_images,
             self.profiles,
             PROFILE_OVERRIDES,
-            manifest=self.image_manifest,
+            manifest_path=self.image_manifest,
             manifest_cloud=self.image_manifest_cloud,
         )
 

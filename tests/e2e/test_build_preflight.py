@@ -7,18 +7,18 @@ from __future__ import annotations
 import pytest
 from invoke import Exit
 
-from devtools.images import _openstack_preflight
+from devtools.images.publish import openstack_preflight
 
 CLOUD = "devcloud"
 
 
 def test_the_dev_cloud_has_what_an_openstack_build_needs(facts, image):
-    _openstack_preflight(CLOUD, image["image_name"], "j1.small", facts["network"])
+    openstack_preflight(CLOUD, image["image_name"], "j1.small", facts["network"])
 
 
 def test_every_missing_piece_is_named_in_one_message(facts):
     with pytest.raises(Exit) as e:
-        _openstack_preflight(CLOUD, "lcs-no-such-base", "x9.huge", "lcs-no-such-net")
+        openstack_preflight(CLOUD, "lcs-no-such-base", "x9.huge", "lcs-no-such-net")
     msg = str(e.value.message)
     assert "no image 'lcs-no-such-base' in Glance" in msg
     assert "image create --disk-format qcow2" in msg  # the fix
@@ -28,11 +28,11 @@ def test_every_missing_piece_is_named_in_one_message(facts):
 
 def test_a_flavor_too_small_for_the_image_is_refused(image):
     with pytest.raises(Exit) as e:
-        _openstack_preflight(CLOUD, image["image_name"], "m1.tiny", "")
+        openstack_preflight(CLOUD, image["image_name"], "m1.tiny", "")
     assert "flavor 'm1.tiny' has a 1 GB disk; the image needs 8 GB" in str(e.value.message)
 
 
 def test_an_unknown_cloud_entry_is_a_clear_error():
     with pytest.raises(Exit) as e:
-        _openstack_preflight("lcs-nowhere", "debian-12-base", "m1.small", "")
+        openstack_preflight("lcs-nowhere", "debian-12-base", "m1.small", "")
     assert "clouds.yaml entry 'lcs-nowhere'" in str(e.value.message)

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from invoke import Context, Exit
 
-import devtools.images as images
-from devtools.images import _openstack_preflight, _sha256, load_manifest, manifest_entry, publish_image, save_manifest
+import devtools.images.manifest as image_manifest
+from devtools.images.common import sha256
+from devtools.images.manifest import load_manifest, manifest_entry, save_manifest
+from devtools.images.publish import openstack_preflight
+from devtools.images.tasks import publish_image
 from libcloudspawner.cloud import CloudAmbiguous, CloudClient, make_driver_factory
 from libcloudspawner.config import from_libcloudparams
 from tests.e2e.conftest import doc_libcloudparams
@@ -40,8 +43,8 @@ def glance(nova):
 @pytest.fixture
 def manifest(tmp_path, monkeypatch):
     """A manifest of this test's own (the repository's stays untouched)."""
-    monkeypatch.setattr(images, "MANIFEST_PATH", tmp_path / "manifest.json")
-    save_manifest({"schema": images.SCHEMA, "images": []})
+    monkeypatch.setattr(image_manifest, "MANIFEST_PATH", tmp_path / "manifest.json")
+    save_manifest({"schema": image_manifest.SCHEMA, "images": []})
     return tmp_path
 
 
@@ -51,7 +54,7 @@ def build(directory: Path, name: str, megabytes: int) -> Path:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), f"{megabytes}M"], check=True)
     entry = manifest_entry(
         name=name, os_name="debian-12", versions=VERSIONS, date=dt.datetime.now(dt.timezone.utc),
-        git_commit="0" * 40, builder="qemu", image=None, sizes={}, sha256=_sha256(path), min_disk_gb=1,
+        git_commit="0" * 40, builder="qemu", image=None, sizes={}, sha256=sha256(path), min_disk_gb=1,
         min_ram_mb=64,
     )  # fmt: skip
     entry["path"] = str(path)
@@ -104,7 +107,7 @@ def test_a_name_that_glance_holds_twice_is_refused_by_the_build_and_by_the_spawn
     ids = ", ".join(sorted(t.id for t in twins))
 
     with pytest.raises(Exit) as e:
-        _openstack_preflight(CLOUD, glance, "j1.small", "")
+        openstack_preflight(CLOUD, glance, "j1.small", "")
     assert f"several images are named {glance!r} ({ids}): pass one by its id" in str(e.value.message)
 
     # the spawner, with the real libcloud driver and the documentation's libcloudparams: no guessing

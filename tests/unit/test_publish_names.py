@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from invoke import Exit
 
-from devtools.images import GlanceImage, glance_target
+from devtools.images.publish import GlanceImage, glance_target
 
 NAME = "debian-12-jupyter-20261126-6e81cb7"
 OURS, THEIRS = "a" * 64, "b" * 64
