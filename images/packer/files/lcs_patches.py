@@ -342,11 +342,11 @@ CHECKS = {
 }
 
 
-def import_check(site: Path, dist: str) -> str | None:
+def import_check(site: Path, dist: str, checks: dict[str, tuple[str, str]]) -> str | None:
     """None if the effect holds for ``dist`` (a fresh interpreter, ``site`` first on its path), else why not."""
-    if dist not in CHECKS:
+    if dist not in checks:
         return None
-    what, code = CHECKS[dist]
+    what, code = checks[dist]
     # -E -s, not -I: "-c" then puts the working directory (site) first on the path
     out = subprocess.run(
         [sys.executable, "-E", "-s", "-c", code], cwd=site, capture_output=True, text=True, timeout=300
@@ -363,8 +363,9 @@ def import_check(site: Path, dist: str) -> str | None:
 # --- the step ---------------------------------------------------------------------------------------------
 
 
-def apply_set(patches_dir: Path, site: Path) -> dict:
-    """Apply the patch set to ``site`` (all or nothing); returns what a manifest can carry."""
+def apply_set(patches_dir: Path, site: Path, checks: dict[str, tuple[str, str]] = CHECKS) -> dict:
+    """Apply the patch set to ``site`` (all or nothing), then run ``checks`` (distribution -> (what must hold,
+    code printing a JSON list that must be empty)); returns what a manifest can carry."""
     steps = [(dist, load_patches(d), info) for dist, _version, d, info in plan(patches_dir, site)]
     # every distribution dry-run before any file is written
     changes = [(patches, info, *dry_run(site, patches)) for _dist, patches, info in steps]
@@ -389,7 +390,7 @@ def apply_set(patches_dir: Path, site: Path) -> dict:
         for p in patches:
             digest.update(p.name.encode() + b"\0" + p.data)
             applied.append(p.name)
-    failures = [why for dist, _patches, _info in steps if (why := import_check(site, dist))]
+    failures = [why for dist, _patches, _info in steps if (why := import_check(site, dist, checks))]
     if failures:
         raise PatchError("after patching, " + "; ".join(failures))
     return {"sha256": digest.hexdigest(), "applied": applied}
