@@ -375,7 +375,10 @@ def apply_set(patches_dir: Path, site: Path, checks: dict[str, tuple[str, str]] 
         for path, text in texts.items():
             _write(site / path, text.encode("utf-8"))
         edited = sorted({fp.path for p in patches for fp in p.files})
-        compiled = [os.path.relpath(py_compile.compile(str(site / p), doraise=True), site) for p in edited]
+        try:
+            compiled = [os.path.relpath(py_compile.compile(str(site / p), doraise=True), site) for p in edited]
+        except py_compile.PyCompileError as e:
+            raise PatchError(f"a patched file does not compile: {e.msg.strip()}") from None
         listing = "".join(f"{p.name} sha256:{hashlib.sha256(p.data).hexdigest()}\n" for p in patches)
         _write(info / APPLIED_FILE, listing.encode("utf-8"))
         hashed = {row[0] for row in _read_record(info) if len(row) > 1 and row[1]}
