@@ -11,9 +11,9 @@ extension disabled as in the image), only the ``jupyterhub`` and ``aiohttp`` pac
 file differing:
 
 - ``published``: JupyterHub and aiohttp as on PyPI, JupyterLab's default (PyPI) extension manager;
-- ``hub-edits``: with the JupyterHub edits of ``images/packer/files/lcs_start_edits.py`` only, what images
-  built from f44c4ef until the aiohttp edit and the read-only extension manager carried;
-- ``image``: every edit of that step (aiohttp's TLS contexts too) and the image's read-only extension manager
+- ``hub-edits``: with the JupyterHub patches of ``images/packer/patches/`` only, what images built from
+  f44c4ef until the aiohttp edit and the read-only extension manager carried;
+- ``image``: every patch of that set (aiohttp's TLS contexts too) and the image's read-only extension manager
   (the ``LabApp`` configuration that ``30-jupyter.sh`` writes), as the image ships it.
 
 Each variant is measured twice: ``import jupyterhub.singleuser`` alone, and a whole start (the image's
@@ -45,7 +45,7 @@ FILES = ROOT / "images" / "packer" / "files"
 sys.path.insert(0, str(ROOT / "tests" / "images"))
 sys.path.insert(0, str(FILES))
 
-import lcs_start_edits  # noqa: E402
+import lcs_patches  # noqa: E402
 import vmtools  # noqa: E402
 
 USER = "alice"
@@ -80,6 +80,7 @@ def make_venv(venv: Path) -> Path:
 
 PACKAGES = ("jupyterhub", "aiohttp")
 JUPYTER_SCRIPT = ROOT / "images" / "packer" / "scripts" / "common" / "30-jupyter.sh"
+PATCHES = ROOT / "images" / "packer" / "patches"
 
 
 def image_lab_config() -> dict:
@@ -94,21 +95,20 @@ def make_variants(venv: Path, work: Path) -> dict[str, Path]:
     """One directory per variant holding ``jupyterhub`` and ``aiohttp`` (put first on the path) and, in
     ``config/``, its Jupyter configuration directory."""
     site = next((venv / "lib").glob("python3*/site-packages"))
-    hub_edits = [e for e in lcs_start_edits.EDITS if e.path.startswith("jupyterhub/")]
+    patches = {dist: lcs_patches.load_patches(d) for dist, _version, d, _info in lcs_patches.plan(PATCHES, site)}
     variants = {}
-    for name, edits, config in (
+    for name, applied, config in (
         ("published", [], {}),
-        ("hub-edits", hub_edits, {}),
-        ("image", lcs_start_edits.EDITS, image_lab_config()),
+        ("hub-edits", patches["jupyterhub"], {}),
+        ("image", [p for dist in PACKAGES for p in patches[dist]], image_lab_config()),
     ):
         dest = work / name
         for package in PACKAGES:
             shutil.copytree(site / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "tests"))
-        for edit in edits:
-            path = dest / edit.path
-            src, what = edit.apply(path.read_text(encoding="utf-8"))
-            assert what == "deferred", (edit.path, what)
-            path.write_text(src, encoding="utf-8")
+        texts, states = lcs_patches.dry_run(dest, applied)
+        assert all(state == "applied" for _, state in states), states
+        for path, text in texts.items():
+            (dest / path).write_text(text, encoding="utf-8")
         (dest / "config").mkdir()
         (dest / "config" / "jupyter_server_config.json").write_text(json.dumps(config))
         subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(dest)], check=True)

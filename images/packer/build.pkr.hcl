@@ -4,9 +4,9 @@ build {
   sources = ["source.qemu.image", "source.openstack.image"]
 
   # Build inputs go to a private directory: the wheelhouse (offline install), the lock, the start-up helper,
-  # the hub-imports step, the optional CA.
+  # the patch set of the dependencies and the step that applies it, the optional CA.
   provisioner "shell" {
-    inline = ["mkdir -p /tmp/lcs-build/wheelhouse"]
+    inline = ["mkdir -p /tmp/lcs-build/wheelhouse /tmp/lcs-build/patches"]
   }
 
   provisioner "file" {
@@ -30,8 +30,13 @@ build {
   }
 
   provisioner "file" {
-    source      = var.start_edits_step
-    destination = "/tmp/lcs-build/lcs_start_edits.py"
+    source      = var.patches_step
+    destination = "/tmp/lcs-build/lcs_patches.py"
+  }
+
+  provisioner "file" {
+    source      = "${var.patches_directory}/"
+    destination = "/tmp/lcs-build/patches"
   }
 
   provisioner "file" {

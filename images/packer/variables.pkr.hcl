@@ -147,10 +147,16 @@ variable "startup_helper" {
   default     = "files/lcs_startup.py"
 }
 
-variable "start_edits_step" {
+variable "patches_step" {
   type        = string
-  description = "Build step that keeps work a server start does not need out of it (JupyterHub's hub-only imports, aiohttp's import-time TLS contexts)."
-  default     = "files/lcs_start_edits.py"
+  description = "Build step that applies the patch set to the installed dependencies, checks its effect and keeps their RECORD files true."
+  default     = "files/lcs_patches.py"
+}
+
+variable "patches_directory" {
+  type        = string
+  description = "The patch set: <distribution>-<version>/NNNN-topic.patch (JupyterHub's hub-only imports, aiohttp's import-time TLS contexts)."
+  default     = "patches"
 }
 
 variable "extra_ca_bundle" {

@@ -104,7 +104,7 @@ def test_imports_as_user(host, booted, code):
 
 
 def test_hub_orm_still_stamps_a_database(host, booted):
-    """The image moves Alembic's imports into JupyterHub's check_db_revision (files/lcs_start_edits.py); that
+    """The image moves Alembic's imports into JupyterHub's check_db_revision (patches/jupyterhub-*/0001); that
     function still creates and stamps a fresh hub database with the schema's head revision."""
     code = (
         "import os, sqlite3, tempfile, jupyterhub.orm as orm; "
@@ -117,7 +117,7 @@ def test_hub_orm_still_stamps_a_database(host, booted):
 
 
 def test_hub_modules_still_work_after_the_deferral(host, booted):
-    """The imports files/lcs_start_edits.py defers still resolve where the hub needs them: the whole hub
+    """The imports the patch set (images/packer/patches/) defers still resolve where the hub needs them: the whole hub
     application imports; with a real hub database, the default roles and a user's scopes (scopes.py's lazy orm
     and roles, rebound to the modules on first use), log.py's health-check test and the SQLAlchemy error class
     that utils.catch_db_error catches."""

@@ -5,11 +5,21 @@ Run by `invoke test-image` against a read-only mount of the image (``--hosts=loc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
+import sys
+from pathlib import Path
 
 import pytest
+
+PACKER = Path(__file__).resolve().parents[2] / "images" / "packer"
+_spec = importlib.util.spec_from_file_location("lcs_patches", PACKER / "files" / "lcs_patches.py")
+assert _spec and _spec.loader
+lcs_patches = importlib.util.module_from_spec(_spec)
+sys.modules["lcs_patches"] = lcs_patches  # dataclasses look their module up there
+_spec.loader.exec_module(lcs_patches)
 
 STACK = ["jupyterhub", "jupyterlab", "numpy", "matplotlib"]
 
@@ -132,7 +142,7 @@ def test_server_start_skips_the_slow_iri_checker(host, image_root):
 
 def test_server_start_imports_no_hub_database_stack(host, image_root):
     """A single-user server never opens a database: in the image its imports load none of JupyterHub's ORM,
-    SQLAlchemy, Alembic or Mako (files/lcs_start_edits.py: 38% fewer instructions for the import than JupyterHub
+    SQLAlchemy, Alembic or Mako (patches/jupyterhub-*: 38% fewer instructions for the import than JupyterHub
     as published), and the ORM itself, where the hub imports it, loads no Alembic until check_db_revision runs.
     The booted tier checks the hub's side (test_hub_modules_still_work_after_the_deferral)."""
     imports = "jupyterhub.singleuser, jupyter_server.serverapp, jupyterhub.singleuser.extension"
@@ -148,7 +158,7 @@ def test_server_start_imports_no_hub_database_stack(host, image_root):
 
 def test_server_start_parses_no_ca_bundle_and_aiohttp_still_verifies(host, image_root):
     """aiohttp made its two default TLS contexts at import, each a parse of the whole CA bundle (a sixth of a
-    server's start); files/lcs_start_edits.py makes each on first use. In the image: a server's imports make
+    server's start); patches/aiohttp-* makes each on first use. In the image: a server's imports make
     none; an HTTPS request through the real client makes the verifying one (the request itself fails: nothing
     listens on 127.0.0.1:1); it verifies the peer and its hostname against the system's CAs, the other one
     does not verify, each is made once, and the old module-level name still imports it."""
@@ -185,6 +195,27 @@ print(json.dumps(r))
         "kept": True,
         "old name": True,
     }
+
+
+def test_the_patch_set_is_applied_and_record_still_verifies(host, image_root):
+    """Every patch of images/packer/patches/ for the image's JupyterHub and aiohttp is there (its reverse
+    applies), each dist-info lists what was applied, and every hashed RECORD entry in site-packages of those
+    distributions matches its file (the step rewrote the entries of the files it edited)."""
+    (site,) = image_root.glob("opt/jupyter/lib/python3*/site-packages")
+    planned = lcs_patches.plan(PACKER / "patches", site)
+    assert sorted(dist for dist, *_ in planned) == ["aiohttp", "jupyterhub"]
+    for dist, _version, directory, info in planned:
+        patches = lcs_patches.load_patches(directory)
+        texts, states = lcs_patches.dry_run(site, patches)
+        assert texts == {} and [s for _, s in states] == ["already applied"] * len(patches), dist
+        listed = [line.split()[0] for line in (info / lcs_patches.APPLIED_FILE).read_text().splitlines()]
+        assert listed == [p.name for p in patches], dist
+        assert lcs_patches.record_mismatches(site, info) == [], dist
+
+
+def test_pip_check_passes(host, image_root):
+    out = in_image(host, image_root, "/opt/jupyter/bin/python -I -m pip check")
+    assert out.rc == 0, out.stdout + out.stderr
 
 
 def test_jupyterlab_extension_manager_is_read_only(host, image_root):

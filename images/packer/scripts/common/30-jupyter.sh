@@ -74,12 +74,13 @@ for d in ("jupyterhub", "jupyterlab", "numpy", "matplotlib"):
 PY
 
 # Three cuts in what every server start runs, measured by instruction counts (callgrind; docs/images.md):
-# 1. files/lcs_start_edits.py: a single-user server imports JupyterHub's ORM, SQLAlchemy, Alembic and the hub's
-#    handlers, but never opens a database, and aiohttp builds two TLS contexts at import (each parses the whole
-#    CA bundle) for a client that talks plain HTTP to the hub: the step defers both (exact edits in five of
-#    JupyterHub's modules and in aiohttp's connector). Idempotent; if a new release changed those lines, the
-#    build stops here so that whoever updates the lock looks at it.
-"$venv/bin/python" -I "$build/lcs_start_edits.py" "$(site_of)"
+# 1. The patch set (patches/<dist>-<version>/*.patch, applied by files/lcs_patches.py): a single-user server
+#    imports JupyterHub's ORM, SQLAlchemy, Alembic and the hub's handlers, but never opens a database, and
+#    aiohttp builds two TLS contexts at import (each parses the whole CA bundle) for a client that talks plain
+#    HTTP to the hub: five patches to JupyterHub and one to aiohttp defer both. The step refuses an installed
+#    version that has no patch directory, applies all or nothing, is idempotent, rewrites the RECORD entries
+#    of the files it edits, checks the effect in a fresh interpreter, then runs pip check.
+"$venv/bin/python" -I "$build/lcs_patches.py" --pip-check "$build/patches" "$(site_of)"
 # 2. jupyter-lsp's server extension looks for language servers at every start; the image has none (users cannot
 #    install into the root-owned venv), and JupyterLab's LSP features are off by default: -4.5%. Disabled in
 #    the venv's configuration; `jupyter server extension enable --sys-prefix jupyter_lsp` brings it back.
