@@ -23,12 +23,15 @@ CHROOT_BUILD_DIR = "/tmp/lcs-build"
 
 
 def prebake(c, base: Path, os_name: str, vars_: dict[str, str], wheelhouse: Path) -> Path:
-    """``base`` with the pre-stage scripts run in it, as a qcow2 cached per base, locks, helpers and scripts."""
+    """``base`` with the pre-stage scripts run in it, as a qcow2 cached per base, locks, helpers, patches and
+    scripts."""
     need("qemu-img", "losetup", "partx", "fsfreeze", "chroot")
     scripts = [PACKER_DIR / "scripts" / s.format(family=vars_["os_family"]) for s in PRESTAGE_SCRIPTS]
     locks = [lock_path(os_name), PACKER_DIR / "files" / "build-tools.lock"]
-    helpers = [PACKER_DIR / "files" / "lcs_startup.py", PACKER_DIR / "files" / "lcs_start_edits.py"]
-    key = hashlib.sha256("".join(sha256(p) for p in [base, *locks, *helpers, *scripts]).encode()).hexdigest()[:12]
+    helpers = [PACKER_DIR / "files" / "lcs_startup.py", PACKER_DIR / "files" / "lcs_patches.py"]
+    patches = sorted((PACKER_DIR / "patches").rglob("*.patch"))
+    inputs = [base, *locks, *helpers, *patches, *scripts]
+    key = hashlib.sha256("".join(sha256(p) for p in inputs).encode()).hexdigest()[:12]
     out = OUTPUT_DIR / "prebaked" / f"{os_name}-{key}.qcow2"
     if out.exists() and c.run(f"qemu-img check -q {q(out)}", hide=True, warn=True).ok:
         print(f"prebake: {out.relative_to(ROOT)} (cached)")
@@ -45,6 +48,7 @@ def prebake(c, base: Path, os_name: str, vars_: dict[str, str], wheelhouse: Path
         shutil.copy(locks[1], build / "build-tools.lock")
         for helper in helpers:
             shutil.copy(helper, build / helper.name)
+        shutil.copytree(PACKER_DIR / "patches", build / "patches")
         (build / "scripts").mkdir()
         with disk.system_dirs(c, mounted.root):
             for script in scripts:
