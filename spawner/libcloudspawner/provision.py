@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -32,6 +32,8 @@ STOP_RETRY_SECONDS = 2.0
 LANDING_CHECK_SECONDS = 2.0
 # ...and after such a create, look for a late instance again in the background, this many api_timeouts later.
 LATE_LANDING_CHECKS = (2, 4, 8)
+# How long a failed start waits for its instance's removal before reporting (the rest goes on in the background).
+CLEANUP_WAIT_SECONDS = 3.0
 # While the VM's state does not change, a progress message at least this often (seconds): a user whose VM
 # Nova keeps building for minutes sees that the wait goes on, and for how long.
 PENDING_REPORT_SECONDS = 60.0
@@ -69,6 +71,39 @@ class CreateAttempt:
     async def settle(self, timeout: float) -> Instance | None:
         """Wait (bounded) for an in-flight create request; the instance if it answered with one."""
         return await settle_create(self.pending, timeout)
+
+
+class Background:
+    """What a server's starts leave running after they return: the cleanup of a failed start (the next start
+    and stop() wait for it) and the watch for a create that lands late."""
+
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter) -> None:
+        self.log = log
+        self.cleanup: asyncio.Future | None = None
+        self.late_watch: asyncio.Future | None = None
+
+    @property
+    def cleaning(self) -> bool:
+        return self.cleanup is not None and not self.cleanup.done()
+
+    def start_cleanup(self, work: Awaitable[None]) -> None:
+        self.cleanup = asyncio.ensure_future(work)
+
+    def start_late_watch(self, work: Awaitable[None]) -> None:
+        if self.late_watch is not None:
+            self.late_watch.cancel()
+        self.late_watch = asyncio.ensure_future(work)
+
+    async def wait_cleanup(self, timeout: float | None, log_name: str) -> None:
+        """Wait (bounded; never cancelling it) for the cleanup of a failed start; it goes on if slower."""
+        if not self.cleaning:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.cleanup), timeout)  # type: ignore[arg-type]
+        except asyncio.TimeoutError:
+            self.log.info("Removal of the failed start's instance of %s goes on in the background", log_name)
+        except Exception as e:
+            self.log.warning("Cleanup after the failed start of %s failed: %s", log_name, e)
 
 
 class Provisioner:

@@ -22,11 +22,8 @@ from . import errors, naming, options, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .progress import ProgressLog
-from .provision import CreateAttempt, Provisioner, address_of
+from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, address_of
 from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings
-
-# How long a failed start waits for its instance's removal before reporting (the rest goes on in the background).
-CLEANUP_WAIT_SECONDS = 3.0
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
@@ -207,8 +204,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
         self._selected: tuple[str, options.Selection] | None = None  # (the options it was made from, selection)
         self._profile_saved: dict[str, Any] = {}
         self._progress = ProgressLog(self.log)
-        self._cleanup_task: asyncio.Future | None = None
-        self._late_watch: asyncio.Future | None = None
+        self._background = Background(self.log)
         self._starting = False
         self._settings: CloudSettings | None = None
 
@@ -391,13 +387,13 @@ class LibcloudSpawner(Spawner, CloudAccess):
         except asyncio.TimeoutError:
             phase = self._progress.last_message
             self.log.warning("Start of %s timed out after %ss (last phase: %s)", self._log_name, budget, phase)
-            await self._wait_cleanup_briefly()
+            await self._background.wait_cleanup(CLEANUP_WAIT_SECONDS, self._log_name)
             raise errors.start_timeout(self.start_timeout, phase) from None
 
     async def _start(self, selection: options.Selection) -> str:
-        if self._cleanup_task is not None and not self._cleanup_task.done():
+        if self._background.cleaning:
             self._progress.emit(6, "Waiting for the previous attempt's instance to be removed")
-            await asyncio.shield(self._cleanup_task)
+            await asyncio.shield(self._background.cleanup)
         user_data = self._render_userdata()
         provisioner = self._provisioner(self._client())
         attempt = CreateAttempt(name=self._instance_name(), tags=self._tags())
@@ -406,19 +402,19 @@ class LibcloudSpawner(Spawner, CloudAccess):
         try:
             return await self._boot(provisioner, selection, user_data, attempt)
         except BaseException as e:
-            self._cleanup_task = asyncio.ensure_future(provisioner.cleanup(attempt))
+            self._background.start_cleanup(provisioner.cleanup(attempt))
             self._forget_instance()
             if isinstance(e, asyncio.CancelledError):
                 self.log.warning("Start of %s cancelled (timeout?); removing its instance", self._log_name)
                 raise
-            await self._wait_cleanup_briefly()
+            # the user's message must reach the hub before its own start_timeout cancels start(): a few
+            # seconds for the cleanup, then it goes on in the background (stop() and the next start wait for it)
+            await self._background.wait_cleanup(CLEANUP_WAIT_SECONDS, self._log_name)
             raise errors.for_user(e, self._log_name) from e
         finally:
             self._starting = False
             if attempt.doubtful:
-                if self._late_watch is not None:
-                    self._late_watch.cancel()
-                self._late_watch = asyncio.ensure_future(
+                self._background.start_late_watch(
                     provisioner.watch_late_landing(
                         attempt, starting=lambda: self._starting, in_use=lambda: self.instance_id
                     )
@@ -457,19 +453,6 @@ class LibcloudSpawner(Spawner, CloudAccess):
         emit(95, "Jupyter is answering")
         return url
 
-    async def _wait_cleanup_briefly(self) -> None:
-        """Give the cleanup of a failed start a few seconds, then let it go on in the background (stop()
-        and the next start() wait for it): the user's message must reach the hub before its own
-        start_timeout cancels start(), or the user sees a bare "Spawn failed"."""
-        if self._cleanup_task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._cleanup_task), CLEANUP_WAIT_SECONDS)
-        except asyncio.TimeoutError:
-            self.log.info("Removal of the failed start's instance of %s goes on in the background", self._log_name)
-        except Exception:
-            self.log.exception("Cleanup after the failed start of %s failed", self._log_name)
-
     async def rename(self, old_name, new_name):
         """A named server is renamed (JupyterHub 6): retag its instance, so that the reaper and the
         recovery of lost creates keep recognising it. The instance keeps its name."""
@@ -492,7 +475,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
 
         A cloud API failure is *unknown*, not stopped: it returns None and logs.
         """
-        if self._cleanup_task is not None and not self._cleanup_task.done():
+        if self._background.cleaning:
             return None  # a failed start is still being cleaned up: let stop() wait for it
         if not self.instance_id:
             return 0
@@ -517,11 +500,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
 
     async def stop(self, now=False):
         """Delete the instance; idempotent; returns once it is gone (bounded by stop_timeout_seconds)."""
-        if self._cleanup_task is not None and not self._cleanup_task.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._cleanup_task), timeout=self.stop_timeout_seconds)
-            except (asyncio.TimeoutError, CloudError) as e:
-                self.log.warning("Cleanup of the failed start of %s is still running: %s", self._log_name, e)
+        await self._background.wait_cleanup(self.stop_timeout_seconds, self._log_name)
         if not self.instance_id:
             return
         provisioner = self._provisioner(self._client())

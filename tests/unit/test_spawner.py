@@ -144,8 +144,8 @@ async def test_cancelled_start_removes_its_instance(spawner, cloud):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert spawner._cleanup_task is not None  # the cleanup runs on its own, after the cancellation
-    if not spawner._cleanup_task.done():
+    assert spawner._background.cleanup is not None  # the cleanup runs on its own, after the cancellation
+    if spawner._background.cleaning:
         assert await spawner.poll() is None  # cleanup running: not "stopped" yet, so the hub calls stop()
     await spawner.stop()  # what the hub does next: waits for the cleanup
     assert cloud.nodes == {}
@@ -197,7 +197,7 @@ async def test_create_that_lands_after_a_failed_start_is_removed_in_the_backgrou
     await spawner.stop()
     await asyncio.sleep(1.6)
     assert len(cloud.nodes) == 1  # landed after the start failed and the server stopped
-    await spawner._late_watch  # looks again 2, 4 and 8 api timeouts (1 s here) after the doubtful create
+    await spawner._background.late_watch  # looks again 2, 4 and 8 api timeouts (1 s here) after the doubtful create
     assert cloud.nodes == {}
 
 
@@ -205,7 +205,7 @@ async def test_late_landing_watch_never_removes_the_running_servers_instance(spa
     cloud.next_creates = [5.0]  # lands after the spawner created again and the server runs
     await spawner.start()
     assert cloud.calls.count("create_node") == 2
-    await spawner._late_watch
+    await spawner._background.late_watch
     assert list(cloud.nodes) == [spawner.instance_id]
     assert await spawner.poll() is None
 
