@@ -150,6 +150,11 @@ c.Authenticator.admin_users = {{{DEMO_USER!r}}}
 c.JupyterHub.services = [{{'name': 'demo-task', 'api_token': {api_token!r}}}]
 c.JupyterHub.load_roles = [{{'name': 'demo-task', 'services': ['demo-task'],
                              'scopes': ['admin:users', 'admin:servers', 'access:servers']}}]
+
+# the hub does not start on a wrong LibcloudSpawner setting (each problem is printed with its fix)
+from libcloudspawner.check import stop_unless_valid  # noqa: E402
+
+stop_unless_valid(c)
 """
 
 
@@ -306,6 +311,8 @@ def demo(c, stop=False, bind_url="http://127.0.0.1:8000", skip_spawn=False):
         facts = json.loads(STATE.read_text())
         CONFIG_FILE.write_text(hub_config(facts, values["password"], values["api_token"], bind_url))
         CONFIG_FILE.chmod(0o600)
+        # the pre-flight: every image, size, network, key pair and security group offered exists in the cloud
+        _invoke(c, f"check-config --config {_q(CONFIG_FILE)}")
         pid = _start_hub(public_url)
         print(f"demo: JupyterHub started (pid {pid}), log {LOG_FILE.relative_to(ROOT)}")
     else:

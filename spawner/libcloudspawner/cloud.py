@@ -47,7 +47,12 @@ class CloudError(Exception):
         self.status = status
 
 
-class CloudNotFound(CloudError):
+class CloudConfigError(CloudError):
+    """The hub's configuration does not fit the cloud (unknown provider, region, image, key pair, ...): the
+    administrator's to fix, never the user's, and retrying does not help."""
+
+
+class CloudNotFound(CloudConfigError):
     """An image, size or network named in the configuration does not exist in the cloud."""
 
 
@@ -172,7 +177,10 @@ def make_driver_factory(args: DriverArguments) -> Callable[[], Any]:
         try:
             shared["cls"] = get_driver(args.provider)
         except AttributeError as e:
-            raise CloudError(f"libcloud has no compute provider {args.provider!r}") from e
+            raise CloudConfigError(
+                f"libcloud has no compute provider {args.provider!r} (libcloud_provider): use a name of"
+                " libcloud.compute.types.Provider, e.g. 'openstack'"
+            ) from e
         if args.provider.lower() == "openstack" and "ex_auth_cache" not in args.kwargs:
             from libcloud.common.openstack_identity import OpenStackAuthenticationCache
 
@@ -374,6 +382,11 @@ class CloudClient:
                     self._forget_credentials()
                     self.log.info("Cloud API answered 401 to %s; authenticating again", what)
                     continue
+                if status is None and "could not find specified endpoint" in str(e).lower():
+                    raise CloudConfigError(
+                        f"{what} failed: the cloud's service catalog has no endpoint for this region (check"
+                        " LibcloudSpawner.cloud_region, or ex_force_service_region in libcloudparams)"
+                    ) from e
                 if not transient or not retry or attempt >= budget:
                     raise CloudError(f"{what} failed: {describe(e)}", transient=transient, status=status) from e
                 delay = self.backoff_seconds(attempt, retry_after)
@@ -424,6 +437,12 @@ class CloudClient:
 
     async def network(self, name_or_id: str):
         return await self._resolve("networks", "ex_list_networks", name_or_id)
+
+    async def key_pair(self, name: str):
+        return await self._resolve("key pairs", "list_key_pairs", name)
+
+    async def security_group(self, name: str):
+        return await self._resolve("security groups", "ex_list_security_groups", name)
 
     # ------------------------------------------------------------------------------ instances
     async def create_node(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from jupyterhub.spawner import SpawnException
 
-from .cloud import CloudError, CloudNotFound, describe
+from .cloud import CloudConfigError, CloudError, CloudNotFound, describe
 
 TELL_ADMIN = "please tell the administrator."
 
@@ -67,12 +67,15 @@ def cloud_unavailable(user_message: str, log_message: str | None = None) -> User
 
 def for_user(e: BaseException, log_name: str) -> BaseException:
     """The error a failed start shows its user: a SpawnException as it is, a cloud error classified
-    (the administrator's configuration, refused credentials, an outage, a refusal), anything else unchanged."""
+    (the administrator's configuration, refused credentials, an outage, a refusal by the cloud), anything else
+    unchanged."""
     if isinstance(e, SpawnException):
         return e
-    if isinstance(e, CloudNotFound):
+    if isinstance(e, CloudNotFound):  # names only what the administrator configured
         text = str(e)
-        return configuration(text[:1].upper() + text[1:], f"LibcloudSpawner: {e}")
+        return configuration(text[:1].upper() + text[1:], f"LibcloudSpawner configuration: {e}")
+    if isinstance(e, CloudConfigError):
+        return configuration("This hub's cloud settings are wrong", f"LibcloudSpawner configuration: {e}")
     if isinstance(e, CloudError) and e.status == 401:
         return configuration(
             "The hub's cloud credentials were refused", f"Cloud credentials refused while starting {log_name}: {e}"

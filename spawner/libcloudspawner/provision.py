@@ -144,6 +144,11 @@ class Provisioner:
         found_image = await self.client.image(image)
         found_size = await self.client.size(size)
         networks = [await self.client.network(network)] if network else []
+        # a key pair or security group the cloud lacks is the administrator's mistake: say so before creating
+        if request.get("key_name"):
+            await self.client.key_pair(request["key_name"])
+        for group in request.get("security_groups") or ():
+            await self.client.security_group(group)
         await self.remove_leftovers(attempt)
         self.emit(20, f"Creating virtual machine {attempt.name}")
         body = create_request(

@@ -10,20 +10,22 @@ and the pure helpers ``naming``, ``options``, ``catalog`` and ``userdata``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import socket
 from collections.abc import Mapping
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default
+from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
 from . import errors, naming, options, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, address_of
-from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings
+from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings, check
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
@@ -68,7 +70,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
         allow_none=True,
         help="""
         Path of the image build manifest (`images/manifest.json`); its images are offered after
-        `userserver_images`. See `libcloudspawner.catalog` for the schema.
+        `userserver_images`. See `libcloudspawner.manifest` for the schema.
         """,
     ).tag(config=True)
 
@@ -201,12 +203,48 @@ class LibcloudSpawner(Spawner, CloudAccess):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.config_problems:
+            self.log.error("LibcloudSpawner configuration: %s", "; ".join(self.config_problems.values()))
         self._selected: tuple[str, options.Selection] | None = None  # (the options it was made from, selection)
         self._profile_saved: dict[str, Any] = {}
         self._progress = ProgressLog(self.log)
         self._background = Background(self.log)
         self._starting = False
         self._settings: CloudSettings | None = None
+
+    # ------------------------------------------------------------------------------ configuration
+    def _load_config(self, cfg, section_names=None, traits=None):
+        """Judge every configured value before traitlets loads it: a wrong one is kept out, recorded in
+        ``config_problems`` (logged, and refused at spawn with "tell the administrator"), instead of making
+        every construction of this spawner fail, which JupyterHub answers with a bare 500."""
+        traits = traits if traits is not None else self.traits(config=True)
+        bad = {}
+        for name, value in self._find_my_config(cfg).items():
+            if name in traits and not isinstance(value, LazyConfigValue | DeferredConfig):
+                try:
+                    check(name, traits[name]._validate(self, copy.deepcopy(value)))
+                except (TraitError, ValueError) as e:
+                    bad[name] = f"{name} = {value!r}: {e}"
+        if bad:
+            cfg = copy.deepcopy(cfg)
+            for section in section_names or self.section_names():
+                for name in bad:
+                    if section in cfg:
+                        cfg[section].pop(name, None)
+            self.__dict__.setdefault("_config_problems", {}).update(bad)
+        super()._load_config(cfg, section_names, traits)
+
+    @property
+    def config_problems(self) -> dict[str, str]:
+        """Configured values refused when this spawner was built (setting -> what is wrong)."""
+        return self.__dict__.get("_config_problems", {})
+
+    def _refuse_if_misconfigured(self) -> None:
+        if self.config_problems:
+            raise errors.configuration(
+                "This hub's server settings have a problem",
+                "LibcloudSpawner configuration: " + "; ".join(self.config_problems.values()),
+            )
 
     # ------------------------------------------------------------------------------ options
     def catalog(self) -> Catalog:
@@ -222,7 +260,11 @@ class LibcloudSpawner(Spawner, CloudAccess):
 
     @staticmethod
     def _render_options_form(spawner: LibcloudSpawner) -> str:
-        catalog = spawner.catalog()
+        spawner._refuse_if_misconfigured()
+        try:
+            catalog = spawner.catalog()
+        except CatalogError as e:
+            raise errors.configuration("This hub's server choices are misconfigured", f"LibcloudSpawner: {e}") from None
         if not catalog.profiles and len(catalog.sizes) <= 1 and len(catalog.images) <= 1:
             return ""  # nothing to choose: no form
         previous = spawner.orm_spawner.user_options if spawner.orm_spawner is not None else None
@@ -238,6 +280,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
 
     def validate_options(self, user_options: Any) -> options.Selection:
         """The validated selection for ``user_options``; ``SpawnException`` (HTTP 400) if not offered."""
+        self._refuse_if_misconfigured()
         try:
             return options.validate_user_options(user_options, self.catalog())
         except options.InvalidUserOptions as e:

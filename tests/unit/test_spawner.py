@@ -9,7 +9,14 @@ from types import SimpleNamespace
 import pytest
 from jupyterhub.spawner import SpawnException
 
-from libcloudspawner.cloud import CloudAmbiguous, CloudError, CloudNotFound, CreateOutcomeUnknown, Instance
+from libcloudspawner.cloud import (
+    CloudAmbiguous,
+    CloudConfigError,
+    CloudError,
+    CloudNotFound,
+    CreateOutcomeUnknown,
+    Instance,
+)
 from libcloudspawner.provision import Provisioner
 from libcloudspawner.spawner import LibcloudSpawner
 
@@ -27,6 +34,8 @@ class FakeCloud:
         self.create_error: Exception | None = None
         self.get_error: Exception | None = None
         self.boot_state = "running"
+        self.key_pairs = {"ops"}
+        self.security_groups = {"jupyter"}
         # the next creates: seconds after which the cloud holds the instance although the request answered
         # "outcome unknown" at once (Nova still working after the client gave up); or an exception to raise
         self.next_creates: list[float | Exception] = []
@@ -41,6 +50,18 @@ class FakeCloud:
 
     async def network(self, name):
         self.calls.append("network")
+        return SimpleNamespace(id=name, name=name)
+
+    async def key_pair(self, name):
+        self.calls.append("key_pair")
+        if name not in self.key_pairs:
+            raise CloudNotFound(f"the cloud has no key pair {name!r}", status=404)
+        return SimpleNamespace(name=name)
+
+    async def security_group(self, name):
+        self.calls.append("security_group")
+        if name not in self.security_groups:
+            raise CloudNotFound(f"the cloud has no security group {name!r}", status=404)
         return SimpleNamespace(id=name, name=name)
 
     async def find_nodes(self, *, name, tags):
@@ -424,3 +445,43 @@ def test_the_form_converts_what_was_not_offered_and_apply_refuses_it(spawner):
     with pytest.raises(SpawnException) as info:
         spawner.select(user_options)
     assert info.value.status_code == 400 and "m1.huge" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("userserver_keyname", "nosuchkey", "The cloud has no key pair 'nosuchkey'; please tell the administrator."),
+        ("security_groups", ["nosuchgroup"],
+         "The cloud has no security group 'nosuchgroup'; please tell the administrator."),
+    ],
+)  # fmt: skip
+async def test_an_unknown_key_pair_or_security_group_is_the_administrators(spawner, cloud, setting, value, message):
+    setattr(spawner, setting, value)
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert info.value.jupyterhub_message == message and info.value.status_code == 500
+    assert "create_node" not in cloud.calls
+
+
+async def test_known_key_pair_and_security_group_boot(spawner, cloud):
+    spawner.userserver_keyname, spawner.security_groups = "ops", ["jupyter"]
+    await spawner.start()
+    assert {"key_pair", "security_group", "create_node"} <= set(cloud.calls)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CloudConfigError("list images failed: the cloud's service catalog has no endpoint for this region"),
+        CloudConfigError("libcloud has no compute provider 'nosuchprovider' (libcloud_provider)"),
+    ],
+)
+async def test_a_wrong_region_or_provider_is_not_blamed_on_the_cloud(spawner, cloud, error):
+    async def lookup(name):
+        raise error
+
+    cloud.image = lookup
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert info.value.jupyterhub_message == "This hub's cloud settings are wrong; please tell the administrator."
+    assert str(error) in info.value.log_message
