@@ -32,13 +32,5 @@ class NaiveLibcloudSpawner(LibcloudSpawner):
         real = super()._client()
         naive = _naive_clients.get(id(real))
         if naive is None:
-            naive = _naive_clients[id(real)] = NaiveCloudClient(
-                real._factory,
-                provider=real.provider,
-                timeout_seconds=real.timeout_seconds,
-                retries=real.retries,
-                backoff_base_seconds=real.backoff_base_seconds,
-                backoff_max_seconds=real.backoff_max_seconds,
-                cache_ttl_seconds=real.cache_ttl_seconds,
-            )
+            naive = _naive_clients[id(real)] = NaiveCloudClient(real._factory, real.settings, provider=real.provider)
         return naive

@@ -269,25 +269,21 @@ class CloudClient:
     def __init__(
         self,
         driver_factory: Callable[[], Any],
+        settings: CloudSettings | None = None,
         *,
-        timeout_seconds: float = 30.0,
-        retries: int = 4,
-        backoff_base_seconds: float = 1.0,
-        backoff_max_seconds: float = 30.0,
-        max_workers: int = 8,
-        cache_ttl_seconds: float = 300.0,
-        provider: str = "openstack",
+        provider: str | None = None,
         log: logging.Logger | None = None,
     ) -> None:
+        self.settings = settings = settings or CloudSettings()
         self.log = log or logging.getLogger(__name__)
         self._factory = driver_factory
-        self.timeout_seconds = timeout_seconds
-        self.retries = retries
-        self.backoff_base_seconds = backoff_base_seconds
-        self.backoff_max_seconds = backoff_max_seconds
-        self.cache_ttl_seconds = cache_ttl_seconds
-        self.provider = provider.lower()
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="libcloud")
+        self.timeout_seconds = settings.api_timeout_seconds
+        self.retries = settings.api_retries
+        self.backoff_base_seconds = settings.api_backoff_base_seconds
+        self.backoff_max_seconds = settings.api_backoff_max_seconds
+        self.cache_ttl_seconds = settings.api_cache_ttl_seconds
+        self.provider = (provider or settings.libcloud_provider).lower()
+        self._executor = ThreadPoolExecutor(max_workers=settings.api_max_workers, thread_name_prefix="libcloud")
         self._local = threading.local()
         self._generation = 0  # bumped when credentials must be fetched afresh (see _forget_credentials)
         self._cache: dict[str, tuple[float, list]] = {}
@@ -558,15 +554,5 @@ def client_for(settings: CloudSettings, log: logging.Logger | None = None) -> Cl
                 args = settings.driver_arguments()
             except CredentialsError as e:
                 raise CloudError(str(e)) from e
-            client = _clients[key] = CloudClient(
-                make_driver_factory(args),
-                provider=args.provider,
-                log=log,
-                timeout_seconds=settings.api_timeout_seconds,
-                retries=settings.api_retries,
-                backoff_base_seconds=settings.api_backoff_base_seconds,
-                backoff_max_seconds=settings.api_backoff_max_seconds,
-                max_workers=settings.api_max_workers,
-                cache_ttl_seconds=settings.api_cache_ttl_seconds,
-            )
+            client = _clients[key] = CloudClient(make_driver_factory(args), settings, provider=args.provider, log=log)
         return client

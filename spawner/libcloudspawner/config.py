@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: keys of libcloudparams that are positional driver arguments in the original configuration
@@ -191,11 +191,4 @@ def driver_arguments(
         kwargs["region"] = region
     if timeout_seconds and "timeout" not in kwargs:
         kwargs["timeout"] = timeout_seconds
-    return DriverArguments(
-        provider=args.provider,
-        key=args.key,
-        secret=args.secret,
-        kwargs=kwargs,
-        source=args.source,
-        ca_bundle=args.ca_bundle,
-    )
+    return replace(args, kwargs=kwargs)

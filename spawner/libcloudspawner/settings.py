@@ -12,7 +12,7 @@ import hashlib
 import os
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -194,9 +194,7 @@ class CloudSettings:
             clouds_yaml_cloud=self.clouds_yaml_cloud,
             clouds_yaml_path=self.clouds_yaml_path,
         )
-        if self.ca_bundle:
-            args = DriverArguments(**{**args.__dict__, "ca_bundle": self.ca_bundle})
-        return args
+        return replace(args, ca_bundle=self.ca_bundle) if self.ca_bundle else args
 
     def key(self) -> str:
         """A stable identity of these settings for sharing one client (the secrets only hashed)."""
@@ -207,6 +205,19 @@ class CloudSettings:
                 value = sorted(value.items())
             h.update(f"{name}={value!r}\0".encode("utf-8", "surrogatepass"))
         return h.hexdigest()
+
+
+def optional_text(help: str) -> Unicode:
+    """A configurable string that may stay unset (``None``)."""
+    return Unicode(None, allow_none=True, help=help).tag(config=True)
+
+
+def seconds(default: float, help: str) -> Float:
+    return Float(default, help=help).tag(config=True)
+
+
+def number(default: int, help: str) -> Integer:
+    return Integer(default, help=help).tag(config=True)
 
 
 class CloudAccess(HasTraits):
@@ -260,61 +271,53 @@ class CloudAccess(HasTraits):
         """,
     ).tag(config=True)
 
-    cloud_region = Unicode(
-        None,
-        allow_none=True,
-        help="Cloud region of the instances (OpenStack: `ex_force_service_region`, unless libcloudparams sets it).",
-    ).tag(config=True)
+    cloud_region = optional_text(
+        "Cloud region of the instances (OpenStack: `ex_force_service_region`, unless libcloudparams sets it).",
+    )
 
-    clouds_yaml_cloud = Unicode(
-        None,
-        allow_none=True,
-        help="""
+    clouds_yaml_cloud = optional_text(
+        """
         Name of a `clouds.yaml` entry to take the credentials and region from (read with openstacksdk's
         loader, from the usual places: `./clouds.yaml`, `~/.config/openstack/`, `/etc/openstack/`, or
         `clouds_yaml_path`). Used when `libcloudparams` holds no credentials. Without it, the `OS_*`
         environment variables (`OS_AUTH_URL`, `OS_USERNAME`, ... or `OS_APPLICATION_CREDENTIAL_*`) are used.
         """,
-    ).tag(config=True)
+    )
 
-    clouds_yaml_path = Unicode(
-        None, allow_none=True, help="Explicit path of the `clouds.yaml` file to read `clouds_yaml_cloud` from."
-    ).tag(config=True)
+    clouds_yaml_path = optional_text("Explicit path of the `clouds.yaml` file to read `clouds_yaml_cloud` from.")
 
-    ca_bundle = Unicode(
-        None,
-        allow_none=True,
-        help="""
+    ca_bundle = optional_text(
+        """
         Path of a CA bundle to verify the cloud API's TLS certificates with (for a private CA).
         TLS verification is always on; a clouds.yaml `cacert` is used when this is unset.
         """,
-    ).tag(config=True)
+    )
 
-    api_timeout_seconds = Float(
+    api_timeout_seconds = seconds(
         CloudSettings.api_timeout_seconds,
-        help="Deadline of one cloud API call, in seconds (also the driver's socket timeout).",
-    ).tag(config=True)
-    api_retries = Integer(
+        "Deadline of one cloud API call, in seconds (also the driver's socket timeout).",
+    )
+    api_retries = number(
         CloudSettings.api_retries,
-        help="How many times a cloud API call failing transiently (5xx, timeout, 429) is retried.",
-    ).tag(config=True)
-    api_backoff_base_seconds = Float(
+        "How many times a cloud API call failing transiently (5xx, timeout, 429) is retried.",
+    )
+    api_backoff_base_seconds = seconds(
         CloudSettings.api_backoff_base_seconds,
-        help="First retry delay in seconds; doubles on every retry, with jitter.",
-    ).tag(config=True)
-    api_backoff_max_seconds = Float(
-        CloudSettings.api_backoff_max_seconds, help="Longest delay between two retries, in seconds."
-    ).tag(config=True)
-    api_max_workers = Integer(
+        "First retry delay in seconds; doubles on every retry, with jitter.",
+    )
+    api_backoff_max_seconds = seconds(
+        CloudSettings.api_backoff_max_seconds, "Longest delay between two retries, in seconds."
+    )
+    api_max_workers = number(
         CloudSettings.api_max_workers,
-        help="""
+        """
         Threads running cloud API calls for this hub (each with its own driver: libcloud drivers are not
         thread-safe). Calls beyond this wait in a queue, never on the hub's event loop.
         """,
-    ).tag(config=True)
-    api_cache_ttl_seconds = Float(
-        CloudSettings.api_cache_ttl_seconds, help="How long the image, size and network lists are cached, in seconds."
-    ).tag(config=True)
+    )
+    api_cache_ttl_seconds = seconds(
+        CloudSettings.api_cache_ttl_seconds, "How long the image, size and network lists are cached, in seconds."
+    )
 
     @validate(*CHECKS)
     def _validate_setting(self, proposal):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
-from traitlets import Bool, Dict, Enum, Float, Integer, List, TraitError, Unicode, default
+from traitlets import Bool, Dict, Enum, List, TraitError, Unicode, default
 from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
 from . import errors, naming, options, userdata
@@ -25,7 +25,7 @@ from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, address_of
-from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings, check
+from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings, check, number, optional_text, seconds
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
@@ -65,33 +65,25 @@ class LibcloudSpawner(Spawner, CloudAccess):
         """,
     ).tag(config=True)
 
-    image_manifest = Unicode(
-        None,
-        allow_none=True,
-        help="""
+    image_manifest = optional_text(
+        """
         Path of the image build manifest (`images/manifest.json`); its images are offered after
         `userserver_images`. See `libcloudspawner.manifest` for the schema.
         """,
-    ).tag(config=True)
+    )
 
-    image_manifest_cloud = Unicode(
-        None,
-        allow_none=True,
-        help="Offer only the manifest's images published to this cloud (a key of their `published` record).",
-    ).tag(config=True)
+    image_manifest_cloud = optional_text(
+        "Offer only the manifest's images published to this cloud (a key of their `published` record).",
+    )
 
-    userserver_net = Unicode(
-        None,
-        allow_none=True,
-        help="""
+    userserver_net = optional_text(
+        """
         Network (name or id) to attach the instances to. The hub must reach the instances on `port` there.
         Unset: the cloud's default network.
         """,
-    ).tag(config=True)
+    )
 
-    userserver_keyname = Unicode(
-        None, allow_none=True, help="Name of an SSH key pair of the cloud to inject into the instances (optional)."
-    ).tag(config=True)
+    userserver_keyname = optional_text("Name of an SSH key pair of the cloud to inject into the instances (optional).")
 
     security_groups = List(
         Unicode(),
@@ -129,24 +121,20 @@ class LibcloudSpawner(Spawner, CloudAccess):
     def _default_hub_id(self):
         return naming.default_hub_id(socket.gethostname())
 
-    forceuser = Unicode(
-        None,
-        allow_none=True,
-        help="""
+    forceuser = optional_text(
+        """
         Linux user running the server on the instance, for every hub user. Unset: derived from the hub user
         name (used as is when it is a valid, non-system account name; else escaped and hashed).
         """,
-    ).tag(config=True)
+    )
 
-    cloudinit_template = Unicode(
-        None,
-        allow_none=True,
-        help="""
+    cloudinit_template = optional_text(
+        """
         Path of a Jinja2 cloud-config template replacing the packaged `singleuser.yaml.j2`. Rendered with
         StrictUndefined; pass every value through `tojson`. Variables: username, homedir, env_file,
         unit_file, env_path, unit_path, unit_name.
         """,
-    ).tag(config=True)
+    )
 
     config_drive = Bool(True, help="Give instances a config drive (cloud-init then needs no metadata service).").tag(
         config=True
@@ -159,30 +147,24 @@ class LibcloudSpawner(Spawner, CloudAccess):
     ).tag(config=True)
 
     # ------------------------------------------------------------------------------ lifecycle settings
-    port = Integer(
+    port = number(
         8000,
-        help="Port of the single-user server on the instance (the hub must reach it: open it in the security group).",
-    ).tag(config=True)
+        "Port of the single-user server on the instance (the hub must reach it: open it in the security group).",
+    )
 
     # JupyterHub's own timings, with defaults for VMs (declared again so that --help-all shows these defaults)
     ip = Unicode("0.0.0.0", help="Address the single-user server listens on, on its instance.").tag(config=True)
-    start_timeout = Integer(
-        900, help="Seconds a start may take (a VM boots first), including the server's own start."
-    ).tag(config=True)
-    http_timeout = Integer(
-        60, help="Seconds the hub waits for a started server to answer over HTTP before giving up."
-    ).tag(config=True)
-    poll_interval = Integer(60, help="Seconds between two checks that a running server's instance exists.").tag(
-        config=True
+    start_timeout = number(900, "Seconds a start may take (a VM boots first), including the server's own start.")
+    http_timeout = number(60, "Seconds the hub waits for a started server to answer over HTTP before giving up.")
+    poll_interval = number(60, "Seconds between two checks that a running server's instance exists.")
+
+    startup_poll_interval_seconds = seconds(
+        3.0, "While a server starts, how often its instance state and HTTP endpoint are checked, in seconds."
     )
 
-    startup_poll_interval_seconds = Float(
-        3.0, help="While a server starts, how often its instance state and HTTP endpoint are checked, in seconds."
-    ).tag(config=True)
-
-    stop_timeout_seconds = Float(
-        300.0, help="How long stop() waits for the instance to be gone before giving up (it keeps the delete)."
-    ).tag(config=True)
+    stop_timeout_seconds = seconds(
+        300.0, "How long stop() waits for the instance to be gone before giving up (it keeps the delete)."
+    )
 
     # ------------------------------------------------------------------------------ state
     instance_id = Unicode(None, allow_none=True)

@@ -24,6 +24,7 @@ from devtools.images.publish import openstack_preflight
 from devtools.images.tasks import publish_image
 from libcloudspawner.cloud import CloudAmbiguous, CloudClient, make_driver_factory
 from libcloudspawner.config import from_libcloudparams
+from libcloudspawner.settings import CloudSettings
 from tests.e2e.conftest import doc_libcloudparams
 
 CLOUD = "devcloud"
@@ -112,7 +113,7 @@ def test_a_name_that_glance_holds_twice_is_refused_by_the_build_and_by_the_spawn
 
     # the spawner, with the real libcloud driver and the documentation's libcloudparams: no guessing
     arguments = from_libcloudparams(doc_libcloudparams(facts), "openstack")
-    client = CloudClient(make_driver_factory(arguments), max_workers=1)
+    client = CloudClient(make_driver_factory(arguments), CloudSettings(api_max_workers=1))
 
     async def resolve():
         try:

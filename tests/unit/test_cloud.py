@@ -18,6 +18,7 @@ from libcloudspawner.cloud import (
     CreateOutcomeUnknown,
     classify,
 )
+from libcloudspawner.settings import CloudSettings
 
 
 class FakeDriver:
@@ -53,6 +54,12 @@ def node(node_id="n1", name="jupyter-alice", state="running", ips=("10.0.0.5",),
     )  # fmt: skip
 
 
+# make_client's short names -> CloudSettings fields
+SETTING = {"timeout_seconds": "api_timeout_seconds", "retries": "api_retries", "max_workers": "api_max_workers",
+           "backoff_base_seconds": "api_backoff_base_seconds", "backoff_max_seconds": "api_backoff_max_seconds",
+           "cache_ttl_seconds": "api_cache_ttl_seconds", "provider": "libcloud_provider"}  # fmt: skip
+
+
 def make_client(script, **kw):
     log, drivers = [], []
 
@@ -62,7 +69,7 @@ def make_client(script, **kw):
 
     settings = {"timeout_seconds": 2.0, "retries": 3, "backoff_base_seconds": 0.01, "backoff_max_seconds": 0.05}
     settings.update(kw)
-    client = CloudClient(factory, **settings)
+    client = CloudClient(factory, CloudSettings(**{SETTING[k]: v for k, v in settings.items()}))
     return client, log, drivers
 
 
@@ -234,7 +241,7 @@ async def test_find_nodes_asks_nova_to_filter_by_name():
             return SimpleNamespace(object={"servers": []})
 
     driver = SimpleNamespace(connection=Connection(), _to_nodes=lambda obj: [node("1", metadata={"k": "v"})])
-    client = CloudClient(lambda: driver, timeout_seconds=2.0)
+    client = CloudClient(lambda: driver, CloudSettings(api_timeout_seconds=2.0))
     assert [i.id for i in await client.find_nodes(name="jupyter-alice", tags={"k": "v"})] == ["1"]
     assert requests == [("/servers/detail", {"name": "^jupyter-alice$"})]
 

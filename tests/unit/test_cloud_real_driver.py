@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root, so `t
 
 from libcloudspawner.cloud import CloudClient, make_driver_factory
 from libcloudspawner.config import DriverArguments
+from libcloudspawner.settings import CloudSettings
 from tests.osdouble.fixture import DoubleHandle
 
 TOKENS = r"^/v3/auth/tokens$"
@@ -38,8 +39,9 @@ def arguments(double: DoubleHandle) -> DriverArguments:
 
 def client_for(double: DoubleHandle) -> CloudClient:
     # one worker: every call runs on the same thread, so "a new driver" is only what the client decides
-    return CloudClient(make_driver_factory(arguments(double)), max_workers=1, timeout_seconds=10, retries=3,
-                       backoff_base_seconds=0.05, backoff_max_seconds=0.1)  # fmt: skip
+    settings = CloudSettings(api_max_workers=1, api_timeout_seconds=10, api_retries=3, api_backoff_base_seconds=0.05,
+                             api_backoff_max_seconds=0.1)  # fmt: skip
+    return CloudClient(make_driver_factory(arguments(double)), settings)
 
 
 def new_driver_with_the_cached_token(client: CloudClient) -> None:
