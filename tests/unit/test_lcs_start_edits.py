@@ -6,7 +6,6 @@ The images tier checks the real JupyterHub and aiohttp in the built image (tests
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-STEP = Path(__file__).resolve().parents[2] / "images" / "packer" / "files" / "lcs_start_edits.py"
-_spec = importlib.util.spec_from_file_location("lcs_start_edits", STEP)
-assert _spec and _spec.loader
-STEP_MODULE = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(STEP_MODULE)
+from testkit.imagefiles import IMAGE_FILES, load_image_file
+
+STEP = IMAGE_FILES / "lcs_start_edits.py"
+STEP_MODULE = load_image_file("lcs_start_edits")
 
 FILES = {
     "jupyterhub/__init__.py": "",

@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -41,17 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(what: str, check: Callable[[], bool], deadline_s: float, every_s: float = 1.0) -> float:
-    """Poll ``check`` until it is true; return the seconds it took, raise TimeoutError at the deadline."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > deadline_s:
-            raise TimeoutError(f"{what}: not after {deadline_s:.0f} s")
-        time.sleep(every_s)
 
 
 def ssh_banner(port: int) -> bool:
