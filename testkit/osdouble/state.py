@@ -31,11 +31,6 @@ from .instances import InstanceHost, service_port
 log = logging.getLogger("osdouble")
 
 USER_DATA_MAX = 65535
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def iso_z(t: float) -> str:
