@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testkit.hub import PASSWORD, Hub, free_port, original_config
+from testkit.hub import PASSWORD, Hub, original_config
+from testkit.localhost import free_port
 from testkit.osdouble.fixture import running_double
 from testkit.wait import wait_until
 

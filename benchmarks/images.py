@@ -24,12 +24,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from libcloudspawner import userdata as ud
+from testkit.localhost import free_port
 from testkit.vm import (
     GUEST_HOST_ADDR,
     SINGLEUSER_PORT,
     VM,
     StubHub,
-    free_port,
     http_ok,
     hub_env,
     make_seed,

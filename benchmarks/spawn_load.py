@@ -28,7 +28,8 @@ from pathlib import Path
 
 import requests
 
-from testkit.hub import PASSWORD, Hub, free_port, original_config
+from testkit.hub import PASSWORD, Hub, original_config
+from testkit.localhost import free_port
 from testkit.osdouble.fixture import running_double
 from testkit.wait import wait_until
 

@@ -32,7 +32,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from pathlib import Path
 
 from testkit.imagefiles import IMAGE_FILES as FILES
 from testkit.imagefiles import load_image_file
+from testkit.localhost import free_port
 from testkit.vm import StubHub, hub_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,12 +115,6 @@ def make_variants(venv: Path, work: Path) -> dict[str, Path]:
     return variants
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def callgrind(cmd: list[str], env: dict[str, str], until_url: str | None = None) -> int:
     """Instructions of ``cmd`` (and nothing it spawns); with ``until_url``, SIGTERM once that URL answers."""
     out = tempfile.NamedTemporaryFile(prefix="lcs-cg-", suffix=".log", delete=False)
@@ -177,7 +171,7 @@ def measure(venv: Path, variant: Path, home: Path) -> dict[str, int]:
     token = secrets.token_hex(16)
     hub = StubHub(version=_hub_version(venv), token=token, username=USER).start()
     try:
-        port = _free_port()
+        port = free_port()
         env = {**base_env, **hub_env(USER, hub.port, token)}
         api = f"http://127.0.0.1:{hub.port}/hub/api"
         env.update(JUPYTERHUB_API_URL=api, JUPYTERHUB_ACTIVITY_URL=f"{api}/users/{USER}/activity")

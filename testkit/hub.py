@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,23 +23,13 @@ from typing import Any
 import pytest
 import requests
 
+from testkit.localhost import free_port, stop_process
 from testkit.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_BIN = REPO / "node_modules" / ".bin"
 VENV_BIN = Path(sys.executable).parent
-# ports a real OpenStack and other tiers use on this machine: never pick them
-RESERVED_PORTS = {5000, 8774, 8778, 9292, 9696, 8081, 8000}
 PASSWORD = "gloubiboulga-" + secrets.token_hex(8)  # distinctive, so the log check cannot miss it
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
 
 
 def spawn_ready(hub: Hub, double, user: str) -> dict[str, Any]:
@@ -161,12 +150,7 @@ class Hub:
     def stop(self, timeout_s: float = 30) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process, timeout_s)
         self._stop_proxy()
 
     def _stop_proxy(self) -> None:

@@ -16,7 +16,6 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -30,17 +29,12 @@ from email.mime.text import MIMEText
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from testkit.localhost import stop_process
+
 #: the host as the guest sees it through QEMU user networking
 GUEST_HOST_ADDR = "10.0.2.2"
 SINGLEUSER_PORT = 8000
 TEST_LOGIN = "lcs-test"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ssh_banner(port: int) -> bool:
@@ -269,14 +263,7 @@ class VM:
 
     def stop(self, timeout_s: float = 20) -> None:
         """Stop this VM (its own PID only): SIGTERM, then SIGKILL at the deadline."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout_s)
 
     def console_tail(self, lines: int = 30) -> str:
         try:

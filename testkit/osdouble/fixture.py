@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..localhost import stop_process
 from .client import DoubleClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -110,11 +111,5 @@ def running_double(tmp_path: Path, *, start_timeout_s: float = 20.0, **opts: Any
             pid=proc.pid, state_dir=state_dir, log_path=log_path, process=proc,
         )
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, 30)
         _kill_instance_pids(state_dir)
