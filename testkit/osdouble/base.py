@@ -10,6 +10,7 @@ import re
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tornado import web
@@ -64,6 +65,18 @@ class BaseHandler(web.RequestHandler):
         if status == 401:
             self.set_header("WWW-Authenticate", f'Keystone uri="{self.base_url}/v3"')
         self.finish(body)
+
+    def send_catalogue_part(self, part: str, singular: str, ident: str | None,
+                            view: Callable[[dict[str, Any]], dict[str, Any]], not_found: str) -> None:
+        """GET of a catalogue part: the whole list without ``ident``, the one item with it, else 404."""
+        if ident is None:
+            self.send_json(200, {part: [view(item) for item in self.double.catalogue[part]]})
+            return
+        item = self.double.find(part, ident)
+        if item is None:
+            self.send_error_body(404, not_found)
+            return
+        self.send_json(200, {singular: view(item)})
 
     def json_body(self) -> Any:
         if not self.request.body:

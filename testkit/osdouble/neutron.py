@@ -26,14 +26,8 @@ class NeutronNetworksHandler(NeutronHandler):
         }
 
     async def get(self, network_id: str | None = None) -> None:
-        if network_id is None:
-            self.send_json(200, {"networks": [self.network_view(n) for n in self.double.catalogue["networks"]]})
-            return
-        n = self.double.find("networks", network_id)
-        if n is None:
-            self.send_error_body(404, f"Network {network_id} could not be found.")
-            return
-        self.send_json(200, {"network": self.network_view(n)})
+        self.send_catalogue_part("networks", "network", network_id, self.network_view,
+                                 f"Network {network_id} could not be found.")
 
 
 class NeutronSecurityGroupsHandler(NeutronHandler):

@@ -105,14 +105,9 @@ class FlavorsHandler(NovaHandler):
         }
 
     async def get(self, flavor_id: str | None = None) -> None:
-        if flavor_id in (None, "detail"):
-            self.send_json(200, {"flavors": [self.flavor_view(f) for f in self.double.catalogue["flavors"]]})
-            return
-        f = self.double.find("flavors", flavor_id)
-        if f is None:
-            self.nova_error(404, f"Flavor {flavor_id} could not be found.")
-            return
-        self.send_json(200, {"flavor": self.flavor_view(f)})
+        ident = None if flavor_id == "detail" else flavor_id
+        self.send_catalogue_part("flavors", "flavor", ident, self.flavor_view,
+                                 f"Flavor {flavor_id} could not be found.")
 
 
 class NovaImagesHandler(NovaHandler):
@@ -130,14 +125,8 @@ class NovaImagesHandler(NovaHandler):
         }
 
     async def get(self, image_id: str | None = None) -> None:
-        if image_id in (None, "detail"):
-            self.send_json(200, {"images": [self.image_view(i) for i in self.double.catalogue["images"]]})
-            return
-        img = self.double.find("images", image_id)
-        if img is None:
-            self.nova_error(404, "Image not found.")
-            return
-        self.send_json(200, {"image": self.image_view(img)})
+        ident = None if image_id == "detail" else image_id
+        self.send_catalogue_part("images", "image", ident, self.image_view, "Image not found.")
 
 
 class NovaNetworksHandler(NovaHandler):
