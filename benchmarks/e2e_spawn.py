@@ -1,4 +1,4 @@
-"""Spawn-to-ready on the real dev cloud: what a user waits for, side by side (issue 4's benchmark).
+"""Spawn-to-ready on the real dev cloud: what a user waits for, side by side.
 
 Modes (each through a real JupyterHub + proxy + LibcloudSpawner, the time from the REST spawn request to
 the hub marking the server ready, i.e. the single-user server answering on the VM):
@@ -30,7 +30,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -38,14 +37,10 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-if not (REPO / "spawner" / "libcloudspawner").is_dir():
-    raise SystemExit("run from the repository")
-sys.path.insert(1, str(REPO / "spawner"))
+from testkit.e2e import connect_nova, devcloud_facts, hub_bind_port, published_image, servers_of
+from testkit.hub import Hub
 
-from tests.e2e.e2etools import connect_nova, devcloud_facts, hub_bind_port, published_image, servers_of  # noqa: E402
-from tests.hub.hubtools import Hub  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 warnings.simplefilter("ignore")
 

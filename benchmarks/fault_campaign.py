@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from testkit.hub import PASSWORD, Hub, original_config
+from testkit.localhost import free_port
+from testkit.osdouble.fixture import running_double
+from testkit.wait import wait_until
 
-from tests.hub.hubtools import PASSWORD, Hub, free_port, original_config, wait_until  # noqa: E402
-from tests.osdouble.fixture import running_double  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SERVER = r"^/v2\.1/servers/[^/]+$"
 SERVERS = r"^/v2\.1/servers$"
@@ -244,7 +245,7 @@ def one_run(hub: Hub, double, rng: random.Random, run: int, scenario: str, canar
 
     try:
         wait_until(settled, timeout_s=60, interval_s=0.5, what="no instance unknown to the hub")
-    except AssertionError:
+    except TimeoutError:
         known = hub_instance_ids(hub)
         result.leaked = [s["id"] for s in live_instances(double) if s["id"] not in known]
         result.evidence = [

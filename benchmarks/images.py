@@ -1,6 +1,6 @@
 """Image benchmark: build figures, sizes, and boot-to-ready of a baked image vs install-at-first-boot.
 
-    sudo .venv/bin/python benchmarks/images.py [--image images/output/NAME.qcow2] [--accelerator tcg]
+    sudo .venv/bin/python -m benchmarks.images [--image images/output/NAME.qcow2] [--accelerator tcg]
 
 In one run, one VM at a time (the CPU is shared): the built image booted with the spawner's slim
 cloud-config, then the same base booted with install-at-first-boot user-data (the original project's way: a
@@ -17,20 +17,28 @@ import contextlib
 import functools
 import json
 import secrets
-import sys
 import tempfile
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from libcloudspawner import userdata as ud
+from testkit.localhost import free_port
+from testkit.vm import (
+    GUEST_HOST_ADDR,
+    SINGLEUSER_PORT,
+    VM,
+    StubHub,
+    http_ok,
+    hub_env,
+    make_seed,
+    running_vm,
+    ssh_banner,
+)
+from testkit.wait import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "images"))
-sys.path.insert(0, str(ROOT / "spawner"))
-
-import vmtools  # noqa: E402
-
-from libcloudspawner import userdata as ud  # noqa: E402
 
 USER = "alice"
 DEADLINE_S = 1800
@@ -46,7 +54,7 @@ def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str) -> str:
     install = " && ".join(
         [
             "python3 -m venv /opt/jupyter",
-            f"/opt/jupyter/bin/pip install --quiet --no-index --trusted-host {vmtools.GUEST_HOST_ADDR} --find-links "
+            f"/opt/jupyter/bin/pip install --quiet --no-index --trusted-host {GUEST_HOST_ADDR} --find-links "
             + wheel_url
             + f" --no-deps --require-hashes -r {wheel_url}requirements.lock",
             "ln -sf /opt/jupyter/bin/jupyterhub-singleuser /usr/local/bin/jupyterhub-singleuser",
@@ -72,7 +80,6 @@ def _install_at_first_boot_userdata(env: dict[str, str], wheel_url: str) -> str:
 
 def _current_wheelhouse(os_name: str) -> Path:
     """images/output/wheelhouse/<os>-<digest of the locks>, as `invoke build-image` names it."""
-    sys.path.insert(0, str(ROOT))
     from devtools.images.wheelhouse import wheelhouse_dir as _wheelhouse_dir
 
     path = _wheelhouse_dir(os_name)
@@ -102,27 +109,27 @@ def boot(label: str, image: Path, accelerator: str, make_userdata) -> dict:
     from jupyterhub import __version__ as hub_version
 
     token = secrets.token_hex(16)
-    hub = vmtools.StubHub(version=hub_version, token=token, username=USER).start()
-    ssh_port, su_port = vmtools.free_port(), vmtools.free_port()
+    hub = StubHub(version=hub_version, token=token, username=USER).start()
+    ssh_port, su_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix=f"lcs-bench-{label}-") as tmp:
         work = Path(tmp)
-        userdata = make_userdata(vmtools.hub_env(USER, hub.port, token))
-        seed = vmtools.make_seed(work, userdata, "i-" + secrets.token_hex(6), "lcs-bench")
-        vm = vmtools.VM(
+        userdata = make_userdata(hub_env(USER, hub.port, token))
+        seed = make_seed(work, userdata, "i-" + secrets.token_hex(6), "lcs-bench")
+        vm = VM(
             image=image,
             workdir=work,
             seed=seed,
             accelerator=accelerator,
-            forwards={ssh_port: 22, su_port: vmtools.SINGLEUSER_PORT},
+            forwards={ssh_port: 22, su_port: SINGLEUSER_PORT},
         )
         print(f"[{label}] booting {image.name}", flush=True)
         try:
-            with vmtools.running_vm(vm):
-                vmtools.wait_until("SSH", lambda: vm.alive() and vmtools.ssh_banner(ssh_port), DEADLINE_S, 1)
+            with running_vm(vm):
+                wait_until(lambda: vm.alive() and ssh_banner(ssh_port), timeout_s=DEADLINE_S, interval_s=1, what="SSH")
                 to_ssh = vm.elapsed()
                 print(f"[{label}] SSH after {to_ssh:.0f} s", flush=True)
                 url = f"http://127.0.0.1:{su_port}/user/{USER}/api"
-                vmtools.wait_until("ready", lambda: vm.alive() and vmtools.http_ok(url), DEADLINE_S, 1)
+                wait_until(lambda: vm.alive() and http_ok(url), timeout_s=DEADLINE_S, interval_s=1, what="ready")
                 to_ready = vm.elapsed()
                 print(f"[{label}] single-user server ready after {to_ready:.0f} s", flush=True)
         except TimeoutError as e:
@@ -174,7 +181,7 @@ def main() -> None:
             for wheel in wheelhouse.glob("*.whl"):
                 (Path(served) / wheel.name).symlink_to(wheel)
             (Path(served) / "requirements.lock").symlink_to(lock)
-            url = f"http://{vmtools.GUEST_HOST_ADDR}:{port}/"
+            url = f"http://{GUEST_HOST_ADDR}:{port}/"
             first = boot(
                 "install-at-first-boot",
                 base,

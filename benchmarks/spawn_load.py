@@ -28,11 +28,12 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from testkit.hub import PASSWORD, Hub, original_config
+from testkit.localhost import free_port
+from testkit.osdouble.fixture import running_double
+from testkit.wait import wait_until
 
-from tests.hub.hubtools import PASSWORD, Hub, free_port, original_config, wait_until  # noqa: E402
-from tests.osdouble.fixture import running_double  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 LAG_PROBE = """
 import asyncio as _asyncio, time as _time
@@ -113,7 +114,6 @@ def _run_variant(
                 "c.LibcloudSpawner.startup_poll_interval_seconds = 1.0",
                 f"c.FloorSpawner.latency_seconds = {latency!r}",
                 f"c.FloorSpawner.standin_url = 'http://127.0.0.1:{floor_port}'",
-                f"import sys; sys.path.insert(0, {str(REPO)!r})",
             ]
         )
         hub = Hub(workdir, double, original_config(double.url), extra_config=extra)

@@ -11,8 +11,8 @@ extension disabled as in the image), only the ``jupyterhub`` and ``aiohttp`` pac
 file differing:
 
 - ``published``: JupyterHub and aiohttp as on PyPI, JupyterLab's default (PyPI) extension manager;
-- ``hub-edits``: with the JupyterHub patches of ``images/packer/patches/`` only, what images built from
-  f44c4ef until the aiohttp edit and the read-only extension manager carried;
+- ``hub-edits``: with the JupyterHub patches of ``images/packer/patches/`` only (aiohttp as published,
+  JupyterLab's default extension manager);
 - ``image``: every patch of that set (aiohttp's TLS contexts too) and the image's read-only extension manager
   (the ``LabApp`` configuration that ``30-jupyter.sh`` writes), as the image ships it.
 
@@ -32,7 +32,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,13 +39,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-FILES = ROOT / "images" / "packer" / "files"
-sys.path.insert(0, str(ROOT / "tests" / "images"))
-sys.path.insert(0, str(FILES))
+from testkit.imagefiles import IMAGE_FILES as FILES
+from testkit.imagefiles import load_image_file
+from testkit.localhost import free_port
+from testkit.vm import StubHub, hub_env
 
-import lcs_patches  # noqa: E402
-import vmtools  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+lcs_patches = load_image_file("lcs_patches")
 
 USER = "alice"
 COLLECTED = re.compile(r"Collected : (\d+)")
@@ -116,12 +115,6 @@ def make_variants(venv: Path, work: Path) -> dict[str, Path]:
     return variants
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def callgrind(cmd: list[str], env: dict[str, str], until_url: str | None = None) -> int:
     """Instructions of ``cmd`` (and nothing it spawns); with ``until_url``, SIGTERM once that URL answers."""
     out = tempfile.NamedTemporaryFile(prefix="lcs-cg-", suffix=".log", delete=False)
@@ -176,10 +169,10 @@ def measure(venv: Path, variant: Path, home: Path) -> dict[str, int]:
     base_env["JUPYTER_CONFIG_DIR"] = str(variant / "config")
     imports = callgrind([python, "-c", "import jupyterhub.singleuser"], base_env)
     token = secrets.token_hex(16)
-    hub = vmtools.StubHub(version=_hub_version(venv), token=token, username=USER).start()
+    hub = StubHub(version=_hub_version(venv), token=token, username=USER).start()
     try:
-        port = _free_port()
-        env = {**base_env, **vmtools.hub_env(USER, hub.port, token)}
+        port = free_port()
+        env = {**base_env, **hub_env(USER, hub.port, token)}
         api = f"http://127.0.0.1:{hub.port}/hub/api"
         env.update(JUPYTERHUB_API_URL=api, JUPYTERHUB_ACTIVITY_URL=f"{api}/users/{USER}/activity")
         env["JUPYTERHUB_SERVICE_URL"] = f"http://127.0.0.1:{port}/user/{USER}/"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.e2etools import (
+from testkit.e2e import (
     ARTIFACTS,
     MANIFEST_PATH,
     connect_nova,
@@ -27,7 +27,7 @@ from tests.e2e.e2etools import (
     published_image,
     servers_of,
 )
-from tests.hub.hubtools import Hub
+from testkit.hub import Hub
 
 #: a spawn of the `blank` image (boots to nothing) gets this start_timeout, every other spawn START_TIMEOUT_S
 BLANK_START_TIMEOUT_S = 75
@@ -135,7 +135,7 @@ c.LibcloudSpawner.api_timeout_seconds = 60
 c.LibcloudSpawner.start_timeout = {START_TIMEOUT_S}
 c.LibcloudSpawner.http_timeout = 120
 c.LibcloudSpawner.stop_timeout_seconds = 240
-c.LibcloudSpawner.userserver_keyname = {ssh_key["name"]!r}  # for the diagnostics: tests/e2e/e2etools.vm_journal
+c.LibcloudSpawner.userserver_keyname = {ssh_key["name"]!r}  # for the diagnostics: testkit/e2e.vm_journal
 
 def _short_start_for_blank(spawner):
     # the blank disk boots to nothing: let its spawn fail quickly (a real deployment's start_timeout is long)

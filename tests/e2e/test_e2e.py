@@ -24,10 +24,9 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import BLANK_START_TIMEOUT_S, CULL_TIMEOUT_S, CULLED_USER, culler_config
-from tests.e2e.e2etools import (
+from testkit.e2e import (
+    GUEST_POLL_S,
     Spawn,
-    deadline_wait,
     devcloud_service,
     nova_answers,
     run_in_kernel,
@@ -35,7 +34,9 @@ from tests.e2e.e2etools import (
     vm_journal,
     wait_no_server,
 )
-from tests.hub.hubtools import browser_open_spawn_form
+from testkit.hub import browser_open_spawn_form
+from testkit.wait import wait_until
+from tests.e2e.conftest import BLANK_START_TIMEOUT_S, CULL_TIMEOUT_S, CULLED_USER, culler_config
 
 pytestmark = pytest.mark.e2e
 
@@ -125,8 +126,11 @@ def test_failed_spawn_in_the_browser_shows_why_and_leaves_no_vm(hub, nova, spawn
             )
             # the event comes just before the create request: give Nova the time to list the new VM
             seen_vm.extend(
-                deadline_wait(
-                    lambda: servers_of(nova, hub.hub_id, user), timeout_s=60, what="Nova to list the doomed VM"
+                wait_until(
+                    lambda: servers_of(nova, hub.hub_id, user),
+                    timeout_s=60,
+                    interval_s=GUEST_POLL_S,
+                    what="Nova to list the doomed VM",
                 )
             )
             page.locator("#progress-details").evaluate("d => d.open = true")
@@ -162,7 +166,9 @@ def test_nova_api_outage_mid_spawn_is_ridden_out(hub, nova, spawns):
     started = time.monotonic()
     devcloud_service("stop", "nova-api")
     try:
-        deadline_wait(lambda: not nova_answers(nova), timeout_s=60, what="nova-api to stop answering")
+        wait_until(
+            lambda: not nova_answers(nova), timeout_s=60, interval_s=GUEST_POLL_S, what="nova-api to stop answering"
+        )
         slowest = 0.0
 
         def spawner_met_the_outage() -> bool:
@@ -172,11 +178,11 @@ def test_nova_api_outage_mid_spawn_is_ridden_out(hub, nova, spawns):
             slowest = max(slowest, time.monotonic() - t0)
             return hub.log_text().count("Could not check instance") > log_before
 
-        deadline_wait(spawner_met_the_outage, timeout_s=240, interval_s=2, what="the spawner to meet the outage")
+        wait_until(spawner_met_the_outage, timeout_s=240, interval_s=2, what="the spawner to meet the outage")
         outage_s = time.monotonic() - started
     finally:
         devcloud_service("start", "nova-api")
-    deadline_wait(lambda: nova_answers(nova), timeout_s=240, interval_s=2, what="nova-api to answer again")
+    wait_until(lambda: nova_answers(nova), timeout_s=240, interval_s=2, what="nova-api to answer again")
     hub.timings["nova_api_outage"] = {
         "stopped_s": round(outage_s, 1),
         "back_after_s": round(time.monotonic() - started, 1),
@@ -269,7 +275,9 @@ def test_hub_restart_keeps_running_servers(hub, nova, spawns):
         r = hub.through_proxy("alice", path="api/status")
         return r if r.status_code == 200 else None
 
-    r = deadline_wait(reached, timeout_s=60, what="alice's server through the restarted hub's proxy")
+    r = wait_until(
+        reached, timeout_s=60, interval_s=GUEST_POLL_S, what="alice's server through the restarted hub's proxy"
+    )
     assert json.loads(r.text)["kernels"] >= 0
     assert {s.id for s in servers_of(nova, hub.hub_id, "alice")} == before
 
@@ -280,7 +288,7 @@ def test_idle_culler_stops_the_idle_server_and_its_vm_goes(hub, nova, spawns):
     # stopping it already, so its hub model is not asked to be "ready" here
     assert spawns["lab"].ready_at is not None, "bob's named server never became ready"
     started = time.monotonic()
-    deadline_wait(
+    wait_until(
         lambda: hub.spawner_model(CULLED_USER, "lab") is None,
         timeout_s=CULL_TIMEOUT_S + 300,
         interval_s=3,

@@ -1,11 +1,11 @@
-"""Fixtures of the hub tier (helpers in ``hubtools.py``)."""
+"""Fixtures of the hub tier (helpers in ``testkit/hub.py``)."""
 
 from __future__ import annotations
 
 import pytest
-from hubtools import PASSWORD
 
-from tests.osdouble.fixture import running_double
+from testkit.hub import PASSWORD
+from testkit.osdouble.fixture import running_double
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hubtools import browser_open_spawn_form, cloud_servers, original_config, running_hub
+
+from testkit.hub import browser_open_spawn_form, cloud_servers, original_config, running_hub
 
 pytestmark = pytest.mark.hub
 

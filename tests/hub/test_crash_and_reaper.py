@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hubtools import PASSWORD, cloud_servers, original_config, running_hub, spawn_ready, wait_until
 
 import libcloudspawner
+from testkit.hub import PASSWORD, cloud_servers, original_config, running_hub, spawn_ready
+from testkit.wait import wait_until
 
 pytestmark = pytest.mark.hub
 
-HUB_ID = "hubtier"  # what hubtools configures
+HUB_ID = "hubtier"  # what testkit.hub configures
 
 
 @pytest.fixture(scope="module")

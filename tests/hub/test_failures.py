@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from hubtools import cloud_servers, original_config, running_hub, wait_until
+
+from testkit.hub import cloud_servers, original_config, running_hub
+from testkit.wait import wait_until
 
 pytestmark = pytest.mark.hub
 

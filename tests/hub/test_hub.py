@@ -6,7 +6,9 @@ import concurrent.futures
 import re
 
 import pytest
-from hubtools import PASSWORD, _xsrf, cloud_servers, original_config, running_hub, spawn_ready, wait_until
+
+from testkit.hub import PASSWORD, _xsrf, cloud_servers, original_config, running_hub, spawn_ready
+from testkit.wait import wait_until
 
 pytestmark = pytest.mark.hub
 

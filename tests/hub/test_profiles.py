@@ -6,7 +6,8 @@ import re
 
 import pytest
 import yaml
-from hubtools import PASSWORD, cloud_servers, running_hub
+
+from testkit.hub import PASSWORD, cloud_servers, running_hub
 
 pytestmark = pytest.mark.hub
 

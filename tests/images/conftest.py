@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import vmtools
+from testkit.vm import (
+    SINGLEUSER_PORT,
+    VM,
+    StubHub,
+    http_ok,
+    hub_env,
+    login_boothook,
+    make_seed,
+    multipart_userdata,
+    ssh_banner,
+)
+from testkit.wait import wait_until
 
 TEST_USER = "alice"
 #: generous for software emulation on a busy 2-core machine; the waits end as soon as the VM is ready
@@ -51,8 +59,8 @@ def image_root(request) -> Path:
 
 @dataclass
 class Booted:
-    vm: vmtools.VM
-    hub: vmtools.StubHub
+    vm: VM
+    hub: StubHub
     username: str
     singleuser_port: int
     seconds_to_ssh: float
@@ -79,32 +87,35 @@ def booted(request):
     workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="lcs-image-test-"))
     workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
-    hub = vmtools.StubHub(version=hub_version, token=token, username=TEST_USER).start()
+    hub = StubHub(version=hub_version, token=token, username=TEST_USER).start()
     userdata = render_userdata(
-        username=TEST_USER, env=vmtools.hub_env(TEST_USER, hub.port, token), cmd=["jupyterhub-singleuser"]
+        username=TEST_USER, env=hub_env(TEST_USER, hub.port, token), cmd=["jupyterhub-singleuser"]
     )
     pubkey = Path(identity + ".pub").read_text()
-    seed = vmtools.make_seed(
+    seed = make_seed(
         workdir,
-        vmtools.multipart_userdata(userdata, vmtools.login_boothook(pubkey)),
+        multipart_userdata(userdata, login_boothook(pubkey)),
         instance_id="i-" + secrets.token_hex(6),
         hostname="lcs-image-test",
     )
-    vm = vmtools.VM(
+    vm = VM(
         image=Path(image),
         workdir=workdir,
         seed=seed,
         accelerator=opt("accelerator"),
-        forwards={ssh_port: 22, su_port: vmtools.SINGLEUSER_PORT},
+        forwards={ssh_port: 22, su_port: SINGLEUSER_PORT},
     )
     try:
         vm.start()
         try:
-            vmtools.wait_until("SSH", lambda: vm.alive() and vmtools.ssh_banner(ssh_port), BOOT_DEADLINE_S, every_s=2)
+            wait_until(lambda: vm.alive() and ssh_banner(ssh_port), timeout_s=BOOT_DEADLINE_S, interval_s=2, what="SSH")
             to_ssh = vm.elapsed()
             url = f"http://127.0.0.1:{su_port}/user/{TEST_USER}/api"
-            vmtools.wait_until(
-                "jupyterhub-singleuser answering", lambda: vm.alive() and vmtools.http_ok(url), BOOT_DEADLINE_S
+            wait_until(
+                lambda: vm.alive() and http_ok(url),
+                timeout_s=BOOT_DEADLINE_S,
+                interval_s=1,
+                what="jupyterhub-singleuser answering",
             )
             to_ready = vm.elapsed()
         except TimeoutError as e:

@@ -5,21 +5,17 @@ Run by `invoke test-image` against a read-only mount of the image (``--hosts=loc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
+from testkit.imagefiles import load_image_file
+
 PACKER = Path(__file__).resolve().parents[2] / "images" / "packer"
-_spec = importlib.util.spec_from_file_location("lcs_patches", PACKER / "files" / "lcs_patches.py")
-assert _spec and _spec.loader
-lcs_patches = importlib.util.module_from_spec(_spec)
-sys.modules["lcs_patches"] = lcs_patches  # dataclasses look their module up there
-_spec.loader.exec_module(lcs_patches)
+lcs_patches = load_image_file("lcs_patches")
 
 STACK = ["jupyterhub", "jupyterlab", "numpy", "matplotlib"]
 

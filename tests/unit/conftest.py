@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.osdouble.fixture import DoubleHandle, running_double
+from testkit.osdouble.fixture import DoubleHandle, running_double
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,15 @@ call on that driver fails with an AttributeError, which is no cloud error and wa
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root, so `tests.osdouble` imports
-
 from libcloudspawner.cloud import CloudClient, make_driver_factory
 from libcloudspawner.config import DriverArguments
 from libcloudspawner.settings import CloudSettings
-from tests.osdouble.fixture import DoubleHandle
+from testkit.osdouble.fixture import DoubleHandle
 
 TOKENS = r"^/v3/auth/tokens$"
 

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from testkit.imagefiles import load_image_file
+
 ROOT = Path(__file__).resolve().parents[2]
 STEP = ROOT / "images" / "packer" / "files" / "lcs_patches.py"
 PATCHES = ROOT / "images" / "packer" / "patches"
-_spec = importlib.util.spec_from_file_location("lcs_patches", STEP)
-assert _spec and _spec.loader
-lcs = importlib.util.module_from_spec(_spec)
-sys.modules["lcs_patches"] = lcs  # dataclasses look their module up there
-_spec.loader.exec_module(lcs)
+lcs = load_image_file("lcs_patches")
 
 FILLER = "# filler\n"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import socket
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +22,9 @@ from libcloud.compute.base import Node, NodeDriver
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root, so `tests.osdouble` imports
-
-from tests.osdouble.catalogue import load_recording, recorded_calls
-from tests.osdouble.fixture import DoubleHandle, running_double
+from testkit.osdouble.catalogue import load_recording, recorded_calls
+from testkit.osdouble.fixture import DoubleHandle, running_double
+from testkit.wait import wait_until
 
 RECORDED_BASES = ("http://127.0.0.1:8774", "http://127.0.0.1:9292", "http://127.0.0.1:9696")
 USER_DATA = "#cloud-config\nruncmd:\n  - [systemctl, daemon-reload]\n"
@@ -66,16 +64,6 @@ def rebase(value: Any, url: str) -> Any:
     if isinstance(value, list):
         return [rebase(v, url) for v in value]
     return value
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float = 15.0, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"condition not met within {timeout_s}s")
 
 
 # ---------------------------------------------------------------------------------------- lists
@@ -322,7 +310,7 @@ def test_build_errors_after_202_as_recorded(recorded: DoubleHandle, purpose: str
     assert listed.state == "error"
     assert (listed.extra["fault"] is not None) is fault_in_list
     assert drv.destroy_node(listed)
-    wait_until(lambda: drv.ex_get_node_details(node.id) is None)
+    wait_until(lambda: drv.ex_get_node_details(node.id) is None, timeout_s=15, interval_s=0.05, what="node gone")
 
 
 def test_user_data_over_64k_is_refused(default: DoubleHandle) -> None:
@@ -520,7 +508,12 @@ def test_create_succeeded_but_response_lost(default: DoubleHandle) -> None:
         drv.create_node(name="jupyter-lost", size=size, image=image, ex_metadata={"hub": "h1"})
     [server] = default.client.servers()
     assert server["name"] == "jupyter-lost"
-    found = wait_until(lambda: [n for n in drv.list_nodes() if n.name == "jupyter-lost"])
+    found = wait_until(
+        lambda: [n for n in drv.list_nodes() if n.name == "jupyter-lost"],
+        timeout_s=15,
+        interval_s=0.05,
+        what="the lost node listed",
+    )
     assert found[0].extra["metadata"] == {"hub": "h1"}
 
 
@@ -572,7 +565,7 @@ def test_delete_that_fails(default: DoubleHandle, status: int, message: str) -> 
     assert str(err.value).startswith(message.format(id=node.id))
     assert drv.ex_get_node_details(node.id) is not None  # still there
     assert drv.destroy_node(node)
-    wait_until(lambda: drv.ex_get_node_details(node.id) is None)
+    wait_until(lambda: drv.ex_get_node_details(node.id) is None, timeout_s=15, interval_s=0.05, what="node gone")
 
 
 def test_unauthorized_fault_revokes_the_token_and_libcloud_reauthenticates(default: DoubleHandle) -> None:
@@ -641,8 +634,8 @@ def test_api_down_effect_restarts_by_itself(default: DoubleHandle) -> None:
     default.client.add_fault({"type": "api_down", "seconds": 1.0}, path="/servers/detail", nth=1)
     with pytest.raises(requests.exceptions.ConnectionError):
         drv.list_nodes()
-    wait_until(lambda: refused(default.url), timeout_s=5)
-    wait_until(lambda: not refused(default.url), timeout_s=10)
+    wait_until(lambda: refused(default.url), timeout_s=5, interval_s=0.05, what="API refusing")
+    wait_until(lambda: not refused(default.url), timeout_s=10, interval_s=0.05, what="API back")
     assert drv.list_nodes() == []
 
 

@@ -16,9 +16,7 @@ from libcloud.compute.base import NodeDriver
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root, so `tests.osdouble` imports
-
-from tests.osdouble.fixture import DoubleHandle, running_double
+from testkit.osdouble.fixture import DoubleHandle, running_double
 
 PORT = 18765
 

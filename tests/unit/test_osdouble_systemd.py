@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import base64
 import gzip
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root, so `tests.osdouble` imports
-
-from tests.osdouble import systemd
-from tests.osdouble.cloudconfig import build_plan
-from tests.osdouble.instances import service_port, substitute_bind
+from testkit.osdouble import systemd
+from testkit.osdouble.cloudconfig import build_plan
+from testkit.osdouble.instances import service_port, substitute_bind
 
 
 @pytest.mark.parametrize(
@@ -205,7 +201,7 @@ def test_write_files_encodings_and_modes() -> None:
 def test_gzipped_user_data_is_accepted() -> None:
     raw = cloud_config("[[systemctl, start, jupyterhub-singleuser]]")
     encoded = base64.b64encode(gzip.compress(raw)).decode()
-    from tests.osdouble.cloudconfig import decode_user_data
+    from testkit.osdouble.cloudconfig import decode_user_data
 
     assert decode_user_data(encoded) == raw
 

@@ -1,4 +1,4 @@
-"""Run the OpenStack API double: ``python -m tests.osdouble --port 0 --portfile FILE [--latency 1.0] [--no-run]``.
+"""Run the OpenStack API double: ``python -m testkit.osdouble --port 0 --portfile FILE [--latency 1.0] [--no-run]``.
 
 Prints ``OSDOUBLE_URL=http://HOST:PORT`` (the Keystone URL to give libcloud as ``ex_force_auth_url``) and
 ``OSDOUBLE_CONTROL_URL=...``; ``--portfile`` gets the same as JSON ``{"url", "control_url", "pid",
@@ -19,11 +19,12 @@ import tempfile
 from pathlib import Path
 
 from . import catalogue as catalogue_mod
-from .server import Config, serve
+from .app import serve
+from .state import Config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tests.osdouble", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m testkit.osdouble", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1", help="address of the API and control ports (loopback only)")
     p.add_argument("--port", type=int, default=0, help="API port (0: a free one)")
     p.add_argument("--control-port", type=int, default=0, help="control-only port that stays up during API stops")

@@ -84,7 +84,7 @@ class DoubleClient:
     # ------------------------------------------------------------------ faults
 
     def add_fault(self, effect: str | dict[str, Any], **match: Any) -> dict[str, Any]:
-        """Add a rule (see tests/osdouble/faults.py); ``effect`` is a type name or a full effect dict.
+        """Add a rule (see testkit/osdouble/faults.py); ``effect`` is a type name or a full effect dict.
 
         ``add_fault({"type": "status", "status": 500}, method="GET", path="/servers/detail", times=2)``
         """

@@ -16,42 +16,25 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from testkit.localhost import stop_process
+
 #: the host as the guest sees it through QEMU user networking
 GUEST_HOST_ADDR = "10.0.2.2"
 SINGLEUSER_PORT = 8000
 TEST_LOGIN = "lcs-test"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(what: str, check: Callable[[], bool], deadline_s: float, every_s: float = 1.0) -> float:
-    """Poll ``check`` until it is true; return the seconds it took, raise TimeoutError at the deadline."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > deadline_s:
-            raise TimeoutError(f"{what}: not after {deadline_s:.0f} s")
-        time.sleep(every_s)
 
 
 def ssh_banner(port: int) -> bool:
@@ -280,14 +263,7 @@ class VM:
 
     def stop(self, timeout_s: float = 20) -> None:
         """Stop this VM (its own PID only): SIGTERM, then SIGKILL at the deadline."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout_s)
 
     def console_tail(self, lines: int = 30) -> str:
         try:

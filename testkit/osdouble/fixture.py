@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..localhost import stop_process
 from .client import DoubleClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def _kill_instance_pids(state_dir: Path) -> None:
 
 @contextlib.contextmanager
 def running_double(tmp_path: Path, *, start_timeout_s: float = 20.0, **opts: Any) -> Iterator[DoubleHandle]:
-    """Run ``python -m tests.osdouble`` in its own process; yield a handle once it answers."""
+    """Run ``python -m testkit.osdouble`` in its own process; yield a handle once it answers."""
     base = Path(tmp_path) / "osdouble"
     base.mkdir(parents=True, exist_ok=True)
     portfile = base / "ports.json"
@@ -83,7 +84,7 @@ def running_double(tmp_path: Path, *, start_timeout_s: float = 20.0, **opts: Any
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     # instances resolve bare ExecStart names (jupyterhub-singleuser) on the double's PATH: put this venv first
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    cmd = [sys.executable, "-m", "tests.osdouble", "--port", "0", "--control-port", "0",
+    cmd = [sys.executable, "-m", "testkit.osdouble", "--port", "0", "--control-port", "0",
            "--portfile", str(portfile), "--state-dir", str(state_dir), *_cli_args(opts)]
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
@@ -110,11 +111,5 @@ def running_double(tmp_path: Path, *, start_timeout_s: float = 20.0, **opts: Any
             pid=proc.pid, state_dir=state_dir, log_path=log_path, process=proc,
         )
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, 30)
         _kill_instance_pids(state_dir)

@@ -1,6 +1,6 @@
 """Hub tier helpers: a real ``jupyterhub`` process with its real ``configurable-http-proxy``, LibcloudSpawner
 configured with the original documentation's lines, talking through libcloud's OpenStack driver over HTTP
-to the OpenStack API double (``tests/osdouble``), whose instances run the rendered user-data as local
+to the OpenStack API double (``testkit/osdouble``), whose instances run the rendered user-data as local
 processes. Driven through the REST API (a service token with admin scopes) and the HTML form.
 """
 
@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,35 +23,13 @@ from typing import Any
 import pytest
 import requests
 
-import libcloudspawner
+from testkit.localhost import free_port, stop_process
+from testkit.wait import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 NODE_BIN = REPO / "node_modules" / ".bin"
 VENV_BIN = Path(sys.executable).parent
-# ports a real OpenStack and other tiers use on this machine: never pick them
-RESERVED_PORTS = {5000, 8774, 8778, 9292, 9696, 8081, 8000}
 PASSWORD = "gloubiboulga-" + secrets.token_hex(8)  # distinctive, so the log check cannot miss it
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in RESERVED_PORTS:
-            return port
-
-
-def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout_s`` (every wait has a deadline)."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 def spawn_ready(hub: Hub, double, user: str) -> dict[str, Any]:
@@ -148,8 +125,9 @@ class Hub:
     def start(self, timeout_s: float = 60) -> None:
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(NODE_BIN), str(VENV_BIN), env.get("PATH", os.defpath)])
-        package_root = Path(libcloudspawner.__file__).resolve().parents[1]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(package_root), env.get("PYTHONPATH")]))
+        # the repository root, for spawner classes configured from it (benchmarks.floor_spawner); it holds no
+        # `libcloudspawner`, so the hub still runs the installed package
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env.pop("CONFIGPROXY_AUTH_TOKEN", None)
         if shutil.which("configurable-http-proxy", path=env["PATH"]) is None:
             pytest.fail("configurable-http-proxy is missing: run `npm install` in the repository (./bootstrap does)")
@@ -172,12 +150,7 @@ class Hub:
     def stop(self, timeout_s: float = 30) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process, timeout_s)
         self._stop_proxy()
 
     def _stop_proxy(self) -> None:

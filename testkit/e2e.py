@@ -1,6 +1,6 @@
 """End-to-end tier helpers: the dev cloud's facts, Nova as the judge, a kernel run through the proxy.
 
-The hub itself is the hub tier's :class:`tests.hub.hubtools.Hub` (a real ``jupyterhub`` + its real
+The hub itself is the hub tier's :class:`testkit.hub.Hub` (a real ``jupyterhub`` + its real
 ``configurable-http-proxy``), configured here for the real cloud instead of the OpenStack double.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.hub.hubtools import wait_until
+from testkit.wait import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 STATE_PATH = REPO / "devcloud" / "out" / "state.json"
 MANIFEST_PATH = REPO / "images" / "manifest.json"
 ARTIFACTS = REPO / "artifacts" / "e2e"
@@ -37,10 +37,8 @@ TAG_USER = "jupyterhub-user"
 TAG_SERVER = "jupyterhub-server-name"
 
 
-def deadline_wait(predicate, *, timeout_s: float, interval_s: float = 2.0, what: str = "condition"):
-    """Poll ``predicate`` until truthy; fail after ``timeout_s`` naming what was awaited (the hub tier's helper,
-    with a slower default pace for emulated guests)."""
-    return wait_until(predicate, timeout_s=timeout_s, interval_s=interval_s, what=what)
+# emulated guests answer slowly: the end-to-end waits poll at this pace
+GUEST_POLL_S = 2.0
 
 
 # ---------------------------------------------------------------------------------------------- the dev cloud
@@ -124,12 +122,13 @@ def wait_no_server(conn, hub_id: str, user: str, server: str | None = None, time
     """Nova lists no server (not even a deleting one) for this user: the VM is really gone. On failure, says
     what Nova and nova-compute say about the servers still listed."""
     try:
-        deadline_wait(
+        wait_until(
             lambda: not servers_of(conn, hub_id, user, server),
             timeout_s=timeout_s,
+            interval_s=GUEST_POLL_S,
             what=f"Nova to list no server of {user}/{server or ''}",
         )
-    except AssertionError as e:
+    except TimeoutError as e:
         raise AssertionError(f"{e}\n{nova_view(conn, servers_of(conn, hub_id, user, server))}") from None
 
 

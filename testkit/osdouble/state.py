@@ -1,0 +1,566 @@
+"""State of the OpenStack API double, independent of HTTP: configuration, records (servers, tokens,
+calls), the fake compute host's lifecycle of a server, and the API port going down and up."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import copy
+import datetime as dt
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tornado import httpserver, netutil, web
+
+from . import catalogue as catalogue_mod
+from .cloudconfig import BootPlan, build_plan, decode_user_data
+from .faults import Rule
+from .instances import InstanceHost, service_port
+
+log = logging.getLogger("osdouble")
+
+USER_DATA_MAX = 65535
+
+
+def iso_z(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_micro(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def request_id() -> str:
+    return f"req-{uuid.uuid4()}"
+
+
+def same_name(given: Any, name: str) -> bool:
+    """Keystone's SQL backend compares names with MySQL's case-insensitive collation: `default` is `Default`
+    (the original documentation's `ex_domain_name: "default"` works on a real cloud, as recorded by the
+    dev cloud's smoke script)."""
+    return isinstance(given, str) and given.casefold() == name.casefold()
+
+
+@dataclass
+class Config:
+    """Behaviour knobs; all settable at start (CLI) and at run time (``PATCH /_double/config``)."""
+
+    latency_s: float = 0.0  # added to every API call (asyncio sleep: concurrency is preserved)
+    scheduling_s: float = 0.5  # BUILD / task_state scheduling
+    spawning_s: float = 1.0  # BUILD / task_state spawning
+    delete_linger_s: float = 1.0  # after DELETE: 200 with task_state deleting, then 404
+    boot_delay_s: float = 0.0  # from ACTIVE until the unit starts (the OS booting)
+    token_ttl_s: float = 3600.0  # expires_at - issued_at, enforced
+    token_revoke_after_s: float | None = None  # tokens stop working after this, whatever expires_at says
+    no_run: bool = False  # do not run ExecStart; answer HTTP 200 with a stand-in instead
+    no_run_names: str | None = None  # regex: servers whose name matches get the stand-in (per instance)
+    standin_port: int = 8888  # stand-in port when the user-data names none
+    kill_timeout_s: float = 5.0  # SIGTERM -> SIGKILL
+    subnet: str = "127.0.0.0/24"  # where instance addresses come from (127.0.0.1 is never used)
+
+    def update(self, data: dict[str, Any]) -> None:
+        for key, value in data.items():
+            if key not in self.__dataclass_fields__:
+                raise KeyError(f"unknown config key {key!r}")
+            if key == "subnet":
+                ipaddress.ip_network(value)
+            if key == "no_run_names" and value is not None:
+                re.compile(value)
+            setattr(self, key, value)
+
+
+@dataclass
+class Token:
+    value: str
+    issued: float
+    expires: float
+    revoke_at: float | None
+    method: str
+    revoked: bool = False
+
+    def valid(self, now: float) -> bool:
+        if self.revoked or now >= self.expires:
+            return False
+        return not (self.revoke_at is not None and now >= self.revoke_at)
+
+
+@dataclass
+class ServerRecord:
+    id: str
+    name: str
+    image_id: str
+    flavor: dict[str, Any]
+    networks: list[dict[str, Any]]
+    metadata: dict[str, str]
+    user_data: str | None
+    config_drive: str
+    key_name: str | None
+    security_groups: list[str]
+    admin_pass: str
+    tenant_id: str
+    user_id: str
+    created: float
+    updated: float
+    phase: str = "scheduling"  # scheduling | spawning | active | error
+    launched: float | None = None
+    fault: dict[str, Any] | None = None
+    fault_in_list: bool = True
+    planned_fault: dict[str, Any] | None = None
+    deleting: bool = False
+    deleted_at: float | None = None
+    gone: bool = False
+    address: str | None = None
+    mac: str = ""
+    no_run: bool = False
+    plan: BootPlan | None = None
+    host: InstanceHost | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass
+class CallRecord:
+    seq: int
+    t: float
+    method: str
+    path: str
+    query: str
+    service: str
+    route: str
+    status: int | None = None
+    duration_s: float | None = None
+    effect: str | None = None
+    rule: int | None = None
+
+
+class Double:
+    """All state of the double, independent of HTTP."""
+
+    def __init__(self, config: Config, state_dir: Path, catalogue: dict[str, Any]):
+        self.config = config
+        self.initial_config = copy.deepcopy(config)
+        self.state_dir = state_dir
+        self.catalogue = catalogue
+        self.servers: dict[str, ServerRecord] = {}
+        self.tokens: dict[str, Token] = {}
+        self.rules: list[Rule] = []
+        self.rule_seq = 0
+        self.calls: list[CallRecord] = []
+        self.call_seq = 0
+        self.api_up = True
+        self.api_port: int | None = None
+        self.api_host = "127.0.0.1"
+        self.api_server: httpserver.HTTPServer | None = None
+        self.api_app: web.Application | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        (state_dir / "instances").mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ calls & rules
+
+    def record_call(self, method: str, path: str, query: str, service: str, route: str) -> CallRecord:
+        self.call_seq += 1
+        rec = CallRecord(self.call_seq, time.time(), method, path, query, service, route)
+        self.calls.append(rec)
+        return rec
+
+    def match_rule(self, method: str, path: str, service: str) -> Rule | None:
+        fired = None
+        for rule in self.rules:
+            if rule.consider(method, path, service, may_fire=fired is None):
+                fired = rule
+        return fired
+
+    def add_rule(self, data: dict[str, Any]) -> Rule:
+        self.rule_seq += 1
+        rule = Rule.from_json(self.rule_seq, data)
+        self.rules.append(rule)
+        log.info("fault rule %s added: %s", rule.id, rule.to_json())
+        return rule
+
+    # ------------------------------------------------------------------ identity
+
+    def identity(self) -> dict[str, Any]:
+        return self.catalogue["identity"]
+
+    def issue_token(self, method: str) -> Token:
+        now = time.time()
+        revoke = self.config.token_revoke_after_s
+        tok = Token(
+            value="gAAAAA" + secrets.token_urlsafe(160),
+            issued=now,
+            expires=now + self.config.token_ttl_s,
+            revoke_at=None if revoke is None else now + revoke,
+            method=method,
+        )
+        self.tokens[tok.value] = tok
+        return tok
+
+    def token_ok(self, value: str | None) -> bool:
+        if not value:
+            return False
+        tok = self.tokens.get(value)
+        return tok is not None and tok.valid(time.time())
+
+    def revoke_token(self, value: str | None) -> None:
+        if value and value in self.tokens:
+            self.tokens[value].revoked = True
+
+    def expire_all_tokens(self) -> int:
+        n = 0
+        for tok in self.tokens.values():
+            if not tok.revoked:
+                tok.revoked = True
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ lookups
+
+    def find(self, part: str, key: str) -> dict[str, Any] | None:
+        for item in self.catalogue[part]:
+            if item["id"] == key:
+                return item
+        return None
+
+    def live_servers(self) -> list[ServerRecord]:
+        return [s for s in self.servers.values() if not s.gone]
+
+    def allocate_address(self, port: int) -> str:
+        used = {s.address for s in self.live_servers() if s.address}
+        for host in ipaddress.ip_network(self.config.subnet).hosts():
+            addr = str(host)
+            if addr == "127.0.0.1" or addr in used:
+                continue
+            # another process (another double, a stale server) may hold addr:port: skip it
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # like the servers that will bind it (tornado, http.server): TIME_WAIT does not count
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((addr, port))
+                except OSError:
+                    continue
+            return addr
+        raise RuntimeError(f"no free address left in {self.config.subnet}")
+
+    # ------------------------------------------------------------------ quota
+
+    def quota_overs(self, flavor: dict[str, Any]) -> str | None:
+        quotas = self.catalogue["quotas"]
+        live = self.live_servers()
+        used = {
+            "instances": len(live),
+            "cores": sum(int(s.flavor["vcpus"]) for s in live),
+            "ram": sum(int(s.flavor["ram"]) for s in live),
+        }
+        req = {"instances": 1, "cores": int(flavor["vcpus"]), "ram": int(flavor["ram"])}
+        overs = sorted(r for r in req if quotas.get(r, -1) >= 0 and used[r] + req[r] > quotas[r])
+        if not overs:
+            return None
+        return quota_message(overs, req, used, quotas)
+
+    # ------------------------------------------------------------------ servers
+
+    def create_server(self, body: dict[str, Any], token_user: str, token_project: str,
+                      build_error: dict[str, Any] | None) -> ServerRecord | tuple[int, str]:
+        """Validate like Nova; return the record or (status, message)."""
+        server = body.get("server") if isinstance(body, dict) else None
+        if not isinstance(server, dict):
+            return 400, f"Invalid input for field/attribute server. Value: {body}. 'server' is a required property"
+        for req in ("name", "flavorRef"):
+            if req not in server:
+                return 400, (f"Invalid input for field/attribute server. Value: {short(server)}. "
+                             f"'{req}' is a required property")
+        name = server["name"]
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            return 400, f"Invalid input for field/attribute name. Value: {name}. '{name}' does not match"
+        metadata = server.get("metadata", {}) or {}
+        if not isinstance(metadata, dict) or any(
+            not isinstance(v, str) or len(k) > 255 or len(v) > 255 for k, v in metadata.items()
+        ):
+            return 400, f"Invalid input for field/attribute metadata. Value: {metadata}."
+        user_data = server.get("user_data")
+        if user_data is not None:
+            if not isinstance(user_data, str):
+                return 400, f"Invalid input for field/attribute user_data. Value: {user_data}."
+            if len(user_data) > USER_DATA_MAX:
+                return 400, (f"Invalid input for field/attribute user_data. Value: {user_data}. "
+                             f"'{user_data}' is too long")
+            try:
+                base64.b64decode(user_data, validate=True)
+            except (binascii.Error, ValueError):
+                return 400, (f"Invalid input for field/attribute user_data. Value: {user_data}. "
+                             f"'{user_data}' is not a 'base64'")
+        flavor = self.find("flavors", str(server["flavorRef"]))
+        if flavor is None:
+            return 400, f"Flavor {server['flavorRef']} could not be found."
+        image = self.find("images", str(server.get("imageRef", "")))
+        if image is None:
+            return 400, "Can not find requested image"
+        key_name = server.get("key_name")
+        if key_name is not None and not any(k["name"] == key_name for k in self.catalogue["keypairs"]):
+            return 400, "Invalid key_name provided."
+        if int(image.get("min_ram") or 0) > int(flavor["ram"]):
+            return 400, "Flavor's memory is too small for requested image."
+        flavor_bytes = int(flavor["disk"]) * 1024**3
+        if int(flavor["disk"]) > 0:
+            min_disk = int(image.get("min_disk") or 0)
+            # without min_disk Nova compares the flavor with the image *file* size (see recordings 019)
+            needed = min_disk * 1024**3 if min_disk else int(image.get("size") or 0)
+            if flavor_bytes < needed:
+                return 400, (f"Flavor's disk is too small for requested image. Flavor disk is {flavor_bytes} "
+                             f"bytes, image is {needed} bytes.")
+        networks_req = server.get("networks")
+        networks: list[dict[str, Any]] = []
+        if networks_req in (None, "auto"):
+            if len(self.catalogue["networks"]) > 1:
+                return 409, "Multiple possible networks found, use a Network ID to be more specific."
+            networks = list(self.catalogue["networks"][:1])
+        elif networks_req != "none":
+            if not isinstance(networks_req, list):
+                return 400, f"Invalid input for field/attribute networks. Value: {networks_req}."
+            for n in networks_req:
+                nid = n.get("uuid") if isinstance(n, dict) else None
+                net = self.find("networks", str(nid))
+                if net is None:
+                    return 400, f"Network {nid} could not be found."
+                networks.append(net)
+        sgs = [sg.get("name") for sg in server.get("security_groups", []) or [] if isinstance(sg, dict)]
+        sgs = sgs or ["default"]
+        for sg in sgs:
+            if not any(g["name"] == sg or g["id"] == sg for g in self.catalogue["security_groups"]):
+                return 400, f"Security group {sg} not found."
+        over = self.quota_overs(flavor)
+        if over:
+            return 403, over
+        config_drive = server.get("config_drive", "")
+        if isinstance(config_drive, bool):
+            config_drive = str(config_drive)
+        now = time.time()
+        rec = ServerRecord(
+            id=str(uuid.uuid4()),
+            name=name,
+            image_id=image["id"],
+            flavor=flavor,
+            networks=networks,
+            metadata=dict(metadata),
+            user_data=user_data,
+            config_drive=str(config_drive or ""),
+            key_name=key_name,
+            security_groups=sgs,
+            admin_pass=secrets.token_urlsafe(9)[:12],
+            tenant_id=token_project,
+            user_id=token_user,
+            created=now,
+            updated=now,
+            no_run=self.config.no_run or bool(
+                self.config.no_run_names and re.search(self.config.no_run_names, name)
+            ),
+        )
+        rec.mac = "fa:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        rec.planned_fault = self._planned_fault(rec, image, flavor, build_error)
+        try:
+            rec.plan = build_plan(decode_user_data(user_data), image_users=tuple(image.get("users", ())))
+        except (binascii.Error, ValueError, OSError, EOFError) as exc:
+            rec.plan = BootPlan(reason=f"user-data could not be decoded: {exc}")
+        self.servers[rec.id] = rec
+        rec.task = asyncio.get_running_loop().create_task(self._lifecycle(rec))
+        log.info("server %s (%s) created: flavor %s image %s", rec.id, rec.name, flavor["name"], image["name"])
+        return rec
+
+    def _planned_fault(self, rec: ServerRecord, image: dict[str, Any], flavor: dict[str, Any],
+                       build_error: dict[str, Any] | None) -> dict[str, Any] | None:
+        host = self.catalogue["host"]
+        novalidhost = {"phase": "scheduling", "code": 500, "message": "No valid host was found. ",
+                       "in_list": False}
+        if build_error is not None:
+            kind = build_error.get("fault", "novalidhost")
+            if kind == "novalidhost":
+                fault = dict(novalidhost)
+            elif kind == "disk":
+                fault = {"phase": "spawning", "code": 500, "in_list": True,
+                         "message": (f"Build of instance {rec.id} aborted: Flavor's disk is too small for "
+                                     f"requested image. Flavor disk is {int(flavor['disk']) * 1024**3} bytes, "
+                                     f"image is {int(image.get('virtual_size') or 0)} bytes.")}
+            elif isinstance(kind, dict):
+                fault = {"phase": "spawning", "code": int(kind.get("code", 500)),
+                         "message": str(kind.get("message", "Unknown error")), "in_list": True}
+            else:
+                fault = {"phase": "spawning", "code": 500, "message": str(kind), "in_list": True}
+            if "phase" in build_error:
+                fault["phase"] = build_error["phase"]
+            return fault
+        if int(flavor["ram"]) > int(host["ram"]) or int(flavor["vcpus"]) > int(host["vcpus"]):
+            return novalidhost
+        virtual = int(image.get("virtual_size") or 0)
+        if int(flavor["disk"]) > 0 and int(flavor["disk"]) * 1024**3 < virtual:
+            return {"phase": "spawning", "code": 500, "in_list": True,
+                    "message": (f"Build of instance {rec.id} aborted: Flavor's disk is too small for requested "
+                                f"image. Flavor disk is {int(flavor['disk']) * 1024**3} bytes, image is "
+                                f"{virtual} bytes.")}
+        return None
+
+    def _set_error(self, rec: ServerRecord, fault: dict[str, Any]) -> None:
+        now = time.time()
+        rec.phase = "error"
+        rec.updated = now
+        rec.fault = {"code": fault.get("code", 500), "created": iso_z(now), "message": fault["message"]}
+        rec.fault_in_list = bool(fault.get("in_list", True))
+        log.info("server %s went to ERROR: %s", rec.id, fault["message"])
+
+    async def _lifecycle(self, rec: ServerRecord) -> None:
+        try:
+            await asyncio.sleep(self.config.scheduling_s)
+            if rec.planned_fault and rec.planned_fault["phase"] == "scheduling":
+                self._set_error(rec, rec.planned_fault)
+                return
+            rec.phase = "spawning"
+            rec.updated = time.time()
+            await asyncio.sleep(self.config.spawning_s)
+            if rec.planned_fault:
+                self._set_error(rec, rec.planned_fault)
+                return
+            assert rec.plan is not None
+            port = service_port(rec.plan, self.config.standin_port)
+            rec.address = self.allocate_address(port)
+            now = time.time()
+            rec.phase, rec.launched, rec.updated = "active", now, now
+            log.info("server %s ACTIVE at %s", rec.id, rec.address)
+            if self.config.boot_delay_s:
+                await asyncio.sleep(self.config.boot_delay_s)
+            rec.host = InstanceHost(
+                instance_id=rec.id,
+                address=rec.address,
+                directory=self.state_dir / "instances" / rec.id,
+                plan=rec.plan,
+                no_run=rec.no_run,
+                standin_port=self.config.standin_port,
+                on_pids_changed=self._write_pidfile,
+            )
+            await rec.host.boot()
+            (rec.host.directory / "boot.json").write_text(json.dumps(rec.host.report(), indent=1))
+            self._write_pidfile()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("server %s: boot failed in the double", rec.id)
+            if rec.host is not None:
+                rec.host.status, rec.host.reason = "not-started", f"double error: {exc}"
+
+    def delete_server(self, rec: ServerRecord) -> None:
+        if rec.deleting:
+            return
+        rec.deleting = True
+        rec.deleted_at = time.time()
+        if rec.task is not None and not rec.task.done():
+            rec.task.cancel()
+        asyncio.get_running_loop().create_task(self._finish_delete(rec))
+
+    async def _finish_delete(self, rec: ServerRecord) -> None:
+        started = time.monotonic()
+        if rec.host is not None:
+            await rec.host.stop(self.config.kill_timeout_s)
+        await asyncio.sleep(max(0.0, self.config.delete_linger_s - (time.monotonic() - started)))
+        rec.gone = True
+        self._write_pidfile()
+        log.info("server %s deleted", rec.id)
+
+    def _write_pidfile(self) -> None:
+        pids = [p for s in self.servers.values() if s.host and not s.gone for p in s.host.pids()]
+        (self.state_dir / "instance-pids").write_text("".join(f"{p}\n" for p in pids))
+
+    async def shutdown(self) -> None:
+        """Kill every instance process (used on exit and by reset)."""
+        hosts = [s.host for s in self.servers.values() if s.host is not None]
+        for s in self.servers.values():
+            if s.task is not None and not s.task.done():
+                s.task.cancel()
+        await asyncio.gather(*(h.stop(self.config.kill_timeout_s) for h in hosts), return_exceptions=True)
+        self._write_pidfile()
+
+    async def reset(self, config: bool = False, catalogue: bool = False) -> None:
+        await self.shutdown()
+        for s in self.servers.values():
+            s.gone = True
+        self.servers.clear()
+        self.rules.clear()
+        self.calls.clear()
+        self.tokens.clear()
+        if config:
+            self.config = copy.deepcopy(self.initial_config)
+        if catalogue:
+            self.catalogue = catalogue_mod.preset("default")
+        self._write_pidfile()
+        if not self.api_up:
+            await self.start_api()
+
+    # ------------------------------------------------------------------ API up/down
+
+    def bind_api(self, host: str, port: int) -> int:
+        assert self.api_app is not None
+        sockets = netutil.bind_sockets(port, address=host)
+        self.api_server = httpserver.HTTPServer(self.api_app, xheaders=False)
+        self.api_server.add_sockets(sockets)
+        self.api_host = host
+        self.api_port = sockets[0].getsockname()[1]
+        self.api_up = True
+        return self.api_port
+
+    async def stop_api(self, for_s: float | None = None) -> None:
+        if self.api_up and self.api_server is not None:
+            server = self.api_server
+            server.stop()
+            self.api_up = False
+            # drop kept-alive client connections at once (a real API process that dies takes them with it):
+            # close_all_connections alone may still be waiting when the next request arrives on one of them
+            for conn in list(getattr(server, "_connections", ())):
+                with contextlib.suppress(Exception):
+                    conn.stream.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.close_all_connections(), 5.0)
+            log.info("API stopped (connection refused)%s", f" for {for_s}s" if for_s else "")
+        if for_s:
+            if self._restart_task is not None:
+                self._restart_task.cancel()
+            self._restart_task = asyncio.get_running_loop().create_task(self._restart_after(for_s))
+
+    async def _restart_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.start_api()
+
+    async def start_api(self) -> None:
+        if self.api_up:
+            return
+        assert self.api_port is not None
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.bind_api(self.api_host, self.api_port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        log.info("API started again on %s:%s", self.api_host, self.api_port)
+
+
+def short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def quota_message(overs: list[str], req: dict[str, int], used: dict[str, int], quotas: dict[str, int]) -> str:
+    names = ", ".join(overs)
+    return (
+        f"Quota exceeded for {names}: Requested {', '.join(str(req[o]) for o in overs)}, but already used "
+        f"{', '.join(str(used[o]) for o in overs)} of {', '.join(str(quotas[o]) for o in overs)} {names}"
+    )
+
