@@ -34,7 +34,7 @@ def image_versions(c, root: Path) -> dict[str, str]:
 def run_pytest(c, args: list[str], what: str) -> None:
     cmd = f"{q(sys.executable)} -m pytest -p no:cacheprovider -o testpaths= -rA {' '.join(q(a) for a in args)}"
     with c.cd(str(ROOT)):
-        r = c.run(cmd, echo=True, warn=True, pty=use_pty(), env={"PYTHONPATH": str(ROOT / "spawner")})
+        r = c.run(cmd, echo=True, warn=True, pty=use_pty(), env={"PYTHONPATH": str(ROOT)})
     if r.exited == 5:
         raise Exit(f"{what}: pytest collected no tests: a test phase that tests nothing is a failure", code=1)
     if r.exited != 0:
