@@ -10,7 +10,7 @@ the hub marking the server ready, i.e. the single-user server answering on the V
   venv + pip install of the locked stack, then the same unit). Guests have no route out, so the
   wheelhouse is served from the host (10.99.0.1) by a throw-away HTTP server;
 - ``bare``: the floor, create to SSH banner with no user-data (openstacksdk, no hub): the base image, and
-  our image itself (same disk: ours/bare is what the slim cloud-init and Jupyter's start add);
+  the project's image itself (same disk: ours/bare is what the slim cloud-init and Jupyter's start add);
 - ``concurrency``: ``ours`` with 1, 2 and 4 users at once;
 - ``baseline``: ``ours`` with another Glance image (``--baseline NAME``, e.g. the previous build) and/or
   another cloud-init template (``--baseline-template FILE``, e.g. ``git show REV:cloudinit/singleuser.yaml.j2``),
@@ -281,7 +281,7 @@ def main() -> int:
                     print("concurrency", n, times, flush=True)
                     save()
             elif mode == "bare":
-                # the floor twice: the base image, and our image itself booted with no user-data (same disk,
+                # the floor twice: the base image, and the project's image itself booted with no user-data (same disk,
                 # so ours/bare is exactly what the slim cloud-init and Jupyter's start add)
                 base_id = base_image(conn)
                 results["bare_base_ssh_s"] = round(bare_boot(conn, facts, base_id), 1)

@@ -158,7 +158,7 @@ class Hub:
         if pid_file.exists():
             with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
                 pid = int(pid_file.read_text().strip())
-                # only the proxy this hub started (its pid file is in our own work dir)
+                # only the proxy this hub started (its pid file is in its own work dir)
                 os.kill(pid, signal.SIGTERM)
             with contextlib.suppress(FileNotFoundError):
                 pid_file.unlink()

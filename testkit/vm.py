@@ -50,7 +50,7 @@ def ssh_banner(port: int) -> bool:
 def http_ok(url: str) -> bool:
     """True when ``url`` answers 200."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - a loopback URL we built
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - a loopback URL built here
             return r.status == 200
     except (OSError, urllib.error.URLError):
         return False

@@ -95,7 +95,7 @@ def os_vars(os_name: str) -> dict[str, str]:
 
 def probe_url(url: str, timeout_s: float = 15) -> str | None:
     """None when ``url`` answers; else why not, in words."""
-    req = urllib.request.Request(url, method="HEAD")  # noqa: S310 - http(s) URLs from our var files
+    req = urllib.request.Request(url, method="HEAD")  # noqa: S310 - http(s) URLs from the var files
     try:
         with urllib.request.urlopen(req, timeout=timeout_s):  # noqa: S310
             return None

@@ -43,7 +43,7 @@ def test_a_default_name_taken_by_another_build_gets_the_next_free_suffix():
 
 
 def test_a_suffix_of_another_name_is_not_mistaken_for_this_build():
-    # "NAME-2x" or "NAME-extra" are not suffixed copies of NAME, even with our checksum
+    # "NAME-2x" or "NAME-extra" are not suffixed copies of NAME, even with the same checksum
     visible = [img("1", f"{NAME}-extra", OURS), img("2", f"{NAME}-2x", OURS)]
     assert glance_target(NAME, False, OURS, visible) == (NAME, None)
 
