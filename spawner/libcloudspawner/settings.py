@@ -8,6 +8,7 @@ value is judged the same way wherever it is read. ``cloud.client_for`` keeps one
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import socket
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlparse
 
-from traitlets import Dict, Float, HasTraits, Integer, Unicode, observe, validate
+from traitlets import Dict, Float, HasTraits, Integer, TraitError, Unicode, observe, validate
+from traitlets.config import Configurable
+from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
 from . import naming
 from .catalog import CatalogError, normalize_choices, normalize_profiles
@@ -322,6 +325,36 @@ class CloudAccess(HasTraits):
     @validate(*CHECKS)
     def _validate_setting(self, proposal):
         return check(proposal.trait.name, proposal.value)
+
+
+class CheckedConfig(Configurable):
+    """A Configurable whose configured values are judged by :func:`check` (and their trait) before traitlets
+    loads them: a wrong one is kept out and recorded in ``config_problems``, so that building the object never
+    fails on the administrator's mistake (JupyterHub would answer every user's request with a bare 500)."""
+
+    def _load_config(self, cfg, section_names=None, traits=None):
+        """Judge every configured value before traitlets loads it; load the others."""
+        traits = traits if traits is not None else self.traits(config=True)
+        bad = {}
+        for name, value in self._find_my_config(cfg).items():
+            if name in traits and not isinstance(value, LazyConfigValue | DeferredConfig):
+                try:
+                    check(name, traits[name]._validate(self, copy.deepcopy(value)))
+                except (TraitError, ValueError) as e:
+                    bad[name] = f"{name} = {value!r}: {e}"
+        if bad:
+            cfg = copy.deepcopy(cfg)
+            for section in section_names or self.section_names():
+                for name in bad:
+                    if section in cfg:
+                        cfg[section].pop(name, None)
+            self.__dict__.setdefault("_config_problems", {}).update(bad)
+        super()._load_config(cfg, section_names, traits)
+
+    @property
+    def config_problems(self) -> dict[str, str]:
+        """Configured values refused when this object was built (setting -> what is wrong)."""
+        return self.__dict__.get("_config_problems", {})
 
 
 @dataclass(frozen=True)

@@ -10,22 +10,20 @@ and the pure helpers ``naming``, ``options``, ``catalog`` and ``userdata``.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import socket
 from collections.abc import Mapping
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
-from traitlets import Bool, Dict, Enum, List, TraitError, Unicode, default
-from traitlets.config.loader import DeferredConfig, LazyConfigValue
+from traitlets import Bool, Dict, Enum, List, Unicode, default
 
 from . import errors, naming, options, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, address_of
-from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings, check, number, optional_text, seconds
+from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettings, number, optional_text, seconds
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
@@ -35,10 +33,11 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
     spawner.select(user_options)
 
 
-class LibcloudSpawner(Spawner, CloudAccess):
+class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
     """Start each single-user server in its own cloud instance (OpenStack by default).
 
-    The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`."""
+    The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`; a wrong
+    configured value is kept out and recorded in ``config_problems`` (:class:`settings.CheckedConfig`)."""
 
     # ------------------------------------------------------------------------------ what to boot
     userserver_sizes = List(
@@ -195,32 +194,6 @@ class LibcloudSpawner(Spawner, CloudAccess):
         self._settings: CloudSettings | None = None
 
     # ------------------------------------------------------------------------------ configuration
-    def _load_config(self, cfg, section_names=None, traits=None):
-        """Judge every configured value before traitlets loads it: a wrong one is kept out, recorded in
-        ``config_problems`` (logged, and refused at spawn with "tell the administrator"), instead of making
-        every construction of this spawner fail, which JupyterHub answers with a bare 500."""
-        traits = traits if traits is not None else self.traits(config=True)
-        bad = {}
-        for name, value in self._find_my_config(cfg).items():
-            if name in traits and not isinstance(value, LazyConfigValue | DeferredConfig):
-                try:
-                    check(name, traits[name]._validate(self, copy.deepcopy(value)))
-                except (TraitError, ValueError) as e:
-                    bad[name] = f"{name} = {value!r}: {e}"
-        if bad:
-            cfg = copy.deepcopy(cfg)
-            for section in section_names or self.section_names():
-                for name in bad:
-                    if section in cfg:
-                        cfg[section].pop(name, None)
-            self.__dict__.setdefault("_config_problems", {}).update(bad)
-        super()._load_config(cfg, section_names, traits)
-
-    @property
-    def config_problems(self) -> dict[str, str]:
-        """Configured values refused when this spawner was built (setting -> what is wrong)."""
-        return self.__dict__.get("_config_problems", {})
-
     def _refuse_if_misconfigured(self) -> None:
         if self.config_problems:
             raise errors.configuration(
