@@ -29,7 +29,7 @@ def test_the_documented_configuration_passes(tmp_path, facts, image, ssh_key):
     config = {**doc_config(facts, image), "userserver_keyname": ssh_key["name"], "security_groups": ["default"]}
     r = check(write_config(tmp_path / "jupyterhub_config.py", config))
     assert r.returncode == 0, r.stdout + r.stderr
-    for found in (f"size 'j1.small'", f"image {image['image_name']!r}", f"network {facts['network']!r}",
+    for found in ("size 'j1.small'", f"image {image['image_name']!r}", f"network {facts['network']!r}",
                   f"key pair {ssh_key['name']!r}", "security group 'default'", "hub URL for VMs"):  # fmt: skip
         assert f"ok       {found}" in r.stdout, r.stdout
 
