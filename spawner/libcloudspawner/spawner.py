@@ -29,8 +29,10 @@ from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettin
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
     """Default ``apply_user_options``: validate strictly (HTTP 400 on anything not offered), keep the
     selection for ``start()``, and apply the chosen profile's overrides now, so that the hub's own start
-    deadline sees its ``start_timeout``."""
-    spawner.select(user_options)
+    deadline sees its ``start_timeout``. A misconfigured hub is refused by ``start()`` instead (JupyterHub logs a
+    traceback for any error raised here)."""
+    if not spawner.config_problems:
+        spawner.select(user_options)
 
 
 class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
@@ -235,7 +237,6 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
 
     def validate_options(self, user_options: Any) -> options.Selection:
         """The validated selection for ``user_options``; ``SpawnException`` (HTTP 400) if not offered."""
-        self._refuse_if_misconfigured()
         try:
             return options.validate_user_options(user_options, self.catalog())
         except options.InvalidUserOptions as e:
@@ -371,6 +372,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         self._progress.log_name = self._log_name
         try:
             self._progress.emit(5, "Checking the server options")
+            self._refuse_if_misconfigured()
             selection = self._selection()  # no cloud call before this
             return await self._start_with_deadline(selection)
         finally:

@@ -41,10 +41,11 @@ def test_a_wrong_setting_is_recorded_not_raised(name, value, message):
 
 
 @pytest.mark.parametrize(("name", "value", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])
-def test_a_wrong_setting_tells_the_user_to_report_it_and_the_log_what(name, value, message):
+async def test_a_wrong_setting_tells_the_user_to_report_it_and_the_log_what(name, value, message):
     spawner = LibcloudSpawner(config=config(**{name: value}), user=SimpleNamespace(name="alice"))
+    await spawner._run_apply_user_options({})  # as JupyterHub does: refused by start(), not here
     with pytest.raises(SpawnException) as info:
-        spawner.select({})
+        await spawner.start()
     assert "please tell the administrator" in info.value.jupyterhub_message
     assert message in info.value.log_message and info.value.status_code == 500
 
