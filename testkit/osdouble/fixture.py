@@ -84,8 +84,20 @@ def running_double(tmp_path: Path, *, start_timeout_s: float = 20.0, **opts: Any
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     # instances resolve bare ExecStart names (jupyterhub-singleuser) on the double's PATH: put this venv first
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    cmd = [sys.executable, "-m", "testkit.osdouble", "--port", "0", "--control-port", "0",
-           "--portfile", str(portfile), "--state-dir", str(state_dir), *_cli_args(opts)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "testkit.osdouble",
+        "--port",
+        "0",
+        "--control-port",
+        "0",
+        "--portfile",
+        str(portfile),
+        "--state-dir",
+        str(state_dir),
+        *_cli_args(opts),
+    ]
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
     try:
@@ -107,9 +119,57 @@ def running_double(tmp_path: Path, *, start_timeout_s: float = 20.0, **opts: Any
             raise TimeoutError(f"the double did not answer within {start_timeout_s}s:\n{log_path.read_text()}")
         assert info is not None
         yield DoubleHandle(
-            url=info["url"], control_url=info["control_url"], client=DoubleClient(info["control_url"]),
-            pid=proc.pid, state_dir=state_dir, log_path=log_path, process=proc,
+            url=info["url"],
+            control_url=info["control_url"],
+            client=DoubleClient(info["control_url"]),
+            pid=proc.pid,
+            state_dir=state_dir,
+            log_path=log_path,
+            process=proc,
         )
     finally:
         stop_process(proc, 30)
         _kill_instance_pids(state_dir)
+
+
+def libcloud_driver(double: DoubleHandle, api_version: str | None = None, **kw: Any) -> Any:
+    """libcloud's real OpenStack driver pointed at the double (the recordings' constructor arguments)."""
+    from libcloud.compute.providers import get_driver
+    from libcloud.compute.types import Provider
+
+    cls = get_driver(Provider.OPENSTACK)
+    args: dict[str, Any] = {
+        "ex_force_auth_version": "3.x_password",
+        "ex_force_auth_url": double.url,
+        "ex_force_service_region": "RegionOne",
+        "ex_tenant_name": "jupyter",
+        "ex_domain_name": "Default",
+    }
+    if api_version:
+        args["api_version"] = api_version
+    args.update(kw)
+    user = args.pop("user", "jupyter")
+    key = args.pop("key", "secret")
+    return cls(user, key, **args)
+
+
+def by_name(items: list[Any], name: str) -> Any:
+    return next(i for i in items if i.name == name)
+
+
+def keystone_token(double: DoubleHandle) -> str:
+    """A token from the double's Keystone, asked for as libcloud's recorded request asks."""
+    import requests
+
+    from .catalogue import load_recording
+
+    body = load_recording("default-driver/001-POST-v3_auth_tokens-201.json")["request"]["body"]["json"]
+    body["auth"]["identity"]["password"]["user"]["password"] = "secret"
+    resp = requests.post(f"{double.url}/v3/auth/tokens", json=body, timeout=10)
+    assert resp.status_code == 201
+    return resp.headers["X-Subject-Token"]
+
+
+def node_state(node: Any) -> tuple[str, str | None] | None:
+    """(state, task_state) of a libcloud Node, or None."""
+    return None if node is None else (node.state, node.extra["task_state"])
