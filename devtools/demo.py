@@ -26,6 +26,8 @@ from pathlib import Path
 import requests
 from invoke import Exit, task
 
+from testkit.wait import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "images" / "manifest.json"
 STATE = ROOT / "devcloud" / "out" / "state.json"
@@ -159,13 +161,10 @@ stop_unless_valid(c)
 
 
 def _wait(predicate, deadline_s: float, what: str, interval_s: float = 2.0):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise Exit(f"demo: {what} did not happen within {deadline_s:.0f} s; see {LOG_FILE}")
+    try:
+        return wait_until(predicate, timeout_s=deadline_s, interval_s=interval_s, what=what)
+    except TimeoutError:
+        raise Exit(f"demo: {what} did not happen within {deadline_s:.0f} s; see {LOG_FILE}") from None
 
 
 def _start_hub(public_url: str) -> int:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 EFFECTS = {
@@ -100,21 +100,8 @@ class Rule:
         return rule
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "method": self.method,
-            "path": self.path,
-            "service": self.service,
-            "nth": self.nth,
-            "after": self.after,
-            "times": self.times,
-            "probability": self.probability,
-            "seed": self.seed,
-            "delay_s": self.delay_s,
-            "effect": self.effect,
-            "matches": self.matches,
-            "hits": self.hits,
-        }
+        """Every public field (the compiled patterns and the random generator stay inside)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
     def matches_request(self, method: str, path: str, service: str) -> bool:
         if self._method_re is not None and not self._method_re.fullmatch(method):

@@ -47,6 +47,12 @@ _SIMPLE_ESCAPES = {
 }
 
 
+_HEX = "0123456789abcdefABCDEF"
+# escape letter -> (digits, base, alphabet, offset of the first digit); octal escapes start with their digit
+_NUMERIC_ESCAPES = {"x": (2, 16, _HEX, 1), "u": (4, 16, _HEX, 1), "U": (8, 16, _HEX, 1)}
+_NUMERIC_ESCAPES.update({d: (3, 8, "01234567", 0) for d in "01234567"})
+
+
 def _cunescape_one(text: str, i: int) -> tuple[str, int]:
     """Decode the C escape starting after the backslash at ``text[i]``; return (char, next index)."""
     if i >= len(text):
@@ -54,32 +60,17 @@ def _cunescape_one(text: str, i: int) -> tuple[str, int]:
     c = text[i]
     if c in _SIMPLE_ESCAPES:
         return _SIMPLE_ESCAPES[c], i + 1
-    if c == "x":
-        digits = text[i + 1 : i + 3]
-        if len(digits) != 2 or not all(d in "0123456789abcdefABCDEF" for d in digits):
-            raise UnitError(f"invalid \\x escape: \\x{digits}")
-        value = int(digits, 16)
-        if value == 0:
-            raise UnitError("\\x00 is not allowed")
-        return chr(value), i + 3
-    if c in "uU":
-        n = 4 if c == "u" else 8
-        digits = text[i + 1 : i + 1 + n]
-        if len(digits) != n or not all(d in "0123456789abcdefABCDEF" for d in digits):
-            raise UnitError(f"invalid \\{c} escape")
-        value = int(digits, 16)
-        if value == 0 or value > 0x10FFFF:
-            raise UnitError(f"invalid \\{c} escape value")
-        return chr(value), i + 1 + n
-    if c in "01234567":
-        digits = text[i : i + 3]
-        if len(digits) != 3 or not all(d in "01234567" for d in digits):
-            raise UnitError(f"invalid octal escape: \\{digits}")
-        value = int(digits, 8)
-        if value == 0:
-            raise UnitError("\\000 is not allowed")
-        return chr(value), i + 3
-    raise UnitError(f"invalid escape sequence: \\{c}")
+    if c not in _NUMERIC_ESCAPES:
+        raise UnitError(f"invalid escape sequence: \\{c}")
+    n, base, alphabet, offset = _NUMERIC_ESCAPES[c]
+    start = i + offset
+    digits = text[start : start + n]
+    if len(digits) != n or not all(d in alphabet for d in digits):
+        raise UnitError(f"invalid \\{c} escape: \\{text[i:start + n]}")
+    value = int(digits, base)
+    if value == 0 or value > 0x10FFFF:
+        raise UnitError(f"invalid \\{c} escape value: \\{text[i:start + n]} is not allowed")
+    return chr(value), start + n
 
 
 def split_words(text: str) -> list[str]:
@@ -95,31 +86,23 @@ def split_words(text: str) -> list[str]:
         quote: str | None = None
         while i < n:
             c = text[i]
-            if quote is None:
-                if c in WHITESPACE:
-                    break
-                if c in "'\"":
-                    quote = c
-                    i += 1
-                elif c == "\\" and i + 1 < n and text[i + 1] in WHITESPACE:
-                    word.append(text[i + 1])  # EXTRACT_UNESCAPE_SEPARATORS
-                    i += 2
-                elif c == "\\":
-                    ch, i = _cunescape_one(text, i + 1)
-                    word.append(ch)
-                else:
-                    word.append(c)
-                    i += 1
+            if quote is None and c in WHITESPACE:
+                break
+            if quote is None and c in "'\"":
+                quote = c
+                i += 1
+            elif quote is not None and c == quote:
+                quote = None
+                i += 1
+            elif quote is None and c == "\\" and i + 1 < n and text[i + 1] in WHITESPACE:
+                word.append(text[i + 1])  # EXTRACT_UNESCAPE_SEPARATORS
+                i += 2
+            elif c == "\\":
+                ch, i = _cunescape_one(text, i + 1)
+                word.append(ch)
             else:
-                if c == quote:
-                    quote = None
-                    i += 1
-                elif c == "\\":
-                    ch, i = _cunescape_one(text, i + 1)
-                    word.append(ch)
-                else:
-                    word.append(c)
-                    i += 1
+                word.append(c)
+                i += 1
         if quote is not None:
             raise UnitError(f"unbalanced quoting in: {text!r}")
         words.append("".join(word))
@@ -184,6 +167,20 @@ def expand_env_argv(argv: list[str], env: dict[str, str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
+# what a character right after "=" opens
+_VALUE_OPENERS = {"'": "SINGLE_QUOTE_VALUE", '"': "DOUBLE_QUOTE_VALUE", "\\": "VALUE_ESCAPE"}
+
+
+def _append_marking_trailing_space(buffer: list[str], c: str, trailing_from: int | None) -> int | None:
+    """Append ``c``; return where the run of trailing whitespace now starts in ``buffer`` (None: no such run)."""
+    if c not in WHITESPACE:
+        trailing_from = None
+    elif trailing_from is None:
+        trailing_from = len(buffer)
+    buffer.append(c)
+    return trailing_from
+
+
 def parse_env_file(text: str) -> tuple[dict[str, str], list[str]]:
     """Parse an ``EnvironmentFile=`` the way systemd does; return (assignments, warnings)."""
     newline = "\n\r"
@@ -205,7 +202,10 @@ def parse_env_file(text: str) -> tuple[dict[str, str], list[str]]:
         env[k] = v
 
     for c in text:
-        if state == "PRE_KEY":
+        if state in ("PRE_VALUE", "VALUE") and c in newline:  # the end of an unquoted value
+            push()
+            state = "PRE_KEY"
+        elif state == "PRE_KEY":
             if c in "#;":
                 state = "COMMENT"
             elif c not in WHITESPACE:
@@ -216,40 +216,21 @@ def parse_env_file(text: str) -> tuple[dict[str, str], list[str]]:
                 warnings.append(f"line {line}: no '=' on the line, ignoring it")
                 state = "PRE_KEY"
             elif c == "=":
-                state = "PRE_VALUE"
-                last_ws = None
+                state = "PRE_VALUE"  # last_ws is None already: set when the key started
             else:
-                if c not in WHITESPACE:
-                    last_key_ws = None
-                elif last_key_ws is None:
-                    last_key_ws = len(key)
-                key.append(c)
+                last_key_ws = _append_marking_trailing_space(key, c, last_key_ws)
         elif state == "PRE_VALUE":
-            if c in newline:
-                push()
-                state = "PRE_KEY"
-            elif c == "'":
-                state = "SINGLE_QUOTE_VALUE"
-            elif c == '"':
-                state = "DOUBLE_QUOTE_VALUE"
-            elif c == "\\":
-                state = "VALUE_ESCAPE"
+            if c in _VALUE_OPENERS:
+                state = _VALUE_OPENERS[c]
             elif c not in WHITESPACE:
                 state = "VALUE"
                 value.append(c)
         elif state == "VALUE":
-            if c in newline:
-                push()
-                state = "PRE_KEY"
-            elif c == "\\":
+            if c == "\\":
                 state = "VALUE_ESCAPE"
                 last_ws = None
             else:
-                if c not in WHITESPACE:
-                    last_ws = None
-                elif last_ws is None:
-                    last_ws = len(value)
-                value.append(c)
+                last_ws = _append_marking_trailing_space(value, c, last_ws)
         elif state == "VALUE_ESCAPE":
             state = "VALUE"
             if c not in newline:
