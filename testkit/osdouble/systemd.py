@@ -336,26 +336,17 @@ class ServiceSpec:
     other: dict[str, str] = field(default_factory=dict)
 
 
+_LIST_SETTINGS = {"ExecStart": "exec_start", "Environment": "environment", "EnvironmentFile": "environment_files"}
+
+
 def service_spec(unit: str, texts: list[str]) -> ServiceSpec:
     """Merge a unit file and its drop-ins (in that order) into a ServiceSpec."""
     spec = ServiceSpec(unit=unit)
     for text in texts:
         for key, value in parse_unit_text(text).get("Service", []):
-            if key == "ExecStart":
-                if value == "":
-                    spec.exec_start = []
-                else:
-                    spec.exec_start.append(value)
-            elif key == "Environment":
-                if value == "":
-                    spec.environment = []
-                else:
-                    spec.environment.append(value)
-            elif key == "EnvironmentFile":
-                if value == "":
-                    spec.environment_files = []
-                else:
-                    spec.environment_files.append(value)
+            if key in _LIST_SETTINGS:  # each line adds to the list; an empty assignment resets it
+                attribute = _LIST_SETTINGS[key]
+                setattr(spec, attribute, [*getattr(spec, attribute), value] if value else [])
             elif key == "WorkingDirectory":
                 spec.working_directory = value or None
             elif key == "User":
