@@ -119,7 +119,10 @@ def write_clouds_yaml(path: Path, entries: dict) -> None:
 
 
 def hub_config(password: str, image: str) -> str:
-    """An example jupyterhub_config.py: the original documentation's lines, plus where VMs reach the hub."""
+    """An example jupyterhub_config.py: the original documentation's lines, plus where VMs reach the hub.
+
+    The images offered: those the build manifest records as published to the dev cloud when it exists (the
+    names `invoke publish-image` gives carry a date and a commit), else ``image``."""
     params = {
         "arg_user_id": "jupyter",
         "arg_key": password,
@@ -130,9 +133,19 @@ def hub_config(password: str, image: str) -> str:
         "ex_domain_name": "default",
     }
     params_src = "{\n" + "".join(f"    {json.dumps(k)}: {json.dumps(v)},\n" for k, v in params.items()) + "}"
+    if MANIFEST.is_file():
+        images_src = (
+            "c.LibcloudSpawner.userserver_images = []\n"
+            f"c.LibcloudSpawner.image_manifest = {json.dumps(str(MANIFEST))}\n"
+            f"c.LibcloudSpawner.image_manifest_cloud = {json.dumps(CLOUD_NAME)}"
+        )
+    else:
+        images_src = f'c.LibcloudSpawner.userserver_images = [("Debian 12 Jupyter", {json.dumps(image)})]'
+
     return f"""\
 # JupyterHub configuration for the dev cloud, written by `invoke devcloud up` (devcloud/out/ is not in git).
-# The LibcloudSpawner lines are the original documentation's, unchanged; only the image name is ours.
+# The LibcloudSpawner lines are the original documentation's; the images come from the build manifest
+# when one exists (`libcloudspawner-check --config devcloud/out/jupyterhub_config.py` checks them all).
 c = get_config()  # noqa: F821
 
 c.JupyterHub.spawner_class = 'libcloudspawner.spawner.LibcloudSpawner'
@@ -140,7 +153,7 @@ c.LibcloudSpawner.libcloudparams = {params_src}
 c.LibcloudSpawner.userserver_net = "flatnet"
 c.LibcloudSpawner.cloud_region = "RegionOne"
 c.LibcloudSpawner.userserver_sizes = [("2 vCPU, 2 GiB", "j1.small")]
-c.LibcloudSpawner.userserver_images = [("Debian 12 Jupyter", {json.dumps(image)})]
+{images_src}
 
 # The VMs are on 10.99.0.0/24 with no route anywhere else: they reach the hub API on the host's
 # address on that network. The hub listens there (the proxy on this machine reaches it there too).

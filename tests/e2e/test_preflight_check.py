@@ -63,3 +63,9 @@ def test_a_hub_url_the_vms_cannot_reach_is_named(tmp_path, facts, image):
     r = check(write_config(tmp_path / "jupyterhub_config.py", doc_config(facts, image), extra=""))
     assert r.returncode == 1
     assert "PROBLEM  hub URL for VMs" in r.stdout and "hub_connect_url" in r.stdout
+
+
+def test_the_dev_clouds_example_configuration_passes(facts):
+    """`invoke devcloud up` writes an example hub configuration: everything it offers exists in the dev cloud."""
+    r = check(Path(facts["hub_config"]))
+    assert r.returncode == 0, r.stdout + r.stderr
