@@ -130,6 +130,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "api_backoff_base_seconds": _positive("api_backoff_base_seconds"),
     "api_backoff_max_seconds": _positive("api_backoff_max_seconds"),
     "api_cache_ttl_seconds": _positive("api_cache_ttl_seconds"),
+    "fleet_refresh_seconds": _positive("fleet_refresh_seconds"),
     "api_retries": _between("api_retries", 0, 20),
     "api_max_workers": _between("api_max_workers", 1, 256),
     "ca_bundle": _file("ca_bundle"),
@@ -316,6 +317,13 @@ class CloudAccess(HasTraits):
         """
         Threads running cloud API calls for this hub (each with its own driver: libcloud drivers are not
         thread-safe). Calls beyond this wait in a queue, never on the hub's event loop.
+        """,
+    )
+    fleet_refresh_seconds = seconds(
+        15.0,
+        """
+        How often the one shared listing of this hub's instances is refreshed, in seconds. Every running
+        server's poll is answered from it: the cloud sees one listing per period, whatever the number of servers.
         """,
     )
     api_cache_ttl_seconds = seconds(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from traitlets import Bool, Dict, Enum, List, Unicode, default
 from . import errors, naming, options, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
+from .fleet import UNKNOWN, fleet_for
 from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, address_of
 from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettings, number, optional_text, seconds
@@ -194,6 +196,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         self._background = Background(self.log)
         self._starting = False
         self._settings: CloudSettings | None = None
+        self._known_since = 0.0  # an instance from the saved state existed before this process listed anything
 
     # ------------------------------------------------------------------------------ configuration
     def _refuse_if_misconfigured(self) -> None:
@@ -436,6 +439,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             security_groups=self.security_groups,
         )
         self.instance_id = instance.id
+        self._known_since = time.monotonic()  # fleet listings older than this may lack it
         self._persist_state()
         self.log.info("Created instance %s (%s) for %s", attempt.name, instance.id, self._log_name)
 
@@ -481,12 +485,17 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             return 0
         try:
             client = self._client()
-            instance = await client.get_node(self.instance_id, retries=1)
+            fleet = fleet_for(client, self.hub_id, self.fleet_refresh_seconds, self.log)
+            instance = await fleet.lookup(self.instance_id, self._known_since)
+            if instance is None:  # absent from a listing made after it was known: confirm before calling it gone
+                instance = await client.get_node(self.instance_id, retries=1)
         except (CloudError, SpawnException) as e:
             self.log.warning(
                 "Cannot check instance %s of %s (%s); assuming it still runs", self.instance_id, self._log_name, e
             )
             return None
+        if instance == UNKNOWN:
+            return None  # no usable listing yet: unknown is not stopped
         if instance is None:
             self.log.info("Instance %s of %s is gone", self.instance_id, self._log_name)
             return 0

@@ -89,6 +89,12 @@ class FakeCloud:
             raise self.create_error
         return node
 
+    async def list_nodes(self):
+        self.calls.append("list_nodes")
+        if self.get_error is not None:
+            raise self.get_error
+        return list(self.nodes.values())
+
     async def get_node(self, node_id, retries=None):
         self.calls.append("get_node")
         if self.get_error is not None:
@@ -485,3 +491,33 @@ async def test_a_wrong_region_or_provider_is_not_blamed_on_the_cloud(spawner, cl
         await spawner.start()
     assert info.value.jupyterhub_message == "This hub's cloud settings are wrong; please tell the administrator."
     assert str(error) in info.value.log_message
+
+
+async def test_polls_of_many_servers_share_one_listing(cloud, monkeypatch):
+    servers = []
+    for n in range(20):
+        s = LibcloudSpawner(user=SimpleNamespace(name=f"u{n}"), hub_id="unit", fleet_refresh_seconds=60)
+        monkeypatch.setattr(s, "_client", lambda: cloud)
+        node = Instance(id=f"n{n}", name=f"jupyter-u{n}", state="running", private_ips=("10.0.0.9",),
+                        metadata=dict(s._tags()))  # fmt: skip
+        cloud.nodes[node.id] = node
+        s.load_state({"instance_id": node.id, "instance_name": node.name, "address": "10.0.0.9"})
+        servers.append(s)
+    for _ in range(3):
+        assert await asyncio.gather(*(s.poll() for s in servers)) == [None] * 20
+    assert cloud.calls.count("list_nodes") == 1 and "get_node" not in cloud.calls
+
+
+async def test_a_server_missing_from_the_listing_is_confirmed_before_it_is_called_gone(spawner, cloud):
+    await spawner.start()
+    cloud.calls.clear()
+    instance = cloud.nodes.pop(spawner.instance_id)
+    assert await spawner.poll() == 0  # absent from a listing made after the create, and the cloud says 404
+    assert cloud.calls == ["list_nodes", "get_node"]
+    cloud.nodes[instance.id] = instance
+
+
+async def test_a_failed_listing_never_stops_a_running_server(spawner, cloud):
+    await spawner.start()
+    cloud.get_error = CloudError("list instances failed: 503", transient=True, status=503)
+    assert await spawner.poll() is None
