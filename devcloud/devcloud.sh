@@ -30,6 +30,8 @@ source "$HERE/lib/install.sh"
 source "$HERE/lib/configure.sh"
 # shellcheck source=lib/services.sh
 source "$HERE/lib/services.sh"
+# shellcheck source=lib/storage.sh
+source "$HERE/lib/storage.sh"
 
 # The environment cloud.py reads (all its settings have the same defaults as here).
 cloud_py() {
@@ -51,7 +53,7 @@ configure_all() {
   # The services' configurations and database migrations are independent of each other: run them
   # side by side (mostly Python start-up and MariaDB round trips; about a third faster on 2 cores).
   local pids=() f errors=0
-  for f in conf_keystone conf_glance conf_placement conf_nova conf_neutron; do
+  for f in conf_keystone conf_glance conf_placement conf_nova conf_neutron conf_cinder; do
     "$f" &
     pids+=("$!")
   done
@@ -63,6 +65,17 @@ configure_all() {
   start_one keystone
   wait_port 5000 keystone 120
   step "keystone catalog, projects, users"
+  cloud_py catalog
+}
+
+# configure_storage: Cinder alone (its configuration changed, the rest did not): Nova and Neutron keep running
+configure_storage() {
+  conf_cinder
+  local s
+  for s in cinder-api cinder-scheduler cinder-volume; do stop_one "$s"; done
+  start_one keystone
+  wait_port 5000 keystone 120
+  step "keystone catalog (volumev3), users"
   cloud_py catalog
 }
 
@@ -96,11 +109,16 @@ do_up() {
   conf_base
   conf_libvirt
   start_infra
-  local stamp
+  ceph_up
+  local stamp sstamp
   stamp=$(config_stamp)
+  sstamp=$(storage_stamp)
   if [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "$stamp" ]; then
-    rm -f "$STAMP_FILE"
+    rm -f "$STAMP_FILE" "$STORAGE_STAMP_FILE"
     configure_all
+  elif [ "$(cat "$STORAGE_STAMP_FILE" 2>/dev/null)" != "$sstamp" ]; then
+    rm -f "$STORAGE_STAMP_FILE"
+    configure_storage
   fi
   STARTED=()
   start_openstack
@@ -121,6 +139,7 @@ do_up() {
   step "network $NET_NAME, flavors, security group rules, images"
   cloud_py resources
   echo "$stamp" >"$STAMP_FILE"
+  echo "$sstamp" >"$STORAGE_STAMP_FILE"
   step "up: the dev cloud is healthy"
 }
 
@@ -133,8 +152,8 @@ do_status() {
     if [ "${state[$1]}" = OK ] && [ "$2" = BROKEN ]; then state[$1]=BROKEN; info[$1]="$3; ${info[$1]}"
     elif [ "$2" = OK ] && [ "${state[$1]}" = OK ]; then info[$1]="${info[$1]}; $3"; fi
   }
-  for s in "${INFRA_SERVICES[@]}" "${OS_SERVICES[@]}"; do
-    if is_running "$s"; then note "$s" OK running; else note "$s" BROKEN "not running (log: $(svc_log "$s"))"; fi
+  for s in "${INFRA_SERVICES[@]}" "${CEPH_SERVICES[@]}" "${OS_SERVICES[@]}"; do
+    if is_running "$s"; then note "$s" OK running; else note "$s" BROKEN "not running (log: $(daemon_log "$s"))"; fi
   done
   if mysqladmin ping >/dev/null 2>&1; then note mariadb OK answers; else note mariadb BROKEN "does not answer"; fi
   if port_open 5672; then note rabbitmq-server OK "port 5672"; else note rabbitmq-server BROKEN "port 5672 closed"; fi
@@ -170,9 +189,9 @@ do_status() {
 # do_one stop|start|restart NAME: one service (stop/start also inject faults: the e2e tier stops nova-api)
 do_one() {
   local action=$1 name=${2:?$1 needs a service name}
-  case " ${INFRA_SERVICES[*]} ${OS_SERVICES[*]} " in
+  case " ${INFRA_SERVICES[*]} ${CEPH_SERVICES[*]} ${OS_SERVICES[*]} " in
     *" $name "*) ;;
-    *) die "unknown service $name (one of: ${INFRA_SERVICES[*]} ${OS_SERVICES[*]})" ;;
+    *) die "unknown service $name (one of: ${INFRA_SERVICES[*]} ${CEPH_SERVICES[*]} ${OS_SERVICES[*]})" ;;
   esac
   if [ "$action" != stop ] && { [ "$name" = rabbitmq-server ] || [ "$name" = mariadb ]; }; then conf_base; fi
   "${action}_one" "$name"
