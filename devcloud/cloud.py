@@ -266,10 +266,7 @@ def resources():
     ensure_security_rules()
     ensure_blank_image(conn)
     ensure_volume_quotas(conn)
-    log(
-        f"network {NET_NAME}, flavors, security rules, image 'blank', volume quotas ok"
-        f" ({time.monotonic() - t0:.1f}s)"
-    )
+    log(f"network {NET_NAME}, flavors, security rules, image 'blank', volume quotas ok ({time.monotonic() - t0:.1f}s)")
 
 
 # --- health -------------------------------------------------------------------------------------
