@@ -2,14 +2,15 @@
 # devcloud.sh: a single-node OpenStack (Debian 12 packages, Zed) on this machine, without systemd.
 #
 # keystone, glance (file store), placement, nova (libvirt, qemu software emulation, config drive
-# forced), neutron (ML2 linuxbridge, one flat network with no uplink and no NAT), mariadb, rabbitmq,
-# memcached. Every endpoint is on 127.0.0.1; guests are on 10.99.0.0/24, the host is 10.99.0.1.
+# forced), neutron (ML2 linuxbridge, one flat network with no uplink and no NAT), cinder (RBD on a
+# single-node ceph: mon, mgr, one OSD in a file), mariadb, rabbitmq, memcached. Every endpoint is on
+# 127.0.0.1; guests are on 10.99.0.0/24, the host is 10.99.0.1.
 #
 # Usage: devcloud.sh COMMAND   (as root; `invoke devcloud ...` calls this)
 #   up              install what is missing, configure (when changed), start, wait until healthy
 #   down            stop every service and power off the VMs (packages and data stay)
 #   status          health of every service; exit 1 naming what is broken and how to fix it
-#   reset           delete every server of the jupyter project, re-create network and flavors
+#   reset           delete every server and volume of the jupyter project, re-create network and flavors
 #   restart NAME    restart one service (NAME as `status` shows it)
 #   stop NAME       stop one service (fault injection: the e2e tier stops nova-api mid-spawn)
 #   start NAME      start one stopped service (`status` tells when it answers again)
@@ -19,7 +20,8 @@
 #
 # Settings (environment): DEVCLOUD_PASSWORD (services and admin, default secret),
 # DEVCLOUD_JUPYTER_PASSWORD (user jupyter, default: DEVCLOUD_PASSWORD), DEVCLOUD_VIRT_TYPE (qemu),
-# DEVCLOUD_FIREWALL (auto|noop), DEVCLOUD_GUEST_PORTS ("22 8000 8888"), DEVCLOUD_WORK (/var/tmp/devcloud).
+# DEVCLOUD_FIREWALL (auto|noop), DEVCLOUD_GUEST_PORTS ("22 8000 8888"), DEVCLOUD_WORK (/var/tmp/devcloud),
+# DEVCLOUD_CEPH_GIB (32: the OSD's sparse file, also the jupyter project's volume gigabytes quota).
 set -euo pipefail
 
 # shellcheck source=lib/common.sh
@@ -35,7 +37,7 @@ source "$HERE/lib/storage.sh"
 
 # The environment cloud.py reads (all its settings have the same defaults as here).
 cloud_py() {
-  DEVCLOUD_PASSWORD=$PW DEVCLOUD_JUPYTER_PASSWORD=$JUPYTER_PW KS=$KS REGION=$REGION NET_NAME=$NET_NAME \
+  DEVCLOUD_PASSWORD=$PW DEVCLOUD_JUPYTER_PASSWORD=$JUPYTER_PW DEVCLOUD_CEPH_GIB=$CEPH_GIB KS=$KS REGION=$REGION NET_NAME=$NET_NAME \
     NET_CIDR=$NET_CIDR HOST_IP=$HOST_IP WORK=$WORK VIRT_TYPE=$VIRT_TYPE "$PY" "$HERE/cloud.py" "$@"
 }
 
@@ -205,7 +207,7 @@ do_down() {
 }
 
 do_reset() {
-  step "reset: servers of project jupyter, network $NET_NAME, flavors"
+  step "reset: servers and volumes of project jupyter, network $NET_NAME, flavors"
   cloud_py reset
 }
 
