@@ -5,9 +5,9 @@ Runs on Debian's /usr/bin/python3 (python3-openstacksdk, installed with the clou
 project's venv. Called by devcloud.sh; settings come from the environment (see lib/common.sh):
 
     cloud.py catalog    projects, users, roles, services and endpoints in Keystone
-    cloud.py resources  flat network, flavors, security group rules, the 'blank' image
+    cloud.py resources  flat network, flavors, security group rules, the 'blank' image, volume quotas
     cloud.py health [all|services] [json|tsv]  one line per API-level check (exit 1 when one fails)
-    cloud.py reset      delete every server of the jupyter project, re-create network and flavors
+    cloud.py reset      delete every server and volume of the jupyter project, re-create network and flavors
     cloud.py facts      what clients need (JSON): auth URL, names, ids, flavors, images
 
 Everything is idempotent: what exists and is right is left alone.
@@ -53,6 +53,23 @@ CATALOG = {
     "placement": ("placement", "http://127.0.0.1:8778"),
     "nova": ("compute", "http://127.0.0.1:8774/v2.1"),
     "neutron": ("network", "http://127.0.0.1:9696"),
+    "cinder": ("volumev3", "http://127.0.0.1:8776/v3/%(project_id)s"),
+}
+
+# The jupyter project's block storage quota: a volume per user server and some to spare; the gigabytes are
+# the Ceph OSD's size (DEVCLOUD_CEPH_GIB, a sparse file: thin volumes take only what is written).
+VOLUME_QUOTA = {
+    "volumes": 20,
+    "gigabytes": int(E.get("DEVCLOUD_CEPH_GIB", "32")),
+    "snapshots": 10,
+    "backups": 0,
+    "backup_gigabytes": 0,
+}
+# HEALTH_WARN codes that a one-OSD cluster shows and that do not keep volumes from working
+CEPH_ACCEPTED_WARNINGS = {
+    "POOL_NO_REDUNDANCY": "one OSD: every pool has a single copy (by design here)",
+    "TOO_FEW_OSDS": "one OSD, fewer than a production pool's size (by design here)",
+    "RECENT_CRASH": "a daemon crashed once and was restarted ('ceph crash archive-all' clears it)",
 }
 
 
@@ -232,6 +249,15 @@ def ensure_blank_image(conn):
     )
 
 
+def ensure_volume_quotas(conn):
+    """The jupyter project's Cinder quotas (set only when they differ)."""
+    proj = conn.identity.find_project(PROJECT, domain_id="default")
+    path = f"/os-quota-sets/{proj.id}"
+    have = conn.block_storage.get(path).json()["quota_set"]
+    if any(have.get(k) != v for k, v in VOLUME_QUOTA.items()):
+        conn.block_storage.put(path, json={"quota_set": VOLUME_QUOTA}).raise_for_status()
+
+
 def resources():
     conn = connect()
     t0 = time.monotonic()
@@ -239,7 +265,8 @@ def resources():
     ensure_flavors(conn)
     ensure_security_rules()
     ensure_blank_image(conn)
-    log(f"network {NET_NAME}, flavors, security rules, image 'blank' ok ({time.monotonic() - t0:.1f}s)")
+    ensure_volume_quotas(conn)
+    log(f"network {NET_NAME}, flavors, security rules, image 'blank', volume quotas ok ({time.monotonic() - t0:.1f}s)")
 
 
 # --- health -------------------------------------------------------------------------------------
@@ -314,6 +341,18 @@ def health(scope="all", fmt="json"):
 
         return fn
 
+    def volume_service(binary):
+        def fn():
+            svcs = [s for s in conn.block_storage.get("/os-services").json()["services"] if s["binary"] == binary]
+            if not svcs:
+                return False, "not registered"
+            down = [s["host"] for s in svcs if s["state"] != "up" or s["status"] != "enabled"]
+            if down:
+                return False, f"{', '.join(down)} down or disabled (log: /var/log/cinder/{binary}.log)"
+            return True, f"{len(svcs)} up"
+
+        return fn
+
     def images():
         n = len(list(conn.image.images()))
         return True, f"{n} image(s)"
@@ -341,12 +380,46 @@ def health(scope="all", fmt="json"):
     check("hypervisor", hypervisor)
     check("neutron-linuxbridge-agent", agent("Linux bridge agent"))
     check("neutron-dhcp-agent", agent("DHCP agent"))
+    check("cinder-api", api("http://127.0.0.1:8776/"))
+    check("cinder-scheduler", volume_service("cinder-scheduler"))
+    check("cinder-volume", volume_service("cinder-volume"))
+    check("ceph", ceph_health)
     if scope == "all":
         check("network " + NET_NAME, network)
         check("flavors", flavors)
     for r in results:
         emit(r)
     return 0 if all(r["ok"] for r in results) else 1
+
+
+def ceph_health():
+    """(ok, detail) from `ceph health detail`: HEALTH_OK, or HEALTH_WARN with only the warnings a one-OSD
+    cluster shows by design (each explained); anything else names its checks and where to look."""
+    try:
+        out = subprocess.run(
+            ["ceph", "--connect-timeout", "10", "health", "detail", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        return False, (
+            f"the monitor does not answer ({type(exc).__name__}; log: /var/log/ceph/ceph-mon.a.log);"
+            " fix: invoke devcloud up"
+        )
+    report = json.loads(out)
+    status, checks = report.get("status"), report.get("checks") or {}
+    if status == "HEALTH_OK":
+        return True, "HEALTH_OK"
+    unexplained = {k: v for k, v in checks.items() if k not in CEPH_ACCEPTED_WARNINGS}
+    if status == "HEALTH_WARN" and not unexplained:
+        return True, "HEALTH_WARN accepted: " + "; ".join(f"{k}: {CEPH_ACCEPTED_WARNINGS[k]}" for k in checks)
+    summary = "; ".join(f"{k}: {v.get('summary', {}).get('message', '')}" for k, v in unexplained.items())
+    return False, (
+        f"{status}: {summary} (ceph health detail; logs /var/log/ceph/); fix: invoke devcloud up, or"
+        " devcloud.sh restart ceph-osd|ceph-mgr|ceph-mon"
+    )
 
 
 # --- reset --------------------------------------------------------------------------------------
@@ -365,6 +438,7 @@ def reset():
             lambda: not list(conn.compute.servers(all_projects=True, project_id=proj.id)),
             deadline_s=180,
         )
+    deleted_volumes = delete_volumes(conn, proj)
     net = conn.network.find_network(NET_NAME)
     if net is not None:
         # ports of just-deleted servers go a moment after the servers
@@ -384,7 +458,28 @@ def reset():
     ensure_network(conn)
     ensure_flavors(conn)
     ensure_security_rules()
-    log(f"reset done: {len(servers)} server(s) deleted, {NET_NAME} and flavors re-created")
+    log(
+        f"reset done: {len(servers)} server(s) and {deleted_volumes} volume(s) deleted,"
+        f" {NET_NAME} and flavors re-created"
+    )
+
+
+def delete_volumes(conn, proj):
+    """Delete every volume of the project (its servers are gone, so none is attached); returns how many."""
+    if proj is None:
+        return 0
+
+    def volumes():
+        return conn.block_storage.get(f"/volumes?all_tenants=1&project_id={proj.id}").json()["volumes"]
+
+    found = volumes()
+    for v in found:
+        log(f"delete volume {v['name']} ({v['id']})")
+        # force: also a volume stuck in 'error', 'attaching' or 'detaching'
+        conn.block_storage.post(f"/volumes/{v['id']}/action", json={"os-force_delete": {}})
+    if found:
+        wait_for("volumes of project jupyter to be gone", lambda: not volumes(), deadline_s=180)
+    return len(found)
 
 
 # --- facts --------------------------------------------------------------------------------------
@@ -413,6 +508,12 @@ def facts():
                 "flavors": {n: {"vcpus": v, "ram_mib": r, "disk_gib": d} for n, (v, r, d) in FLAVORS.items()},
                 "images": sorted(i.name for i in conn.image.images()),
                 "virt_type": E.get("VIRT_TYPE", "qemu"),
+                "block_storage": {
+                    "service_type": "volumev3",
+                    "backend": "ceph-rbd",
+                    "volume_type": "__DEFAULT__",
+                    "quota": VOLUME_QUOTA,
+                },
             },
             indent=2,
         )

@@ -2,14 +2,15 @@
 # devcloud.sh: a single-node OpenStack (Debian 12 packages, Zed) on this machine, without systemd.
 #
 # keystone, glance (file store), placement, nova (libvirt, qemu software emulation, config drive
-# forced), neutron (ML2 linuxbridge, one flat network with no uplink and no NAT), mariadb, rabbitmq,
-# memcached. Every endpoint is on 127.0.0.1; guests are on 10.99.0.0/24, the host is 10.99.0.1.
+# forced), neutron (ML2 linuxbridge, one flat network with no uplink and no NAT), cinder (RBD on a
+# single-node ceph: mon, mgr, one OSD in a file), mariadb, rabbitmq, memcached. Every endpoint is on
+# 127.0.0.1; guests are on 10.99.0.0/24, the host is 10.99.0.1.
 #
 # Usage: devcloud.sh COMMAND   (as root; `invoke devcloud ...` calls this)
 #   up              install what is missing, configure (when changed), start, wait until healthy
 #   down            stop every service and power off the VMs (packages and data stay)
 #   status          health of every service; exit 1 naming what is broken and how to fix it
-#   reset           delete every server of the jupyter project, re-create network and flavors
+#   reset           delete every server and volume of the jupyter project, re-create network and flavors
 #   restart NAME    restart one service (NAME as `status` shows it)
 #   stop NAME       stop one service (fault injection: the e2e tier stops nova-api mid-spawn)
 #   start NAME      start one stopped service (`status` tells when it answers again)
@@ -19,7 +20,8 @@
 #
 # Settings (environment): DEVCLOUD_PASSWORD (services and admin, default secret),
 # DEVCLOUD_JUPYTER_PASSWORD (user jupyter, default: DEVCLOUD_PASSWORD), DEVCLOUD_VIRT_TYPE (qemu),
-# DEVCLOUD_FIREWALL (auto|noop), DEVCLOUD_GUEST_PORTS ("22 8000 8888"), DEVCLOUD_WORK (/var/tmp/devcloud).
+# DEVCLOUD_FIREWALL (auto|noop), DEVCLOUD_GUEST_PORTS ("22 8000 8888"), DEVCLOUD_WORK (/var/tmp/devcloud),
+# DEVCLOUD_CEPH_GIB (32: the OSD's sparse file, also the jupyter project's volume gigabytes quota).
 set -euo pipefail
 
 # shellcheck source=lib/common.sh
@@ -30,10 +32,12 @@ source "$HERE/lib/install.sh"
 source "$HERE/lib/configure.sh"
 # shellcheck source=lib/services.sh
 source "$HERE/lib/services.sh"
+# shellcheck source=lib/storage.sh
+source "$HERE/lib/storage.sh"
 
 # The environment cloud.py reads (all its settings have the same defaults as here).
 cloud_py() {
-  DEVCLOUD_PASSWORD=$PW DEVCLOUD_JUPYTER_PASSWORD=$JUPYTER_PW KS=$KS REGION=$REGION NET_NAME=$NET_NAME \
+  DEVCLOUD_PASSWORD=$PW DEVCLOUD_JUPYTER_PASSWORD=$JUPYTER_PW DEVCLOUD_CEPH_GIB=$CEPH_GIB KS=$KS REGION=$REGION NET_NAME=$NET_NAME \
     NET_CIDR=$NET_CIDR HOST_IP=$HOST_IP WORK=$WORK VIRT_TYPE=$VIRT_TYPE "$PY" "$HERE/cloud.py" "$@"
 }
 
@@ -51,7 +55,7 @@ configure_all() {
   # The services' configurations and database migrations are independent of each other: run them
   # side by side (mostly Python start-up and MariaDB round trips; about a third faster on 2 cores).
   local pids=() f errors=0
-  for f in conf_keystone conf_glance conf_placement conf_nova conf_neutron; do
+  for f in conf_keystone conf_glance conf_placement conf_nova conf_neutron conf_cinder; do
     "$f" &
     pids+=("$!")
   done
@@ -63,6 +67,17 @@ configure_all() {
   start_one keystone
   wait_port 5000 keystone 120
   step "keystone catalog, projects, users"
+  cloud_py catalog
+}
+
+# configure_storage: Cinder alone (its configuration changed, the rest did not): Nova and Neutron keep running
+configure_storage() {
+  conf_cinder
+  local s
+  for s in cinder-api cinder-scheduler cinder-volume; do stop_one "$s"; done
+  start_one keystone
+  wait_port 5000 keystone 120
+  step "keystone catalog (volumev3), users"
   cloud_py catalog
 }
 
@@ -96,11 +111,16 @@ do_up() {
   conf_base
   conf_libvirt
   start_infra
-  local stamp
+  ceph_up
+  local stamp sstamp
   stamp=$(config_stamp)
+  sstamp=$(storage_stamp)
   if [ "$(cat "$STAMP_FILE" 2>/dev/null)" != "$stamp" ]; then
-    rm -f "$STAMP_FILE"
+    rm -f "$STAMP_FILE" "$STORAGE_STAMP_FILE"
     configure_all
+  elif [ "$(cat "$STORAGE_STAMP_FILE" 2>/dev/null)" != "$sstamp" ]; then
+    rm -f "$STORAGE_STAMP_FILE"
+    configure_storage
   fi
   STARTED=()
   start_openstack
@@ -121,6 +141,7 @@ do_up() {
   step "network $NET_NAME, flavors, security group rules, images"
   cloud_py resources
   echo "$stamp" >"$STAMP_FILE"
+  echo "$sstamp" >"$STORAGE_STAMP_FILE"
   step "up: the dev cloud is healthy"
 }
 
@@ -133,8 +154,8 @@ do_status() {
     if [ "${state[$1]}" = OK ] && [ "$2" = BROKEN ]; then state[$1]=BROKEN; info[$1]="$3; ${info[$1]}"
     elif [ "$2" = OK ] && [ "${state[$1]}" = OK ]; then info[$1]="${info[$1]}; $3"; fi
   }
-  for s in "${INFRA_SERVICES[@]}" "${OS_SERVICES[@]}"; do
-    if is_running "$s"; then note "$s" OK running; else note "$s" BROKEN "not running (log: $(svc_log "$s"))"; fi
+  for s in "${INFRA_SERVICES[@]}" "${CEPH_SERVICES[@]}" "${OS_SERVICES[@]}"; do
+    if is_running "$s"; then note "$s" OK running; else note "$s" BROKEN "not running (log: $(daemon_log "$s"))"; fi
   done
   if mysqladmin ping >/dev/null 2>&1; then note mariadb OK answers; else note mariadb BROKEN "does not answer"; fi
   if port_open 5672; then note rabbitmq-server OK "port 5672"; else note rabbitmq-server BROKEN "port 5672 closed"; fi
@@ -170,9 +191,9 @@ do_status() {
 # do_one stop|start|restart NAME: one service (stop/start also inject faults: the e2e tier stops nova-api)
 do_one() {
   local action=$1 name=${2:?$1 needs a service name}
-  case " ${INFRA_SERVICES[*]} ${OS_SERVICES[*]} " in
+  case " ${INFRA_SERVICES[*]} ${CEPH_SERVICES[*]} ${OS_SERVICES[*]} " in
     *" $name "*) ;;
-    *) die "unknown service $name (one of: ${INFRA_SERVICES[*]} ${OS_SERVICES[*]})" ;;
+    *) die "unknown service $name (one of: ${INFRA_SERVICES[*]} ${CEPH_SERVICES[*]} ${OS_SERVICES[*]})" ;;
   esac
   if [ "$action" != stop ] && { [ "$name" = rabbitmq-server ] || [ "$name" = mariadb ]; }; then conf_base; fi
   "${action}_one" "$name"
@@ -186,7 +207,7 @@ do_down() {
 }
 
 do_reset() {
-  step "reset: servers of project jupyter, network $NET_NAME, flavors"
+  step "reset: servers and volumes of project jupyter, network $NET_NAME, flavors"
   cloud_py reset
 }
 

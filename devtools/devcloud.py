@@ -4,7 +4,7 @@
                               ~/.config/openstack/clouds.yaml (entry devcloud) and devcloud/out/
     invoke devcloud status    health of every service; exits 1 naming what is broken
     invoke devcloud down      stop every service and the VMs (packages and data stay)
-    invoke devcloud reset     delete the jupyter project's servers; re-create network and flavors
+    invoke devcloud reset     delete the jupyter project's servers and volumes; re-create network and flavors
     invoke devcloud smoke     boot a tiny guest through libcloud, check it, delete it
 
 The work is done by devcloud/devcloud.sh (root, Debian 12); docs/devcloud.md explains it all.
@@ -261,9 +261,9 @@ def devcloud(c, action, image="", reconfigure=False, flavor="m1.tiny"):
     up      install (first time), configure, start, wait until healthy; write clouds.yaml (entries
             devcloud, devcloud-admin), devcloud/out/state.json and devcloud/out/jupyterhub_config.py.
             Idempotent: on a healthy cloud it only checks and re-writes the outputs.
-    down    stop every service and power off the VMs (packages, data and configuration stay)
-    status  health of every service; exits 1 naming what is broken, with the fix
-    reset   delete every server of the jupyter project; re-create network flatnet and the flavors
+    down    stop every service (Ceph too) and power off the VMs (packages, data and configuration stay)
+    status  health of every service, Ceph's and Cinder's too; exits 1 naming what is broken, with the fix
+    reset   delete every server and volume of the jupyter project; re-create network flatnet and the flavors
     smoke   boot a tiny guest through libcloud (the documented driver arguments), check it, delete it
 
     Passwords: DEVCLOUD_PASSWORD (services, admin; default secret), DEVCLOUD_JUPYTER_PASSWORD (user jupyter,

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Package installation (Debian 12 "bookworm" packages of OpenStack Zed). Sourced by devcloud.sh.
 
-# Everything the dev cloud runs on. --no-install-recommends keeps it to about 1.5 GB on disk.
+# Everything the dev cloud runs on. --no-install-recommends keeps it to about 1.7 GB on disk.
 PKGS=(
   # infrastructure
   mariadb-server python3-pymysql rabbitmq-server memcached python3-memcache
@@ -9,6 +9,9 @@ PKGS=(
   keystone glance-api placement-api
   nova-api nova-conductor nova-scheduler nova-compute-kvm
   neutron-server neutron-linuxbridge-agent neutron-dhcp-agent
+  cinder-api cinder-scheduler cinder-volume
+  # block storage: a single-node Ceph (RBD) behind Cinder; QEMU reaches it through librbd
+  ceph-mon ceph-mgr ceph-osd ceph-common qemu-block-extra
   # clients (status checks, resources, debugging)
   python3-openstackclient
   # what nova and neutron call on the host

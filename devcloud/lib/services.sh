@@ -8,14 +8,17 @@
 # In start order; stop goes the other way.
 INFRA_SERVICES=(mariadb rabbitmq-server memcached virtlogd libvirtd)
 OS_SERVICES=(keystone glance-api placement-api nova-api nova-conductor nova-scheduler nova-compute
-             neutron-api neutron-rpc-server neutron-linuxbridge-agent neutron-dhcp-agent)
+             neutron-api neutron-rpc-server neutron-linuxbridge-agent neutron-dhcp-agent
+             cinder-api cinder-scheduler cinder-volume)
+# Ceph, started by hand as its vstart.sh does (Debian ships only systemd units for it); set up by storage.sh
+CEPH_SERVICES=(ceph-mon ceph-mgr ceph-osd)
 
 # is_running NAME: the daemon's process exists (not: it answers; see the health checks)
 is_running() {
   case $1 in
     mariadb) pgrep -x mariadbd >/dev/null ;;
     rabbitmq-server) pgrep -f 'beam.*-s rabbit' >/dev/null || pgrep -f 'beam.*rabbit' >/dev/null ;;
-    memcached|virtlogd|libvirtd) pgrep -x "$1" >/dev/null ;;
+    memcached|virtlogd|libvirtd|ceph-mon|ceph-mgr|ceph-osd) pgrep -x "$1" >/dev/null ;;
     # Not `/etc/init.d/NAME status`: for the uwsgi-run APIs it asks whether *any* uwsgi runs.
     *) own_pid "$1" >/dev/null ;;
   esac
@@ -70,9 +73,12 @@ start_one() {
   # 9>&-: the daemon must not inherit devcloud.sh's lock (it would hold it for its whole life)
   case $name in
     virtlogd|libvirtd) setsid -w "$name" -d </dev/null >>"$log" 2>&1 9>&- ;;
+    # the Ceph daemons fork into the background themselves; ids: mon a, mgr x, osd 0
+    ceph-mon|ceph-mgr|ceph-osd)
+      setsid -w "$name" -i "$(ceph_id "$name")" --setuser ceph --setgroup ceph </dev/null >>"$log" 2>&1 9>&- ;;
     rabbitmq-server) ERL_EPMD_ADDRESS=127.0.0.1 setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 9>&- ;;
     *) setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 9>&- ;;
-  esac || { echo "devcloud: $name did not start (see $log and $(svc_log "$name"))" >&2; return 1; }
+  esac || { echo "devcloud: $name did not start (see $log and $(daemon_log "$name"))" >&2; return 1; }
 }
 
 # stop_one NAME: stop a daemon (no error when it is not running)
@@ -85,6 +91,13 @@ stop_one() {
         # shellcheck disable=SC2086  # one word per pid
         kill $pids 2>/dev/null || true
       fi ;;
+    ceph-mon|ceph-mgr|ceph-osd)
+      # TERM, then up to 30 s for a clean shutdown (the OSD flushes its BlueStore), then KILL
+      pids=$(pgrep -x "$name" || true)
+      [ -n "$pids" ] || return 0
+      # shellcheck disable=SC2086  # one word per pid
+      kill $pids 2>/dev/null || true
+      retry 30 1 not_running "$name" || pkill -KILL -x "$name" || true ;;
     mariadb|rabbitmq-server)
       setsid -w /etc/init.d/"$name" stop </dev/null >>"$WORK/$name.start.log" 2>&1 || true ;;
     # Only through a pid file that names this daemon: the init script would kill any pid it holds.
@@ -92,6 +105,22 @@ stop_one() {
          setsid -w /etc/init.d/"$name" stop </dev/null >>"$WORK/$name.start.log" 2>&1 || true
        fi ;;
   esac
+}
+
+# daemon_log NAME: where a daemon logs; the block storage daemons here, every other one as svc_log says
+daemon_log() {
+  case $1 in
+    cinder-*) echo "/var/log/cinder/$1.log" ;;
+    ceph-*) echo "/var/log/ceph/ceph-${1#ceph-}.$(ceph_id "$1").log $WORK/$1.start.log" ;;
+    *) svc_log "$1" ;;
+  esac
+}
+
+not_running() { ! is_running "$1"; }
+
+# ceph_id NAME: the id of the one Ceph daemon of that kind here
+ceph_id() {
+  case $1 in ceph-mon) echo a ;; ceph-mgr) echo x ;; ceph-osd) echo 0 ;; esac
 }
 
 restart_one() { stop_one "$1"; sleep 1; start_one "$1"; }
@@ -160,5 +189,6 @@ do_stop_services() {
     if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dnsmasq ]; then kill "$pid" 2>/dev/null || true; fi
   done
   stop_guests
+  for ((i = ${#CEPH_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${CEPH_SERVICES[i]}"; done
   for ((i = ${#INFRA_SERVICES[@]} - 1; i >= 0; i--)); do stop_one "${INFRA_SERVICES[i]}"; done
 }
