@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         identity = double.client.catalogue()["identity"]
         identity["user"]["password"] = PASSWORD
         quotas = {"instances": 5000, "cores": 50000, "ram": 100_000_000}
-        double.client.set_catalogue(identity=identity, quotas=quotas)
+        double.client.set_catalogue(
+            identity=identity, quotas=quotas, host={"ram": 10**8, "vcpus": 10**6, "disk": 10**7}
+        )
+        double.client.set_config(subnet="127.0.0.0/16")  # a /24 holds 253 instances: room for thousands
         config = {**original_config(double.url), "fleet_refresh_seconds": args.fleet_refresh, "api_max_workers": 8}
         servers: list[dict] = []
         for n in counts:
