@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -193,6 +194,18 @@ def nova_answers(conn) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- spawns
+def form_options(hub, user: str) -> dict[str, dict[str, str]]:
+    """The spawn form as ``user`` sees it: each <select>'s options, value -> label."""
+    session = hub.login(user)
+    page = session.get(f"{hub.url}/hub/spawn", timeout=30)
+    assert page.status_code == 200, page.text[:300]
+    html = page.content.decode("utf-8")  # requests would guess latin-1 if the charset were missing
+    selects = {}
+    for name, body in re.findall(r'<select[^>]*name="([^"]+)"[^>]*>(.*?)</select>', html, re.S):
+        selects[name] = dict(re.findall(r'<option value="([^"]+)"[^>]*>\s*([^<]*?)\s*</option>', body))
+    return selects
+
+
 class Spawn:
     """A spawn started through the REST API, its progress stream read in a thread from the start."""
 

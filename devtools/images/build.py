@@ -25,7 +25,7 @@ from .accelerator import resolve_accelerator
 from .base import build_base
 from .common import BASE_RECIPES, OUTPUT_DIR, ROOT, git_commit, need, now, os_vars, probe_url, q, sha256, use_pty
 from .imagetests import run_image_tests
-from .manifest import MANIFEST_PATH, append_entry, load_manifest, manifest_entry, published
+from .manifest import MANIFEST_PATH, append_entry, build_date, load_manifest, manifest_entry, published
 from .prebake import prebake
 from .publish import OpenstackBuild, openstack_preflight, set_min_ram
 from .wheelhouse import ensure_wheelhouse, lock_path, locked_versions
@@ -260,7 +260,7 @@ def packer_vars(req: BuildRequest, plan: BuildPlan, work: Path) -> dict[str, obj
         "wheelhouse_directory": plan.wheelhouse,
         "requirements_lock": lock_path(req.os_name),
         "git_commit": plan.commit,
-        "build_date": plan.date.isoformat(),
+        "build_date": build_date(plan.date),  # as the manifest and publish-image write it
         "jupyter_versions": hcl_map({"python": plan.vars["guest_python_version"], **plan.versions_locked}),
         "base_image_url": plan.base_url,
         "base_image_checksum": plan.base_checksum,

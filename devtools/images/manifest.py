@@ -17,8 +17,8 @@ from libcloudspawner.manifest import SCHEMA, ManifestError
 from .common import ROOT, STACK, now
 
 __all__ = [
-    "MANIFEST_PATH", "SCHEMA", "append_entry", "default_image", "find_entry", "load_manifest", "manifest_entry",
-    "published", "record_published", "save_manifest",
+    "MANIFEST_PATH", "SCHEMA", "append_entry", "build_date", "default_image", "find_entry", "load_manifest",
+    "manifest_entry", "published", "record_published", "save_manifest",
 ]  # fmt: skip
 
 MANIFEST_PATH = ROOT / "images" / "manifest.json"
@@ -38,6 +38,11 @@ def save_manifest(data: dict, path: Path | None = None) -> None:
     schema.save_manifest(data, path or MANIFEST_PATH)
 
 
+def build_date(date: dt.datetime) -> str:
+    """A build's date as the manifest and the image's ``lcs_build_date`` property write it (UTC, ``Z``)."""
+    return date.isoformat().replace("+00:00", "Z")
+
+
 def manifest_entry(
     *, name: str, os_name: str, versions: dict, date: dt.datetime, git_commit: str, builder: str,
     image: Path | None, sizes: dict, sha256: str | None, min_disk_gb: int, min_ram_mb: int,
@@ -49,7 +54,7 @@ def manifest_entry(
         name=name,
         os=os_name,
         display_name=f"{pretty.get(family, family.title())} {release} · JupyterLab {versions['jupyterlab']}",
-        date=date.isoformat().replace("+00:00", "Z"),
+        date=build_date(date),
         git_commit=git_commit,
         versions={k: versions[k] for k in ("python", *STACK)},
         format="qcow2",

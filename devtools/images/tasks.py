@@ -35,9 +35,9 @@ def build_base(c, os="debian-12", force=False):
         " official (no probe) or local (build-base from Debian packages, never contacts the image host);"
         " default: $LCS_IMAGE_BASE, else auto",
         "cloud": "openstack builder: clouds.yaml entry",
-        "source_image": "openstack builder: name of the base image in Glance",
-        "flavor": "openstack builder: flavor of the build instance",
-        "network": "openstack builder: network id of the build instance",
+        "source_image": "openstack builder: the base image in Glance, by name or id",
+        "flavor": "openstack builder: flavor of the build instance, by name or id",
+        "network": "openstack builder: network of the build instance, by name or id (default: Nova chooses)",
         "prebake": "qemu builder: auto (when emulated), yes or no: run the heavy provisioning in a chroot of the"
         " base at host speed first; Packer then runs every script again (idempotent) in the booted guest",
     }

@@ -28,6 +28,7 @@ from testkit.e2e import (
     GUEST_POLL_S,
     Spawn,
     devcloud_service,
+    form_options,
     nova_answers,
     run_in_kernel,
     servers_of,
@@ -52,20 +53,9 @@ BROWSER_FLAGS = [
 ]
 
 
-def _form_options(hub, user: str) -> dict[str, dict[str, str]]:
-    session = hub.login(user)
-    page = session.get(f"{hub.url}/hub/spawn", timeout=30)
-    assert page.status_code == 200, page.text[:300]
-    html = page.content.decode("utf-8")  # requests would guess latin-1 if the charset were missing
-    selects = {}
-    for name, body in re.findall(r'<select[^>]*name="([^"]+)"[^>]*>(.*?)</select>', html, re.S):
-        selects[name] = dict(re.findall(r'<option value="([^"]+)"[^>]*>\s*([^<]*?)\s*</option>', body))
-    return selects
-
-
 def _manifest_choice(hub, image) -> str:
     """The form value under which the manifest's published image is offered."""
-    images = _form_options(hub, "formviewer")["image"]
+    images = form_options(hub, "formviewer")["image"]
     for value in (image["image_id"], image["image_name"]):
         if value in images:
             return value
@@ -74,7 +64,7 @@ def _manifest_choice(hub, image) -> str:
 
 # ------------------------------------------------------------------------------------------------ 1. the form
 def test_form_offers_the_documented_choices_and_the_published_image(hub, image):
-    selects = _form_options(hub, "formviewer")
+    selects = form_options(hub, "formviewer")
     assert selects["size"] == {"j1.small": "2 vCPU, 2 GiB", "j1.tiny": "1 vCPU, 1 GiB"}
     assert selects["image"][image["image_name"]] == image["display_name"]
     assert selects["image"]["blank"] == "Blank disk (never serves Jupyter)"

@@ -7,12 +7,17 @@ answers are checked in tests/e2e/test_build_openstack.py.
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from invoke import Exit
 
-from devtools.images.publish import AmbiguousName, OpenstackBuild, check_openstack_build, find_one
+from devtools.images.build import BuildPlan, BuildRequest, packer_vars
+from devtools.images.common import os_vars
+from devtools.images.manifest import manifest_entry
+from devtools.images.publish import AmbiguousName, OpenstackBuild, check_openstack_build, find_one, image_properties
 
 NET_ID = "5b3c2f0e-0000-4000-8000-000000000001"
 TWIN_A, TWIN_B = "5b3c2f0e-0000-4000-8000-00000000000a", "5b3c2f0e-0000-4000-8000-00000000000b"
@@ -111,3 +116,16 @@ def test_an_image_that_is_not_active_is_refused():
     cloud = fake_cloud([item(IMAGE_ID, "debian-12-base", status="queued", min_disk=0)], FLAVORS)
     with pytest.raises(Exit, match="image 'debian-12-base' is queued, not active"):
         check_openstack_build(cloud, "devcloud", "debian-12-base", "m1.small", "")
+
+
+def test_the_openstack_builder_writes_the_build_date_as_publish_image_does():
+    date = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    plan = BuildPlan(vars=os_vars("debian-12"), base_url="", base_checksum="", date=date,
+                     openstack=OpenstackBuild(IMAGE_ID, "j1.small", NET_ID))  # fmt: skip
+    pvars = packer_vars(BuildRequest(builder="openstack"), plan, Path("/nonexistent"))
+    versions = {"python": "3.11.2", "jupyterhub": "6.1.1", "jupyterlab": "4.6.6", "numpy": "2.4.6", "matplotlib": "3"}
+    entry = manifest_entry(
+        name="x", os_name="debian-12", versions=versions, date=date, git_commit="0" * 40, builder="openstack",
+        image=None, sizes={}, sha256=None, min_disk_gb=8, min_ram_mb=1024,
+    )  # fmt: skip
+    assert pvars["build_date"] == image_properties(entry)["lcs_build_date"] == "2026-01-02T03:04:05Z"
