@@ -13,12 +13,15 @@ pytestmark = pytest.mark.hub
 
 START_TIMEOUT_S = 45
 SERVERS = "^/v2.1/servers$"
-ONE_SERVER = "^/v2.1/servers/[0-9a-f-]+$"
+SERVER_OR_LISTING = "^/v2.1/servers/([0-9a-f-]+|detail)$"
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, double):
-    extra = f"c.LibcloudSpawner.start_timeout = {START_TIMEOUT_S}\nc.LibcloudSpawner.poll_interval = 2\n"
+    extra = (
+        f"c.LibcloudSpawner.start_timeout = {START_TIMEOUT_S}\nc.LibcloudSpawner.poll_interval = 2\n"
+        "c.LibcloudSpawner.fleet_refresh_seconds = 1\n"  # every poll refreshes the shared listing
+    )
     with running_hub(tmp_path_factory.mktemp("hubfail"), double, original_config(double.url), extra) as h:
         yield h
 
@@ -119,7 +122,8 @@ def test_transient_api_failures_do_not_stop_a_running_server(hub, double):
     ok, message = spawn_outcome(hub, "tara")
     assert ok, message
     [server] = cloud_servers(double, user="tara")
-    rule = double.client.add_fault({"type": "status", "status": 503}, method="GET", path=ONE_SERVER)
+    # polls read the fleet listing (GET /servers/detail) and confirm with GET /servers/{id}: both answer 503
+    rule = double.client.add_fault({"type": "status", "status": 503}, method="GET", path=SERVER_OR_LISTING)
     time.sleep(10)  # five poll intervals of answers 503
     hits = double.client.fault(rule["id"])["hits"]
     double.client.clear_faults()
