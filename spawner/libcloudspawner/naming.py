@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import string
 from collections.abc import Mapping
 
@@ -25,8 +26,10 @@ TAG_HUB_ID = "jupyterhub-hub-id"
 TAG_USER = "jupyterhub-user"
 TAG_SERVER_NAME = "jupyterhub-server-name"
 TAG_MANAGED_BY = "jupyterhub-managed-by"
+#: a random token per start: background work of a start only ever deletes instances carrying its own
+TAG_SPAWN_ID = "jupyterhub-spawn-id"
 MANAGED_BY = "libcloudspawner"
-RESERVED_METADATA_KEYS = frozenset({TAG_HUB_ID, TAG_USER, TAG_SERVER_NAME, TAG_MANAGED_BY})
+RESERVED_METADATA_KEYS = frozenset({TAG_HUB_ID, TAG_USER, TAG_SERVER_NAME, TAG_MANAGED_BY, TAG_SPAWN_ID})
 
 DEFAULT_INSTANCE_NAME_TEMPLATE = "jupyter-{username}"
 #: fields an instance name template may use
@@ -222,6 +225,11 @@ def instance_tags(*, hub_id: str, username: str, servername: str) -> dict[str, s
         TAG_SERVER_NAME: metadata_value(servername),
         TAG_MANAGED_BY: MANAGED_BY,
     }
+
+
+def new_spawn_id() -> str:
+    """A fresh token identifying one create attempt (its ``jupyterhub-spawn-id`` tag)."""
+    return secrets.token_hex(8)
 
 
 def tags_match(metadata: Mapping[str, object] | None, tags: Mapping[str, str]) -> bool:

@@ -385,6 +385,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
         # the hub clears the state right before a new start: forget the last start's progress events,
         # so that an early progress request waits for this start's events instead of replaying old ones
         self._progress.reset()
+        self._background.release_late_watch()
         self._forget_instance()
 
     def _forget_instance(self) -> None:
@@ -421,7 +422,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
             await asyncio.shield(self._background.cleanup)
         user_data = self._render_userdata()
         provisioner = self._provisioner(self._client())
-        attempt = CreateAttempt(name=self._instance_name(), tags=self._tags())
+        attempt = CreateAttempt(name=self._instance_name(), server_tags=self._tags())
         self.instance_name = attempt.name
         self._starting = True
         try:
@@ -440,9 +441,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
             self._starting = False
             if attempt.doubtful:
                 self._background.start_late_watch(
-                    provisioner.watch_late_landing(
-                        attempt, starting=lambda: self._starting, in_use=lambda: self.instance_id
-                    )
+                    provisioner, attempt, starting=lambda: self._starting, in_use=lambda: self.instance_id
                 )
 
     async def _boot(self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt) -> str:
@@ -526,6 +525,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
     async def stop(self, now=False):
         """Delete the instance; idempotent; returns once it is gone (bounded by stop_timeout_seconds)."""
         await self._background.wait_cleanup(self.stop_timeout_seconds, self._log_name)
+        self._background.release_late_watch()
         if not self.instance_id:
             return
         provisioner = self._provisioner(self._client())

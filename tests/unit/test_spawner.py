@@ -485,3 +485,34 @@ async def test_a_wrong_region_or_provider_is_not_blamed_on_the_cloud(spawner, cl
         await spawner.start()
     assert info.value.jupyterhub_message == "This hub's cloud settings are wrong; please tell the administrator."
     assert str(error) in info.value.log_message
+
+
+async def test_a_stopped_servers_late_watch_never_deletes_the_next_spawns_instance(spawner, cloud, monkeypatch):
+    """JupyterHub builds a new Spawner after a stop: the old object's watch for a late create must not take
+    the new spawn's instance for a late arrival of its own attempt."""
+    monkeypatch.setattr("libcloudspawner.provision.LATE_LANDING_CHECKS", (0.2, 0.4))
+    cloud.create_error = CreateOutcomeUnknown("connection reset", transient=True)  # made, answer lost: doubtful
+    await spawner.start()
+    old_watch = spawner._background.late_watch
+    assert old_watch is not None
+    await spawner.stop()
+    cloud.create_error = None
+    new = LibcloudSpawner(user=spawner.user, **{k: getattr(spawner, k) for k in (
+        "userserver_sizes", "userserver_images", "userserver_net", "hub_id", "startup_poll_interval_seconds",
+        "stop_timeout_seconds")})  # fmt: skip
+    new._client = lambda: cloud
+    new._render_userdata = lambda: "#cloud-config\n"
+    await new.start()
+    await asyncio.sleep(0.6)  # every check of the old watch is past
+    assert list(cloud.nodes) == [new.instance_id]
+    assert cloud.nodes[new.instance_id].metadata["jupyterhub-spawn-id"] != ""
+
+
+async def test_stop_and_clear_state_end_the_watch_bound_to_the_spawner(spawner, cloud):
+    cloud.create_error = CreateOutcomeUnknown("connection reset", transient=True)
+    await spawner.start()
+    watch = spawner._background.late_watch
+    await spawner.stop()
+    await asyncio.sleep(0)
+    assert watch.cancelled()
+    assert spawner._background.late_watch is not watch  # the attempt's own late arrivals are still looked for
