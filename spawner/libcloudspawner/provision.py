@@ -161,7 +161,7 @@ class Provisioner:
         """An instance with this name and these tags is a leftover of an interrupted start (hub crash): its
         API token is no longer valid, so it cannot be adopted. Remove it."""
         for leftover in await self.client.find_nodes(name=attempt.name, tags=attempt.server_tags):
-            if not leftover.deleting:
+            if not leftover.deleting and leftover.id not in attempt.ignore:
                 self.log.warning("Removing leftover instance %s (%s) of %s", leftover.name, leftover.id, self.log_name)
                 attempt.ignore.add(leftover.id)
                 await self.client.destroy_node(leftover.id)

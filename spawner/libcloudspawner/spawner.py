@@ -10,6 +10,7 @@ and the pure helpers ``naming``, ``options``, ``catalog`` and ``userdata``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import socket
@@ -20,7 +21,7 @@ from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, TraitError, Unicode, default
 from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
-from . import errors, naming, options, userdata
+from . import deletions, errors, hubstate, naming, options, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .progress import ProgressLog
@@ -193,6 +194,8 @@ class LibcloudSpawner(Spawner, CloudAccess):
         self._background = Background(self.log)
         self._starting = False
         self._settings: CloudSettings | None = None
+        with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
+            asyncio.get_running_loop().call_soon(self._resume_deletions)
 
     # ------------------------------------------------------------------------------ configuration
     def _load_config(self, cfg, section_names=None, traits=None):
@@ -317,6 +320,17 @@ class LibcloudSpawner(Spawner, CloudAccess):
                 f"LibcloudSpawner cloud configuration error: {e}",
             ) from None
 
+    def _deletions(self) -> deletions.DurableDeletions:
+        """The hub's record of deletions to retry (beside its database)."""
+        bind = getattr(self.db, "bind", None)
+        return deletions.for_directory(hubstate.state_directory(bind.url if bind is not None else None))
+
+    def _resume_deletions(self) -> None:
+        try:
+            self._deletions().resume(self._client(), self.log)
+        except SpawnException as e:
+            self.log.error("Cannot retry recorded deletions: %s", e.log_message or e)
+
     def _provisioner(self, client: CloudClient) -> Provisioner:
         return Provisioner(
             client,
@@ -423,6 +437,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
         user_data = self._render_userdata()
         provisioner = self._provisioner(self._client())
         attempt = CreateAttempt(name=self._instance_name(), server_tags=self._tags())
+        attempt.ignore.update(self._deletions().pending_ids())  # being deleted in the background
         self.instance_name = attempt.name
         self._starting = True
         try:
@@ -523,18 +538,23 @@ class LibcloudSpawner(Spawner, CloudAccess):
         return None
 
     async def stop(self, now=False):
-        """Delete the instance; idempotent; returns once it is gone (bounded by stop_timeout_seconds)."""
+        """Delete the instance; idempotent; returns once it is gone (bounded by stop_timeout_seconds). An
+        instance the cloud would not delete is recorded and deleted again in the background: stop() returns,
+        so that JupyterHub revokes the server's token."""
         await self._background.wait_cleanup(self.stop_timeout_seconds, self._log_name)
         self._background.release_late_watch()
         if not self.instance_id:
             return
-        provisioner = self._provisioner(self._client())
+        client = self._client()
+        name = self.instance_name or self._instance_name()
         try:
-            await provisioner.delete(
-                self.instance_id, self.instance_name or self._instance_name(), self._tags(), wait=not now
-            )
+            await self._provisioner(client).delete(self.instance_id, name, self._tags(), wait=not now)
         except CloudError:
-            raise errors.cloud_unavailable(
-                "Your server's virtual machine could not be deleted right now; please try again later."
-            ) from None
+            try:
+                self._deletions().record(self.instance_id, name, self._log_name, client, self.log)
+            except OSError as e:
+                raise errors.cloud_unavailable(
+                    "Your server's virtual machine could not be deleted right now; please try again later.",
+                    f"Could not record the deletion of instance {self.instance_id} of {self._log_name}: {e}",
+                ) from None
         self.clear_state()
