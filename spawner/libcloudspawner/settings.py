@@ -134,6 +134,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "image_manifest": _file("image_manifest"),
     "cloudinit_template": _file("cloudinit_template"),
     "hub_id": _hub_id,
+    "max_instances": _between("max_instances", 0, 1_000_000),
     "instance_metadata": _metadata,
     "instance_name_template": naming.validate_instance_name_template,
     "forceuser": _forceuser,

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import json
 import socket
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,12 +22,15 @@ from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, TraitError, Unicode, default
 from traitlets.config.loader import DeferredConfig, LazyConfigValue
 
-from . import deletions, errors, hubstate, naming, options, userdata
+from . import deletions, errors, hubstate, limits, naming, options, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, address_of
 from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings, check, number, optional_text, seconds
+
+#: the spawners of this process whose start is under way (counted by ``max_instances`` until they save an id)
+_STARTING: weakref.WeakSet[LibcloudSpawner] = weakref.WeakSet()
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
@@ -165,6 +169,16 @@ class LibcloudSpawner(Spawner, CloudAccess):
 
     stop_timeout_seconds = seconds(
         300.0, "How long stop() waits for the instance to be gone before giving up (it keeps the delete)."
+    )
+
+    max_instances = number(
+        0,
+        """
+        Most instances this hub keeps in the cloud project (servers whose state names an instance, plus
+        instances whose deletion is still being retried); a start beyond it is refused with HTTP 429 ("this
+        hub is full") before any cloud call. 0: no limit. JupyterHub's `active_server_limit`,
+        `concurrent_spawn_limit` and `named_server_limit_per_user` apply as well.
+        """,
     )
 
     # ------------------------------------------------------------------------------ state
@@ -331,6 +345,14 @@ class LibcloudSpawner(Spawner, CloudAccess):
         except SpawnException as e:
             self.log.error("Cannot retry recorded deletions: %s", e.log_message or e)
 
+    def _refuse_if_hub_full(self) -> None:
+        if self.max_instances and self.max_instances <= limits.kept_instances(
+            [limits.instances_in_database(self.db), self._deletions().pending_ids()],
+            sum(1 for s in _STARTING if s is not self and not s.instance_id),
+            exclude=self.instance_id,
+        ):
+            raise errors.hub_full(self.max_instances)
+
     def _provisioner(self, client: CloudClient) -> Provisioner:
         return Provisioner(
             client,
@@ -347,6 +369,8 @@ class LibcloudSpawner(Spawner, CloudAccess):
             return userdata.render_userdata(
                 username=self.linux_user, env=self.get_env(), cmd=[*self.cmd, *self.get_args()], template=template
             )
+        except userdata.InvalidEnvironmentValue as e:
+            raise errors.invalid_environment(e.key, f"LibcloudSpawner cannot start {self._log_name}: {e}") from None
         except userdata.UserDataError as e:
             raise errors.configuration(
                 "The server's start-up script could not be prepared",
@@ -434,12 +458,14 @@ class LibcloudSpawner(Spawner, CloudAccess):
         if self._background.cleaning:
             self._progress.emit(6, "Waiting for the previous attempt's instance to be removed")
             await asyncio.shield(self._background.cleanup)
+        self._refuse_if_hub_full()
         user_data = self._render_userdata()
         provisioner = self._provisioner(self._client())
         attempt = CreateAttempt(name=self._instance_name(), server_tags=self._tags())
         attempt.ignore.update(self._deletions().pending_ids())  # being deleted in the background
         self.instance_name = attempt.name
         self._starting = True
+        _STARTING.add(self)
         try:
             return await self._boot(provisioner, selection, user_data, attempt)
         except BaseException as e:
@@ -454,6 +480,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
             raise errors.for_user(e, self._log_name) from e
         finally:
             self._starting = False
+            _STARTING.discard(self)
             if attempt.doubtful:
                 self._background.start_late_watch(
                     provisioner, attempt, starting=lambda: self._starting, in_use=lambda: self.instance_id

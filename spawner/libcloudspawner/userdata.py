@@ -39,8 +39,20 @@ _YAML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ufef
 _SYSTEMD_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
 
 
+# control characters systemd refuses in an environment value (all but newline): it drops the whole variable
+_SYSTEMD_ENV_DROPPED = re.compile("[\x01-\x09\x0b-\x1f\x7f]")
+
+
 class UserDataError(ValueError):
     """The user-data cannot be rendered safely (bad key, value, or too large for the cloud)."""
+
+
+class InvalidEnvironmentValue(UserDataError):
+    """An environment variable's value the server would never receive; ``key`` names the variable."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 def yaml_quote(value: object) -> str:
@@ -75,6 +87,13 @@ def env_file(env: Mapping[str, str]) -> str:
         if not isinstance(value, str):
             raise UserDataError(f"environment variable {key} must be a string, not {type(value).__name__}")
         _check_text(value, f"environment variable {key}")
+        dropped = _SYSTEMD_ENV_DROPPED.search(value)
+        if dropped:
+            raise InvalidEnvironmentValue(
+                key,
+                f"environment variable {key} contains the control character {dropped.group()!r}: systemd would"
+                " drop the variable and the server would start without it",
+            )
         escaped = re.sub(r'(["\\`$])', r"\\\1", value)
         lines.append(f'{key}="{escaped}"')
     return "".join(line + "\n" for line in lines)

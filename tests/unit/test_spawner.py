@@ -527,3 +527,41 @@ async def test_stop_and_clear_state_end_the_watch_bound_to_the_spawner(spawner, 
     await asyncio.sleep(0)
     assert watch.cancelled()
     assert spawner._background.late_watch is not watch  # the attempt's own late arrivals are still looked for
+
+
+@pytest.mark.parametrize("value", ["a\tb", "\x1b[31mred", "line\rfeed"])
+async def test_an_environment_value_systemd_would_drop_is_refused_before_any_cloud_call(spawner, cloud, value):
+    spawner.get_env = lambda: {"JUPYTERHUB_API_TOKEN": "t", "PROJECT_NAME": value}
+    spawner._render_userdata = lambda: LibcloudSpawner._render_userdata(spawner)
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert "PROJECT_NAME" in info.value.jupyterhub_message
+    assert cloud.calls == []
+
+
+async def test_a_full_hub_refuses_a_start_with_429_before_any_cloud_call(spawner, cloud):
+    spawner.max_instances = 1
+    spawner._deletions().add("being-deleted", "jupyter-old", "bob")  # still kept in the project
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert info.value.status_code == 429 and "This hub is full" in info.value.jupyterhub_message
+    assert cloud.calls == []
+    spawner._deletions().remove("being-deleted")
+    await spawner.start()
+    assert spawner.instance_id in cloud.nodes
+
+
+async def test_concurrent_starts_count_against_max_instances(spawner, cloud):
+    spawner.max_instances = 1
+    cloud.create_delay = 0.2
+    first = asyncio.ensure_future(spawner.start())
+    await asyncio.sleep(0.05)  # the first start is under way, its instance id not yet saved
+    bob = SimpleNamespace(name="bob", url="/user/bob/", escaped_name="bob")
+    other = LibcloudSpawner(
+        user=bob, max_instances=1, userserver_sizes=[("Small", "m1.small")], userserver_images=[("D", "img")]
+    )
+    other._client = lambda: cloud
+    with pytest.raises(SpawnException) as info:
+        await other.start()
+    assert info.value.status_code == 429
+    await first
