@@ -236,8 +236,3 @@ def tags_match(metadata: Mapping[str, object] | None, tags: Mapping[str, str]) -
     """True when ``metadata`` (an instance's) carries every one of ``tags`` with the same value."""
     metadata = metadata or {}
     return all(metadata.get(key) == value for key, value in tags.items())
-
-
-def default_hub_id(hostname: str) -> str:
-    """A stable hub id from the hub's host name (set ``hub_id`` when several hubs share a project)."""
-    return safe_slug(hostname or "jupyterhub", max_length=40)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -21,6 +20,7 @@ from traitlets import Dict, Float, HasTraits, Integer, Unicode, observe, validat
 from . import naming
 from .catalog import CatalogError, normalize_choices, normalize_profiles
 from .config import DriverArguments, driver_arguments
+from .hubstate import read_hub_id, state_directory
 
 OPENSTACK_API_VERSIONS = ("1.1", "2.0", "2.1", "2.2")
 #: settings a profile may override
@@ -334,6 +334,8 @@ class HubConfig:
     hub_api_url: str
 
 
+#: JupyterHub's default database: SQLite in its working directory
+DEFAULT_DB_URL = "sqlite:///jupyterhub.sqlite"
 #: the configuration sections LibcloudSpawner reads its settings from, in increasing priority
 SPAWNER_SECTIONS = ("Spawner", "LibcloudSpawner")
 #: renamed settings still read under their old name
@@ -365,9 +367,22 @@ def load_hub_config(path: str) -> HubConfig:
     for section in SPAWNER_SECTIONS:
         for key, value in dict(config.get(section, {})).items():
             values[ALIASES.get(key, key)] = value
-    hub_id = check("hub_id", values.get("hub_id") or naming.default_hub_id(socket.gethostname()))
+    hub = dict(config.get("JupyterHub", {}))
     return HubConfig(
         cloud=CloudSettings.from_mapping(values),
-        hub_id=hub_id,
-        hub_api_url=hub_api_url(dict(config.get("JupyterHub", {}))),
+        hub_id=check("hub_id", values.get("hub_id") or _kept_hub_id(hub.get("db_url"))),
+        hub_api_url=hub_api_url(hub),
     )
+
+
+def _kept_hub_id(db_url: str | None) -> str:
+    """The id the hub generated and kept beside its database (relative paths from the working directory, as
+    the hub resolves them); ``ValueError`` if it cannot be read: tools must not guess a hub's id."""
+    directory = state_directory(db_url or DEFAULT_DB_URL)
+    try:
+        return read_hub_id(directory)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"hub_id is not set in the hub's configuration and the id the hub keeps cannot be read ({e}): set"
+            " c.LibcloudSpawner.hub_id, or run this from the hub's working directory"
+        ) from None

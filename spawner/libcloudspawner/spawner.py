@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import copy
 import json
-import socket
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -117,14 +116,16 @@ class LibcloudSpawner(Spawner, CloudAccess):
     hub_id = Unicode(
         help="""
         Identity of this hub, set as the `jupyterhub-hub-id` metadata of its instances (the reaper and the
-        recovery of lost creates look for it). Default: derived from the host name. Set it explicitly when
-        several hubs share a cloud project, and keep it stable.
+        recovery of lost creates look for it). Default: `hub-` + 12 random hex digits, generated at the first
+        start and kept in `libcloudspawner-hub-id` beside the hub's SQLite database (with another database:
+        in the hub's working directory), logged at start. Set it explicitly when several hubs share a cloud
+        project or the hub's database is not SQLite, and keep it stable.
         """,
     ).tag(config=True)
 
     @default("hub_id")
     def _default_hub_id(self):
-        return naming.default_hub_id(socket.gethostname())
+        return hubstate.hub_id(self._state_directory(), self.log)
 
     forceuser = optional_text(
         """
@@ -208,6 +209,8 @@ class LibcloudSpawner(Spawner, CloudAccess):
         self._background = Background(self.log)
         self._starting = False
         self._settings: CloudSettings | None = None
+        if self.db is not None:  # in a hub: its id is known (and logged) from the first spawner on
+            self.hub_id  # noqa: B018
         with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
             asyncio.get_running_loop().call_soon(self._resume_deletions)
 
@@ -334,10 +337,13 @@ class LibcloudSpawner(Spawner, CloudAccess):
                 f"LibcloudSpawner cloud configuration error: {e}",
             ) from None
 
+    def _state_directory(self):
+        bind = getattr(self.db, "bind", None)
+        return hubstate.state_directory(bind.url if bind is not None else None)
+
     def _deletions(self) -> deletions.DurableDeletions:
         """The hub's record of deletions to retry (beside its database)."""
-        bind = getattr(self.db, "bind", None)
-        return deletions.for_directory(hubstate.state_directory(bind.url if bind is not None else None))
+        return deletions.for_directory(self._state_directory())
 
     def _resume_deletions(self) -> None:
         try:

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import pytest
 
-from libcloudspawner import deletions, hubstate
+from libcloudspawner import deletions
 from libcloudspawner.cloud import CloudError, Instance
 
 log = logging.getLogger("test")
-
-
-@pytest.mark.parametrize(
-    ("db_url", "expected"),
-    [
-        (None, "/hub"),
-        ("sqlite:///jupyterhub.sqlite", "/hub"),
-        ("sqlite:///data/jupyterhub.sqlite", "/hub/data"),
-        ("sqlite:////srv/jupyterhub/jupyterhub.sqlite", "/srv/jupyterhub"),
-        ("sqlite://", "/hub"),
-        ("sqlite:///:memory:", "/hub"),
-        ("postgresql://hub:secret@db.example/jupyterhub", "/hub"),
-    ],
-)
-def test_the_hubs_files_go_beside_its_sqlite_database_else_its_working_directory(db_url, expected):
-    assert hubstate.state_directory(db_url, cwd="/hub") == Path(expected)
 
 
 class FlakyCloud:
