@@ -37,8 +37,32 @@ TEMPLATE_FIELDS = frozenset({"username", "servername", "hub_id"})
 
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 _LINUX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-#: accounts of a Debian/Ubuntu cloud image that a hub user must never be mapped onto
-RESERVED_LINUX_USERS = frozenset(
+#: default accounts of the distributions' cloud images (cloud-init's ``default`` user, often with sudo):
+#: a hub user is never mapped onto one, whatever image the administrator offers
+DISTRIBUTION_DEFAULT_USERS = frozenset(
+    {
+        "debian",
+        "ubuntu",
+        "cloud-user",
+        "ec2-user",
+        "centos",
+        "fedora",
+        "rocky",
+        "almalinux",
+        "admin",
+        "core",
+        "alpine",
+        "arch",
+        "opensuse",
+        "freebsd",
+        "cloud",
+        "cloudadmin",
+        "lcs-build",  # this project's image build login (removed before the image is saved)
+    }
+)
+#: accounts of a Debian/Ubuntu cloud image that a hub user must never be mapped onto (plus every
+#: ``systemd-*`` and ``_*`` account: the distributions' namespaces for system users)
+RESERVED_LINUX_USERS = DISTRIBUTION_DEFAULT_USERS | frozenset(
     {
         "root",
         "daemon",
@@ -70,7 +94,6 @@ RESERVED_LINUX_USERS = frozenset(
         "pollinate",
         "lxd",
         "dnsmasq",
-        "admin",
         "sudo",
         "adm",
         "staff",
@@ -81,6 +104,36 @@ RESERVED_LINUX_USERS = frozenset(
         "kmem",
         "tty",
         "dialout",
+        "systemd-network",
+        "systemd-resolve",
+        "systemd-timesync",
+        "ntp",
+        "ntpsec",
+        "statd",
+        "usbmux",
+        "dhcpcd",
+        "fwupd-refresh",
+        "netdev",
+        "plugdev",
+        "input",
+        "render",
+        "video",
+        "audio",
+        "kvm",
+        "crontab",
+        "operator",
+        "ssh",
+        "src",
+        "utmp",
+        "voice",
+        "cdrom",
+        "floppy",
+        "tape",
+        "fax",
+        "dip",
+        "sasl",
+        "nogroup",
+        "sgx",
     }
 )
 
@@ -195,7 +248,7 @@ def linux_username(hub_username: str) -> str:
 
 
 def _is_reserved_linux_user(name: str) -> bool:
-    return name in RESERVED_LINUX_USERS or name.startswith("systemd-")
+    return name in RESERVED_LINUX_USERS or name.startswith(("systemd-", "_"))
 
 
 def validate_linux_username(name: str) -> str:

@@ -138,7 +138,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
         """
         Path of a Jinja2 cloud-config template replacing the packaged `singleuser.yaml.j2`. Rendered with
         StrictUndefined; pass every value through `tojson`. Variables: username, homedir, env_file,
-        unit_file, env_path, unit_path, unit_name.
+        unit_file, env_path, unit_path, unit_name, default_user (true when a key pair is configured).
         """,
     )
 
@@ -373,7 +373,11 @@ class LibcloudSpawner(Spawner, CloudAccess):
         template = userdata.load_template(self.cloudinit_template) if self.cloudinit_template else None
         try:
             return userdata.render_userdata(
-                username=self.linux_user, env=self.get_env(), cmd=[*self.cmd, *self.get_args()], template=template
+                username=self.linux_user,
+                env=self.get_env(),
+                cmd=[*self.cmd, *self.get_args()],
+                template=template,
+                default_user=bool(self.userserver_keyname),
             )
         except userdata.InvalidEnvironmentValue as e:
             raise errors.invalid_environment(e.key, f"LibcloudSpawner cannot start {self._log_name}: {e}") from None

@@ -3,7 +3,9 @@
 The document is a contract (the OpenStack API double and the image tests read it as cloud-init and systemd
 would):
 
-- ``users: [default, {name: <user>, homedir: /home/<user>, ...}]`` creates the user if missing;
+- ``users: [{name: <user>, homedir: /home/<user>, ...}]`` creates the user if missing; the image's default
+  account (``default``, usually with passwordless sudo) comes first only when ``default_user`` is set (a key
+  pair was configured for administrators);
 - ``/etc/jupyterhub-singleuser/env`` (``root:root``, ``0600``) holds the environment in systemd
   ``EnvironmentFile=`` syntax: ``KEY="value"``, with ``"`` ``\\`` `````` ``$`` backslash-escaped;
 - ``/etc/systemd/system/jupyterhub-singleuser.service`` (``root:root``, ``0644``) runs
@@ -191,8 +193,10 @@ def render_userdata(
     env: Mapping[str, str],
     cmd: Sequence[str],
     template: str | None = None,
+    default_user: bool = False,
 ) -> str:
-    """Render the cloud-config for ``username`` running ``cmd`` with ``env``.
+    """Render the cloud-config for ``username`` running ``cmd`` with ``env``; ``default_user``: keep the
+    image's default account (only when a key pair lets an administrator log in with it).
 
     ``template`` is template *text* (``None``: the packaged ``singleuser.yaml.j2``). Raises
     ``UserDataError`` for an invalid username, environment name or value, or a document over Nova's
@@ -214,6 +218,7 @@ def render_userdata(
                 env_path=ENV_PATH,
                 unit_path=UNIT_PATH,
                 unit_name=UNIT_NAME,
+                default_user=default_user,
             )
         )
     except jinja2.TemplateError as e:

@@ -40,7 +40,6 @@ def _roundtrip(rendered: str):
 def test_document_shape():
     doc, env, unit = _roundtrip(render_userdata(username="alice", env=ENV, cmd=CMD))
     assert doc["users"] == [
-        "default",
         {"name": "alice", "homedir": "/home/alice", "shell": "/bin/bash", "lock_passwd": True},
     ]
     assert doc["runcmd"] == [
@@ -177,8 +176,19 @@ def test_property_schema_valid_and_exact_round_trip(validator, username, env, ar
     doc, parsed_env, unit = _roundtrip(rendered)
     assert parsed == doc
     assert set(doc) == {"users", "write_files", "bootcmd", "runcmd"}
-    assert doc["users"][1]["name"] == username
+    assert doc["users"] == [{"name": username, "homedir": f"/home/{username}", "shell": "/bin/bash",
+                             "lock_passwd": True}]  # fmt: skip
     assert parsed_env == env
     assert split_exec_start(unit["ExecStart"]) == cmd
     assert unit["User"] == username
     assert doc["runcmd"][1] == ["systemctl", "enable", "--now", "jupyterhub-singleuser.service"]
+
+
+@pytest.mark.parametrize(("default_user", "users"), [(False, ["alice"]), (True, ["default", "alice"])])
+def test_the_images_default_account_only_with_a_key_pair(validator, default_user, users):
+    """The default account (passwordless sudo on the distributions' images) exists only when the administrator
+    configured a key pair to log in with; the document stays valid for the real cloud-init either way."""
+    rendered = render_userdata(username="alice", env=ENV, cmd=CMD, default_user=default_user)
+    ok, error, parsed = validator.validate(rendered)
+    assert ok, error
+    assert [u if isinstance(u, str) else u["name"] for u in parsed["users"]] == users
