@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -79,6 +80,15 @@ class CreateAttempt:
         return await settle_create(self.pending, timeout)
 
 
+@dataclass(frozen=True)
+class SpawnerView:
+    """What a late-landing watch asks of the spawner that started it: whether a new start of the server is
+    under way, and which instance the server uses."""
+
+    starting: Callable[[], bool]
+    in_use: Callable[[], str | None]
+
+
 class Background:
     """What a server's starts leave running after they return: the cleanup of a failed start (the next start
     and stop() wait for it) and the watch for a create that lands late."""
@@ -96,22 +106,13 @@ class Background:
     def start_cleanup(self, work: Awaitable[None]) -> None:
         self.cleanup = asyncio.ensure_future(work)
 
-    def start_late_watch(
-        self,
-        provisioner: Provisioner,
-        attempt: CreateAttempt,
-        *,
-        starting: Callable[[], bool] | None = None,
-        in_use: Callable[[], str | None] | None = None,
-    ) -> None:
+    def start_late_watch(self, provisioner: Provisioner, attempt: CreateAttempt, spawner: SpawnerView) -> None:
         """Watch for a late arrival of ``attempt``'s create (see :meth:`Provisioner.watch_late_landing`)."""
         if self.late_watch is not None:
             self.late_watch.cancel()
         since = time.monotonic()
         self._watched = (provisioner, attempt, since)
-        self.late_watch = asyncio.ensure_future(
-            provisioner.watch_late_landing(attempt, since=since, starting=starting, in_use=in_use)
-        )
+        self.late_watch = asyncio.ensure_future(provisioner.watch_late_landing(attempt, since=since, spawner=spawner))
 
     def release_late_watch(self) -> None:
         """The server stopped (or its state was cleared): cancel the watch bound to the spawner's state. The
@@ -247,26 +248,20 @@ class Provisioner:
             self.log.warning("Could not look for duplicate instances of %s: %s", self.log_name, e)
 
     async def watch_late_landing(
-        self,
-        attempt: CreateAttempt,
-        *,
-        since: float,
-        starting: Callable[[], bool] | None = None,
-        in_use: Callable[[], str | None] | None = None,
+        self, attempt: CreateAttempt, *, since: float, spawner: SpawnerView | None = None
     ) -> None:
         """After a create whose outcome was unknown, Nova may carry the request out long after the spawner
         stopped waiting for it. Look again in the background (LATE_LANDING_CHECKS api timeouts after
         ``since``, a ``time.monotonic()``; checks already past are skipped) and delete any instance of this
-        attempt (its spawn id) that is not ``in_use()``, unless a new start of the server is in progress
-        (``starting()``)."""
+        attempt (its spawn id) that the ``spawner`` does not use, unless a new start of it is in progress."""
         for factor in LATE_LANDING_CHECKS:
             delay = since + factor * self.client.timeout_seconds - time.monotonic()
             if delay < 0:
                 continue
             await asyncio.sleep(delay)
-            if starting is not None and starting():
+            if spawner is not None and spawner.starting():
                 continue
-            await self.remove_duplicates(attempt.name, attempt.tags, keep=in_use() if in_use else None)
+            await self.remove_duplicates(attempt.name, attempt.tags, keep=spawner.in_use() if spawner else None)
 
     # ------------------------------------------------------------------------------ waits
     async def wait_running(self, instance: Instance, has_address: Callable[[Instance], bool]) -> Instance:

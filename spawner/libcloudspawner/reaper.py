@@ -158,8 +158,7 @@ def check_token_scopes(api_url: str, token: str, *, timeout_seconds: float = 30.
     if missing:
         raise Refusal(
             f"the reaper's token lacks the scope(s) {', '.join(missing)} (unfiltered): without them the hub hides"
-            " servers, and every instance would look orphaned. Give its role the scopes "
-            + ", ".join(REQUIRED_SCOPES)
+            " servers, and every instance would look orphaned. Give its role the scopes " + ", ".join(REQUIRED_SCOPES)
         )
 
 

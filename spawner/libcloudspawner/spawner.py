@@ -25,7 +25,7 @@ from . import deletions, errors, hubstate, limits, naming, options, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .progress import ProgressLog
-from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, address_of
+from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, SpawnerView, address_of
 from .settings import PROFILE_OVERRIDES, CloudAccess, CloudSettings, check, number, optional_text, seconds
 
 #: the spawners of this process whose start is under way (counted by ``max_instances`` until they save an id)
@@ -493,7 +493,7 @@ class LibcloudSpawner(Spawner, CloudAccess):
             _STARTING.discard(self)
             if attempt.doubtful:
                 self._background.start_late_watch(
-                    provisioner, attempt, starting=lambda: self._starting, in_use=lambda: self.instance_id
+                    provisioner, attempt, SpawnerView(starting=lambda: self._starting, in_use=lambda: self.instance_id)
                 )
 
     async def _boot(self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt) -> str:
