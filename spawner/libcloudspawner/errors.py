@@ -37,6 +37,25 @@ def configuration(user_message: str, log_message: str, reason: str = "config") -
     )
 
 
+def invalid_environment(key: str, log_message: str) -> UserFacingSpawnError:
+    """An environment variable systemd would drop (a control character): refused before any cloud call."""
+    return configuration(
+        f"The server's environment variable {key} contains a control character, so it could not be passed on",
+        log_message,
+        reason="environment",
+    )
+
+
+def hub_full(max_instances: int) -> UserFacingSpawnError:
+    """The hub keeps as many instances as ``max_instances`` allows (HTTP 429, no cloud call made)."""
+    return UserFacingSpawnError(
+        f"This hub is full: it already keeps its maximum of {max_instances} servers' virtual machines."
+        " Please try again later, once other servers have stopped.",
+        reason="hub-full",
+        status_code=429,
+    )
+
+
 def start_timeout(seconds: float, phase: str) -> UserFacingSpawnError:
     return UserFacingSpawnError(
         f"Your server did not start within {seconds:.0f} seconds (last step: {phase})."

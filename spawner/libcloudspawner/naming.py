@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import string
 from collections.abc import Mapping
 
@@ -25,8 +26,10 @@ TAG_HUB_ID = "jupyterhub-hub-id"
 TAG_USER = "jupyterhub-user"
 TAG_SERVER_NAME = "jupyterhub-server-name"
 TAG_MANAGED_BY = "jupyterhub-managed-by"
+#: a random token per start: background work of a start only ever deletes instances carrying its own
+TAG_SPAWN_ID = "jupyterhub-spawn-id"
 MANAGED_BY = "libcloudspawner"
-RESERVED_METADATA_KEYS = frozenset({TAG_HUB_ID, TAG_USER, TAG_SERVER_NAME, TAG_MANAGED_BY})
+RESERVED_METADATA_KEYS = frozenset({TAG_HUB_ID, TAG_USER, TAG_SERVER_NAME, TAG_MANAGED_BY, TAG_SPAWN_ID})
 
 DEFAULT_INSTANCE_NAME_TEMPLATE = "jupyter-{username}"
 #: fields an instance name template may use
@@ -34,8 +37,32 @@ TEMPLATE_FIELDS = frozenset({"username", "servername", "hub_id"})
 
 _SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 _LINUX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-#: accounts of a Debian/Ubuntu cloud image that a hub user must never be mapped onto
-RESERVED_LINUX_USERS = frozenset(
+#: default accounts of the distributions' cloud images (cloud-init's ``default`` user, often with sudo):
+#: a hub user is never mapped onto one, whatever image the administrator offers
+DISTRIBUTION_DEFAULT_USERS = frozenset(
+    {
+        "debian",
+        "ubuntu",
+        "cloud-user",
+        "ec2-user",
+        "centos",
+        "fedora",
+        "rocky",
+        "almalinux",
+        "admin",
+        "core",
+        "alpine",
+        "arch",
+        "opensuse",
+        "freebsd",
+        "cloud",
+        "cloudadmin",
+        "lcs-build",  # this project's image build login (removed before the image is saved)
+    }
+)
+#: accounts of a Debian/Ubuntu cloud image that a hub user must never be mapped onto (plus every
+#: ``systemd-*`` and ``_*`` account: the distributions' namespaces for system users)
+RESERVED_LINUX_USERS = DISTRIBUTION_DEFAULT_USERS | frozenset(
     {
         "root",
         "daemon",
@@ -67,7 +94,6 @@ RESERVED_LINUX_USERS = frozenset(
         "pollinate",
         "lxd",
         "dnsmasq",
-        "admin",
         "sudo",
         "adm",
         "staff",
@@ -78,6 +104,36 @@ RESERVED_LINUX_USERS = frozenset(
         "kmem",
         "tty",
         "dialout",
+        "systemd-network",
+        "systemd-resolve",
+        "systemd-timesync",
+        "ntp",
+        "ntpsec",
+        "statd",
+        "usbmux",
+        "dhcpcd",
+        "fwupd-refresh",
+        "netdev",
+        "plugdev",
+        "input",
+        "render",
+        "video",
+        "audio",
+        "kvm",
+        "crontab",
+        "operator",
+        "ssh",
+        "src",
+        "utmp",
+        "voice",
+        "cdrom",
+        "floppy",
+        "tape",
+        "fax",
+        "dip",
+        "sasl",
+        "nogroup",
+        "sgx",
     }
 )
 
@@ -192,7 +248,7 @@ def linux_username(hub_username: str) -> str:
 
 
 def _is_reserved_linux_user(name: str) -> bool:
-    return name in RESERVED_LINUX_USERS or name.startswith("systemd-")
+    return name in RESERVED_LINUX_USERS or name.startswith(("systemd-", "_"))
 
 
 def validate_linux_username(name: str) -> str:
@@ -224,12 +280,12 @@ def instance_tags(*, hub_id: str, username: str, servername: str) -> dict[str, s
     }
 
 
+def new_spawn_id() -> str:
+    """A fresh token identifying one create attempt (its ``jupyterhub-spawn-id`` tag)."""
+    return secrets.token_hex(8)
+
+
 def tags_match(metadata: Mapping[str, object] | None, tags: Mapping[str, str]) -> bool:
     """True when ``metadata`` (an instance's) carries every one of ``tags`` with the same value."""
     metadata = metadata or {}
     return all(metadata.get(key) == value for key, value in tags.items())
-
-
-def default_hub_id(hostname: str) -> str:
-    """A stable hub id from the hub's host name (set ``hub_id`` when several hubs share a project)."""
-    return safe_slug(hostname or "jupyterhub", max_length=40)

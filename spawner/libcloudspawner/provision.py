@@ -15,11 +15,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from . import errors
+from . import errors, naming
 from .cloud import CloudClient, CloudError, CreateOutcomeUnknown, Instance, settle_create
 from .requests import create_request
 
@@ -54,11 +55,17 @@ def address_of(instance: Instance, address_type: str) -> str | None:
 
 
 class CreateAttempt:
-    """What a start created, or may have created: enough to clean up even if the create's answer was lost."""
+    """What a start created, or may have created: enough to clean up even if the create's answer was lost.
 
-    def __init__(self, name: str, tags: Mapping[str, str]):
+    ``server_tags`` identify the server (any start of it); ``tags`` add this attempt's own spawn id, and
+    everything that runs after the start returned (cleanup, the late-landing watch) looks by ``tags``, so it
+    never deletes an instance of another start of the same server."""
+
+    def __init__(self, name: str, server_tags: Mapping[str, str]):
         self.name = name
-        self.tags = dict(tags)
+        self.server_tags = dict(server_tags)
+        self.spawn_id = naming.new_spawn_id()
+        self.tags = {**self.server_tags, naming.TAG_SPAWN_ID: self.spawn_id}
         self.sent = False
         self.doubtful = False  # a create's outcome was unknown: another instance may land late
         self.instance_id: str | None = None
@@ -73,6 +80,15 @@ class CreateAttempt:
         return await settle_create(self.pending, timeout)
 
 
+@dataclass(frozen=True)
+class SpawnerView:
+    """What a late-landing watch asks of the spawner that started it: whether a new start of the server is
+    under way, and which instance the server uses."""
+
+    starting: Callable[[], bool]
+    in_use: Callable[[], str | None]
+
+
 class Background:
     """What a server's starts leave running after they return: the cleanup of a failed start (the next start
     and stop() wait for it) and the watch for a create that lands late."""
@@ -81,6 +97,7 @@ class Background:
         self.log = log
         self.cleanup: asyncio.Future | None = None
         self.late_watch: asyncio.Future | None = None
+        self._watched: tuple[Provisioner, CreateAttempt, float] | None = None
 
     @property
     def cleaning(self) -> bool:
@@ -89,10 +106,24 @@ class Background:
     def start_cleanup(self, work: Awaitable[None]) -> None:
         self.cleanup = asyncio.ensure_future(work)
 
-    def start_late_watch(self, work: Awaitable[None]) -> None:
+    def start_late_watch(self, provisioner: Provisioner, attempt: CreateAttempt, spawner: SpawnerView) -> None:
+        """Watch for a late arrival of ``attempt``'s create (see :meth:`Provisioner.watch_late_landing`)."""
         if self.late_watch is not None:
             self.late_watch.cancel()
-        self.late_watch = asyncio.ensure_future(work)
+        since = time.monotonic()
+        self._watched = (provisioner, attempt, since)
+        self.late_watch = asyncio.ensure_future(provisioner.watch_late_landing(attempt, since=since, spawner=spawner))
+
+    def release_late_watch(self) -> None:
+        """The server stopped (or its state was cleared): cancel the watch bound to the spawner's state. The
+        attempt's own late arrivals are still removed (what is left of the checks, nothing kept), and nothing
+        of another start, which carries another spawn id."""
+        if self.late_watch is None or self.late_watch.done() or self._watched is None:
+            return
+        self.late_watch.cancel()
+        provisioner, attempt, since = self._watched
+        self._watched = None
+        self.late_watch = asyncio.ensure_future(provisioner.watch_late_landing(attempt, since=since))
 
     async def wait_cleanup(self, timeout: float | None, log_name: str) -> None:
         """Wait (bounded; never cancelling it) for the cleanup of a failed start; it goes on if slower."""
@@ -130,8 +161,8 @@ class Provisioner:
     async def remove_leftovers(self, attempt: CreateAttempt) -> None:
         """An instance with this name and these tags is a leftover of an interrupted start (hub crash): its
         API token is no longer valid, so it cannot be adopted. Remove it."""
-        for leftover in await self.client.find_nodes(name=attempt.name, tags=attempt.tags):
-            if not leftover.deleting:
+        for leftover in await self.client.find_nodes(name=attempt.name, tags=attempt.server_tags):
+            if not leftover.deleting and leftover.id not in attempt.ignore:
                 self.log.warning("Removing leftover instance %s (%s) of %s", leftover.name, leftover.id, self.log_name)
                 attempt.ignore.add(leftover.id)
                 await self.client.destroy_node(leftover.id)
@@ -217,20 +248,20 @@ class Provisioner:
             self.log.warning("Could not look for duplicate instances of %s: %s", self.log_name, e)
 
     async def watch_late_landing(
-        self, attempt: CreateAttempt, *, starting: Callable[[], bool], in_use: Callable[[], str | None]
+        self, attempt: CreateAttempt, *, since: float, spawner: SpawnerView | None = None
     ) -> None:
         """After a create whose outcome was unknown, Nova may carry the request out long after the spawner
-        stopped waiting for it. Look again in the background (LATE_LANDING_CHECKS api timeouts later) and
-        delete any instance of this server that is not ``in_use()``, unless a new start of the server is in
-        progress (``starting()``: it owns the name then, and removes leftovers itself)."""
-        waited = 0.0
+        stopped waiting for it. Look again in the background (LATE_LANDING_CHECKS api timeouts after
+        ``since``, a ``time.monotonic()``; checks already past are skipped) and delete any instance of this
+        attempt (its spawn id) that the ``spawner`` does not use, unless a new start of it is in progress."""
         for factor in LATE_LANDING_CHECKS:
-            delay = factor * self.client.timeout_seconds - waited
-            await asyncio.sleep(delay)
-            waited += delay
-            if starting():
+            delay = since + factor * self.client.timeout_seconds - time.monotonic()
+            if delay < 0:
                 continue
-            await self.remove_duplicates(attempt.name, attempt.tags, keep=in_use())
+            await asyncio.sleep(delay)
+            if spawner is not None and spawner.starting():
+                continue
+            await self.remove_duplicates(attempt.name, attempt.tags, keep=spawner.in_use() if spawner else None)
 
     # ------------------------------------------------------------------------------ waits
     async def wait_running(self, instance: Instance, has_address: Callable[[Instance], bool]) -> Instance:

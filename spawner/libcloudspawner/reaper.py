@@ -6,7 +6,10 @@ An instance is this hub's when its metadata carries ``jupyterhub-managed-by: lib
 - the hub's server state names a different instance (or none) for that user and server name, and
 - the instance is older than ``--min-age-seconds`` (a spawn may be between its create and its state save).
 
-Untagged instances and instances of other hubs are never touched. Dry run by default.
+Untagged instances and instances of other hubs are never touched. Dry run by default. The reaper fails
+closed: when it cannot be sure of the hub's servers (a token without the scopes it needs, an HTTP error, a
+user listed without servers, a partial listing) it deletes nothing and says why (exit status 2), and a run
+that finds more orphans than ``--max-deletions`` (default 10) deletes none unless ``--force`` is given.
 
 Usage (reads the hub's own configuration file for the cloud credentials, the hub id and the hub's API URL;
 the token comes from ``$JUPYTERHUB_API_TOKEN``)::
@@ -122,34 +125,83 @@ def judge(
     return verdicts
 
 
-def hub_servers_from_api(api_url: str, token: str, *, timeout_seconds: float = 30.0) -> list[HubServer]:
-    """Every running or pending server the hub knows, with its spawner state (paginated REST API)."""
+#: what the reaper's token must hold (unfiltered; broader scopes such as admin:users include them)
+REQUIRED_SCOPES = ("list:users", "read:users:name", "read:servers", "admin:server_state")
+PAGE_SIZE = 200
+
+
+class Refusal(RuntimeError):
+    """The reaper cannot be sure of what the hub runs: it deletes nothing and says why."""
+
+
+def _get(api_url: str, path: str, token: str, timeout_seconds: float, **params: Any) -> Any:
     import requests
 
-    servers: list[HubServer] = []
-    offset = 0
     headers = {"Authorization": f"token {token}", "Accept": "application/jupyterhub-pagination+json"}
+    try:
+        r = requests.get(f"{api_url.rstrip('/')}{path}", params=params, headers=headers, timeout=timeout_seconds)
+    except requests.RequestException as e:
+        raise Refusal(f"the hub API did not answer GET {path}: {e}") from None
+    if r.status_code != 200:
+        raise Refusal(f"the hub API answered {r.status_code} to GET {path}: {r.text[:200]}")
+    try:
+        return r.json()
+    except ValueError:
+        raise Refusal(f"the hub API answered GET {path} with something that is not JSON") from None
+
+
+def check_token_scopes(api_url: str, token: str, *, timeout_seconds: float = 30.0) -> None:
+    """Refuse unless the token holds every scope of ``REQUIRED_SCOPES`` (the hub lists them expanded)."""
+    model = _get(api_url, "/user", token, timeout_seconds)
+    held = set(model.get("scopes") or ()) if isinstance(model, dict) else set()
+    missing = [s for s in REQUIRED_SCOPES if s not in held]
+    if missing:
+        raise Refusal(
+            f"the reaper's token lacks the scope(s) {', '.join(missing)} (unfiltered): without them the hub hides"
+            " servers, and every instance would look orphaned. Give its role the scopes " + ", ".join(REQUIRED_SCOPES)
+        )
+
+
+def hub_servers_from_api(api_url: str, token: str, *, timeout_seconds: float = 30.0) -> list[HubServer]:
+    """Every running or pending server the hub knows, with its spawner state (paginated REST API).
+
+    Fails closed (:class:`Refusal`): a token without the needed scopes, an HTTP error, a user listed without
+    its servers or a server without its state, an answer without pagination, or pages that do not add up to
+    the announced total."""
+    check_token_scopes(api_url, token, timeout_seconds=timeout_seconds)
+    servers: list[HubServer] = []
+    seen = 0
+    offset = 0
+    total = None
     while True:
-        r = requests.get(
-            f"{api_url.rstrip('/')}/users", params={"offset": offset, "limit": 200}, headers=headers,
-            timeout=timeout_seconds,
-        )  # fmt: skip
-        if r.status_code != 200:
-            raise RuntimeError(f"the hub API answered {r.status_code} to GET /users: {r.text[:200]}")
-        body = r.json()
-        items = body["items"] if isinstance(body, dict) else body
+        body = _get(api_url, "/users", token, timeout_seconds, offset=offset, limit=PAGE_SIZE)
+        if not isinstance(body, dict) or not isinstance(body.get("_pagination"), dict):
+            raise Refusal("the hub API listed users without pagination information: the listing may be partial")
+        pagination, items = body["_pagination"], body.get("items")
+        if not isinstance(items, list) or (total is not None and pagination.get("total") != total):
+            raise Refusal("the hub's user list changed or came incomplete while it was read; try again")
+        total = pagination.get("total")
         for user in items:
-            for name, model in (user.get("servers") or {}).items():
+            if not isinstance(user.get("servers"), dict):
+                raise Refusal(
+                    f"the hub API listed user {user.get('name')!r} without its servers: the reaper's token needs"
+                    " the read:servers scope for every user"
+                )
+            for name, model in user["servers"].items():
                 state = model.get("state")
                 if state is None:
-                    raise RuntimeError(
+                    raise Refusal(
                         "the hub API gave no server state: the reaper's token needs the admin:server_state scope"
                     )
                 servers.append(HubServer(user["name"], name, state.get("instance_id"), model.get("pending")))
-        nxt = body.get("_pagination", {}).get("next") if isinstance(body, dict) else None
+        seen += len(items)
+        nxt = pagination.get("next")
         if not nxt:
-            return servers
+            break
         offset = nxt["offset"]
+    if seen != total:
+        raise Refusal(f"the hub announced {total} users but listed {seen}: the listing is partial")
+    return servers
 
 
 def as_listing(instances: Iterable[Instance]) -> list[dict[str, Any]]:
@@ -158,9 +210,23 @@ def as_listing(instances: Iterable[Instance]) -> list[dict[str, Any]]:
 
 
 async def reap_once(
-    client: CloudClient, hub_id: str, hub_servers: list[HubServer], *, delete: bool, min_age_seconds: float
+    client: CloudClient,
+    hub_id: str,
+    hub_servers: list[HubServer],
+    *,
+    delete: bool,
+    min_age_seconds: float,
+    max_deletions: int | None = None,
 ) -> list[Verdict]:
+    """Judge this hub's instances and, with ``delete``, delete the orphans: none at all (:class:`Refusal`)
+    when there are more than ``max_deletions`` (``None``: no cap)."""
     verdicts = judge(as_listing(await client.list_nodes()), hub_servers, hub_id=hub_id, min_age_seconds=min_age_seconds)
+    orphans = sum(v.orphan for v in verdicts)
+    if delete and max_deletions is not None and orphans > max_deletions:
+        raise Refusal(
+            f"{orphans} orphan instances, more than --max-deletions {max_deletions}: nothing deleted. So many orphans"
+            " may mean that the hub's listing is wrong; check the dry run, then use --force (or raise the cap)"
+        )
     for v in verdicts:
         if v.orphan and delete:
             log.warning("Deleting orphan instance %s (%s) of %s/%s: %s", v.instance_name, v.instance_id,
@@ -193,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         default=900.0,
         help="never judge instances younger than this (a spawn may be between create and save)",
     )
+    p.add_argument(
+        "--max-deletions",
+        type=int,
+        default=10,
+        help="refuse to delete anything when a run finds more orphans than this (default 10)",
+    )
+    p.add_argument("--force", action="store_true", help="lift --max-deletions")
     p.add_argument("--every-seconds", type=float, default=0.0, help="run forever, once per interval (service mode)")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON lines")
     args = p.parse_args(argv)
@@ -215,16 +288,23 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> int:
         while True:
-            servers = hub_servers_from_api(api_url, token)
-            verdicts = await reap_once(
-                client, hub.hub_id, servers, delete=args.delete, min_age_seconds=args.min_age_seconds
-            )
-            orphans = [v for v in verdicts if v.orphan]
-            for v in verdicts:
-                if args.json:
-                    print(json.dumps(asdict(v)), flush=True)
-            print(f"hub {hub.hub_id}: {len(verdicts)} instances, {len(orphans)} orphans"
-                  + (" deleted" if args.delete else " (dry run)"), file=sys.stderr, flush=True)  # fmt: skip
+            try:
+                servers = hub_servers_from_api(api_url, token)
+                verdicts = await reap_once(
+                    client, hub.hub_id, servers, delete=args.delete, min_age_seconds=args.min_age_seconds,
+                    max_deletions=None if args.force else args.max_deletions,
+                )  # fmt: skip
+            except Refusal as e:
+                log.error("reaper refused to run, nothing deleted: %s", e)
+                if args.every_seconds <= 0:
+                    return 2
+            else:
+                orphans = [v for v in verdicts if v.orphan]
+                for v in verdicts:
+                    if args.json:
+                        print(json.dumps(asdict(v)), flush=True)
+                print(f"hub {hub.hub_id}: {len(verdicts)} instances, {len(orphans)} orphans"
+                      + (" deleted" if args.delete else " (dry run)"), file=sys.stderr, flush=True)  # fmt: skip
             if args.every_seconds <= 0:
                 return 0
             await asyncio.sleep(args.every_seconds)

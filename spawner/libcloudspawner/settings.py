@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -24,6 +23,7 @@ from traitlets.config.loader import DeferredConfig, LazyConfigValue
 from . import naming
 from .catalog import CatalogError, normalize_choices, normalize_profiles
 from .config import DriverArguments, driver_arguments
+from .hubstate import read_hub_id, state_directory
 
 OPENSTACK_API_VERSIONS = ("1.1", "2.0", "2.1", "2.2")
 #: settings a profile may override
@@ -138,6 +138,7 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "image_manifest": _file("image_manifest"),
     "cloudinit_template": _file("cloudinit_template"),
     "hub_id": _hub_id,
+    "max_instances": _between("max_instances", 0, 1_000_000),
     "instance_metadata": _metadata,
     "instance_name_template": naming.validate_instance_name_template,
     "forceuser": _forceuser,
@@ -374,6 +375,8 @@ class HubConfig:
     hub_api_url: str
 
 
+#: JupyterHub's default database: SQLite in its working directory
+DEFAULT_DB_URL = "sqlite:///jupyterhub.sqlite"
 #: the configuration sections LibcloudSpawner reads its settings from, in increasing priority
 SPAWNER_SECTIONS = ("Spawner", "LibcloudSpawner")
 #: renamed settings still read under their old name
@@ -405,9 +408,22 @@ def load_hub_config(path: str) -> HubConfig:
     for section in SPAWNER_SECTIONS:
         for key, value in dict(config.get(section, {})).items():
             values[ALIASES.get(key, key)] = value
-    hub_id = check("hub_id", values.get("hub_id") or naming.default_hub_id(socket.gethostname()))
+    hub = dict(config.get("JupyterHub", {}))
     return HubConfig(
         cloud=CloudSettings.from_mapping(values),
-        hub_id=hub_id,
-        hub_api_url=hub_api_url(dict(config.get("JupyterHub", {}))),
+        hub_id=check("hub_id", values.get("hub_id") or _kept_hub_id(hub.get("db_url"))),
+        hub_api_url=hub_api_url(hub),
     )
+
+
+def _kept_hub_id(db_url: str | None) -> str:
+    """The id the hub generated and kept beside its database (relative paths from the working directory, as
+    the hub resolves them); ``ValueError`` if it cannot be read: tools must not guess a hub's id."""
+    directory = state_directory(db_url or DEFAULT_DB_URL)
+    try:
+        return read_hub_id(directory)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"hub_id is not set in the hub's configuration and the id the hub keeps cannot be read ({e}): set"
+            " c.LibcloudSpawner.hub_id, or run this from the hub's working directory"
+        ) from None

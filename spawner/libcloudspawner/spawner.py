@@ -10,8 +10,8 @@ and the pure helpers ``naming``, ``options``, ``catalog`` and ``userdata``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,12 +19,12 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, Unicode, default
 
-from . import errors, naming, options, userdata
+from . import deletions, errors, hubstate, limits, naming, options, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .fleet import UNKNOWN, fleet_for
 from .progress import ProgressLog
-from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, address_of
+from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, SpawnerView, address_of
 from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettings, number, optional_text, seconds
 
 
@@ -115,14 +115,16 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
     hub_id = Unicode(
         help="""
         Identity of this hub, set as the `jupyterhub-hub-id` metadata of its instances (the reaper and the
-        recovery of lost creates look for it). Default: derived from the host name. Set it explicitly when
-        several hubs share a cloud project, and keep it stable.
+        recovery of lost creates look for it). Default: `hub-` + 12 random hex digits, generated at the first
+        start and kept in `libcloudspawner-hub-id` beside the hub's SQLite database (with another database:
+        in the hub's working directory), logged at start. Set it explicitly when several hubs share a cloud
+        project or the hub's database is not SQLite, and keep it stable.
         """,
     ).tag(config=True)
 
     @default("hub_id")
     def _default_hub_id(self):
-        return naming.default_hub_id(socket.gethostname())
+        return hubstate.hub_id(self._state_directory(), self.log)
 
     forceuser = optional_text(
         """
@@ -135,7 +137,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         """
         Path of a Jinja2 cloud-config template replacing the packaged `singleuser.yaml.j2`. Rendered with
         StrictUndefined; pass every value through `tojson`. Variables: username, homedir, env_file,
-        unit_file, env_path, unit_path, unit_name.
+        unit_file, env_path, unit_path, unit_name, default_user (true when a key pair is configured).
         """,
     )
 
@@ -169,6 +171,16 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         300.0, "How long stop() waits for the instance to be gone before giving up (it keeps the delete)."
     )
 
+    max_instances = number(
+        0,
+        """
+        Most instances this hub keeps in the cloud project (servers whose state names an instance, plus
+        instances whose deletion is still being retried); a start beyond it is refused with HTTP 429 ("this
+        hub is full") before any cloud call. 0: no limit. JupyterHub's `active_server_limit`,
+        `concurrent_spawn_limit` and `named_server_limit_per_user` apply as well.
+        """,
+    )
+
     # ------------------------------------------------------------------------------ state
     instance_id = Unicode(None, allow_none=True)
     instance_name = Unicode(None, allow_none=True)
@@ -197,6 +209,10 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         self._starting = False
         self._settings: CloudSettings | None = None
         self._known_since = 0.0  # an instance from the saved state existed before this process listed anything
+        if self.db is not None:  # in a hub: its id is known (and logged) from the first spawner on
+            self.hub_id  # noqa: B018
+        with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
+            asyncio.get_running_loop().call_soon(self._resume_deletions)
 
     # ------------------------------------------------------------------------------ configuration
     def _refuse_if_misconfigured(self) -> None:
@@ -294,6 +310,24 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
                 f"LibcloudSpawner cloud configuration error: {e}",
             ) from None
 
+    def _state_directory(self):
+        bind = getattr(self.db, "bind", None)
+        return hubstate.state_directory(bind.url if bind is not None else None)
+
+    def _deletions(self) -> deletions.DurableDeletions:
+        """The hub's record of deletions to retry (beside its database)."""
+        return deletions.for_directory(self._state_directory())
+
+    def _resume_deletions(self) -> None:
+        try:
+            self._deletions().resume(self._client(), self.log)
+        except SpawnException as e:
+            self.log.error("Cannot retry recorded deletions: %s", e.log_message or e)
+
+    def _refuse_if_hub_full(self) -> None:
+        if limits.over_cap(self.max_instances, self.db, self._deletions().pending_ids(), self):
+            raise errors.hub_full(self.max_instances)
+
     def _provisioner(self, client: CloudClient) -> Provisioner:
         return Provisioner(
             client,
@@ -308,8 +342,14 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         template = userdata.load_template(self.cloudinit_template) if self.cloudinit_template else None
         try:
             return userdata.render_userdata(
-                username=self.linux_user, env=self.get_env(), cmd=[*self.cmd, *self.get_args()], template=template
+                username=self.linux_user,
+                env=self.get_env(),
+                cmd=[*self.cmd, *self.get_args()],
+                template=template,
+                default_user=bool(self.userserver_keyname),
             )
+        except userdata.InvalidEnvironmentValue as e:
+            raise errors.invalid_environment(e.key, f"LibcloudSpawner cannot start {self._log_name}: {e}") from None
         except userdata.UserDataError as e:
             raise errors.configuration(
                 "The server's start-up script could not be prepared",
@@ -362,6 +402,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         # the hub clears the state right before a new start: forget the last start's progress events,
         # so that an early progress request waits for this start's events instead of replaying old ones
         self._progress.reset()
+        self._background.release_late_watch()
         self._forget_instance()
 
     def _forget_instance(self) -> None:
@@ -397,11 +438,14 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         if self._background.cleaning:
             self._progress.emit(6, "Waiting for the previous attempt's instance to be removed")
             await asyncio.shield(self._background.cleanup)
+        self._refuse_if_hub_full()
         user_data = self._render_userdata()
         provisioner = self._provisioner(self._client())
-        attempt = CreateAttempt(name=self._instance_name(), tags=self._tags())
+        attempt = CreateAttempt(name=self._instance_name(), server_tags=self._tags())
+        attempt.ignore.update(self._deletions().pending_ids())  # being deleted in the background
         self.instance_name = attempt.name
         self._starting = True
+        limits.STARTING.add(self)
         try:
             return await self._boot(provisioner, selection, user_data, attempt)
         except BaseException as e:
@@ -416,11 +460,10 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             raise errors.for_user(e, self._log_name) from e
         finally:
             self._starting = False
+            limits.STARTING.discard(self)
             if attempt.doubtful:
                 self._background.start_late_watch(
-                    provisioner.watch_late_landing(
-                        attempt, starting=lambda: self._starting, in_use=lambda: self.instance_id
-                    )
+                    provisioner, attempt, SpawnerView(starting=lambda: self._starting, in_use=lambda: self.instance_id)
                 )
 
     async def _boot(self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt) -> str:
@@ -508,17 +551,23 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         return None
 
     async def stop(self, now=False):
-        """Delete the instance; idempotent; returns once it is gone (bounded by stop_timeout_seconds)."""
+        """Delete the instance; idempotent; returns once it is gone (bounded by stop_timeout_seconds). An
+        instance the cloud would not delete is recorded and deleted again in the background: stop() returns,
+        so that JupyterHub revokes the server's token."""
         await self._background.wait_cleanup(self.stop_timeout_seconds, self._log_name)
+        self._background.release_late_watch()
         if not self.instance_id:
             return
-        provisioner = self._provisioner(self._client())
+        client = self._client()
+        name = self.instance_name or self._instance_name()
         try:
-            await provisioner.delete(
-                self.instance_id, self.instance_name or self._instance_name(), self._tags(), wait=not now
-            )
+            await self._provisioner(client).delete(self.instance_id, name, self._tags(), wait=not now)
         except CloudError:
-            raise errors.cloud_unavailable(
-                "Your server's virtual machine could not be deleted right now; please try again later."
-            ) from None
+            try:
+                self._deletions().record(self.instance_id, name, self._log_name, client, self.log)
+            except OSError as e:
+                raise errors.cloud_unavailable(
+                    "Your server's virtual machine could not be deleted right now; please try again later.",
+                    f"Could not record the deletion of instance {self.instance_id} of {self._log_name}: {e}",
+                ) from None
         self.clear_state()

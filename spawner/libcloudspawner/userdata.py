@@ -3,7 +3,9 @@
 The document is a contract (the OpenStack API double and the image tests read it as cloud-init and systemd
 would):
 
-- ``users: [default, {name: <user>, homedir: /home/<user>, ...}]`` creates the user if missing;
+- ``users: [{name: <user>, homedir: /home/<user>, ...}]`` creates the user if missing; the image's default
+  account (``default``, usually with passwordless sudo) comes first only when ``default_user`` is set (a key
+  pair was configured for administrators);
 - ``/etc/jupyterhub-singleuser/env`` (``root:root``, ``0600``) holds the environment in systemd
   ``EnvironmentFile=`` syntax: ``KEY="value"``, with ``"`` ``\\`` `````` ``$`` backslash-escaped;
 - ``/etc/systemd/system/jupyterhub-singleuser.service`` (``root:root``, ``0644``) runs
@@ -39,8 +41,20 @@ _YAML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ufef
 _SYSTEMD_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
 
 
+# control characters systemd refuses in an environment value (all but newline): it drops the whole variable
+_SYSTEMD_ENV_DROPPED = re.compile("[\x01-\x09\x0b-\x1f\x7f]")
+
+
 class UserDataError(ValueError):
     """The user-data cannot be rendered safely (bad key, value, or too large for the cloud)."""
+
+
+class InvalidEnvironmentValue(UserDataError):
+    """An environment variable's value the server would never receive; ``key`` names the variable."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 def yaml_quote(value: object) -> str:
@@ -75,6 +89,13 @@ def env_file(env: Mapping[str, str]) -> str:
         if not isinstance(value, str):
             raise UserDataError(f"environment variable {key} must be a string, not {type(value).__name__}")
         _check_text(value, f"environment variable {key}")
+        dropped = _SYSTEMD_ENV_DROPPED.search(value)
+        if dropped:
+            raise InvalidEnvironmentValue(
+                key,
+                f"environment variable {key} contains the control character {dropped.group()!r}: systemd would"
+                " drop the variable and the server would start without it",
+            )
         escaped = re.sub(r'(["\\`$])', r"\\\1", value)
         lines.append(f'{key}="{escaped}"')
     return "".join(line + "\n" for line in lines)
@@ -172,8 +193,10 @@ def render_userdata(
     env: Mapping[str, str],
     cmd: Sequence[str],
     template: str | None = None,
+    default_user: bool = False,
 ) -> str:
-    """Render the cloud-config for ``username`` running ``cmd`` with ``env``.
+    """Render the cloud-config for ``username`` running ``cmd`` with ``env``; ``default_user``: keep the
+    image's default account (only when a key pair lets an administrator log in with it).
 
     ``template`` is template *text* (``None``: the packaged ``singleuser.yaml.j2``). Raises
     ``UserDataError`` for an invalid username, environment name or value, or a document over Nova's
@@ -195,6 +218,7 @@ def render_userdata(
                 env_path=ENV_PATH,
                 unit_path=UNIT_PATH,
                 unit_name=UNIT_NAME,
+                default_user=default_user,
             )
         )
     except jinja2.TemplateError as e:

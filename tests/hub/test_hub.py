@@ -114,7 +114,9 @@ def test_spawn_progress_proxy_and_stop(hub, double):
     [server] = cloud_servers(double, user="alice")
     assert server["name"] == "jupyter-alice"
     assert server["flavor"] == "m1.medium"
-    assert server["metadata"] == {
+    metadata = dict(server["metadata"])
+    assert re.fullmatch(r"[0-9a-f]{16}", metadata.pop("jupyterhub-spawn-id"))  # this start's own token
+    assert metadata == {
         "jupyterhub-hub-id": "hubtier",
         "jupyterhub-user": "alice",
         "jupyterhub-server-name": "",

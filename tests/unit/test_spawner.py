@@ -120,7 +120,8 @@ def cloud():
 
 
 @pytest.fixture
-def spawner(cloud, monkeypatch):
+def spawner(cloud, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no hub database: the hub's files go to the working directory
     s = LibcloudSpawner(
         user=SimpleNamespace(name="alice", url="/user/alice/", escaped_name="alice"),
         userserver_sizes=[("Small", "m1.small")],
@@ -377,16 +378,26 @@ async def test_rename_retags_the_instance(spawner, cloud):
     assert cloud.nodes[spawner.instance_id].metadata["jupyterhub-server-name"] == "renamed"
 
 
-async def test_stop_failure_is_a_clear_error(spawner, cloud):
+async def test_a_stop_that_cannot_delete_returns_and_the_deletion_goes_on(spawner, cloud, monkeypatch):
+    """JupyterHub revokes the server's token only when stop() returns: a failed DELETE must not raise."""
+    monkeypatch.setattr("libcloudspawner.deletions.RETRY_FIRST_SECONDS", 0.05)
     await spawner.start()
+    instance_id = spawner.instance_id
+    real_destroy = cloud.destroy_node
 
     async def fail(node_id):
         raise CloudError("delete instance failed: 500", transient=True, status=500)
 
     cloud.destroy_node = fail
-    with pytest.raises(SpawnException) as info:
-        await spawner.stop()
-    assert info.value.status_code == 503
+    await spawner.stop()
+    assert spawner.get_state() == {} and instance_id in cloud.nodes
+    assert spawner._deletions().pending_ids() == {instance_id}
+    await spawner.start()  # the user starts again meanwhile: a new instance, the leftover left to the retries
+    assert spawner.instance_id != instance_id
+    cloud.destroy_node = real_destroy
+    await asyncio.wait_for(spawner._deletions().task, 5)
+    assert list(cloud.nodes) == [spawner.instance_id]
+    assert spawner._deletions().pending_ids() == set()
 
 
 @pytest.mark.parametrize(
@@ -521,3 +532,72 @@ async def test_a_failed_listing_never_stops_a_running_server(spawner, cloud):
     await spawner.start()
     cloud.get_error = CloudError("list instances failed: 503", transient=True, status=503)
     assert await spawner.poll() is None
+
+
+async def test_a_stopped_servers_late_watch_never_deletes_the_next_spawns_instance(spawner, cloud, monkeypatch):
+    """JupyterHub builds a new Spawner after a stop: the old object's watch for a late create must not take
+    the new spawn's instance for a late arrival of its own attempt."""
+    monkeypatch.setattr("libcloudspawner.provision.LATE_LANDING_CHECKS", (0.2, 0.4))
+    cloud.create_error = CreateOutcomeUnknown("connection reset", transient=True)  # made, answer lost: doubtful
+    await spawner.start()
+    old_watch = spawner._background.late_watch
+    assert old_watch is not None
+    await spawner.stop()
+    cloud.create_error = None
+    new = LibcloudSpawner(user=spawner.user, **{k: getattr(spawner, k) for k in (
+        "userserver_sizes", "userserver_images", "userserver_net", "hub_id", "startup_poll_interval_seconds",
+        "stop_timeout_seconds")})  # fmt: skip
+    new._client = lambda: cloud
+    new._render_userdata = lambda: "#cloud-config\n"
+    await new.start()
+    await asyncio.sleep(0.6)  # every check of the old watch is past
+    assert list(cloud.nodes) == [new.instance_id]
+    assert cloud.nodes[new.instance_id].metadata["jupyterhub-spawn-id"] != ""
+
+
+async def test_stop_and_clear_state_end_the_watch_bound_to_the_spawner(spawner, cloud):
+    cloud.create_error = CreateOutcomeUnknown("connection reset", transient=True)
+    await spawner.start()
+    watch = spawner._background.late_watch
+    await spawner.stop()
+    await asyncio.sleep(0)
+    assert watch.cancelled()
+    assert spawner._background.late_watch is not watch  # the attempt's own late arrivals are still looked for
+
+
+@pytest.mark.parametrize("value", ["a\tb", "\x1b[31mred", "line\rfeed"])
+async def test_an_environment_value_systemd_would_drop_is_refused_before_any_cloud_call(spawner, cloud, value):
+    spawner.get_env = lambda: {"JUPYTERHUB_API_TOKEN": "t", "PROJECT_NAME": value}
+    spawner._render_userdata = lambda: LibcloudSpawner._render_userdata(spawner)
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert "PROJECT_NAME" in info.value.jupyterhub_message
+    assert cloud.calls == []
+
+
+async def test_a_full_hub_refuses_a_start_with_429_before_any_cloud_call(spawner, cloud):
+    spawner.max_instances = 1
+    spawner._deletions().add("being-deleted", "jupyter-old", "bob")  # still kept in the project
+    with pytest.raises(SpawnException) as info:
+        await spawner.start()
+    assert info.value.status_code == 429 and "This hub is full" in info.value.jupyterhub_message
+    assert cloud.calls == []
+    spawner._deletions().remove("being-deleted")
+    await spawner.start()
+    assert spawner.instance_id in cloud.nodes
+
+
+async def test_concurrent_starts_count_against_max_instances(spawner, cloud):
+    spawner.max_instances = 1
+    cloud.create_delay = 0.2
+    first = asyncio.ensure_future(spawner.start())
+    await asyncio.sleep(0.05)  # the first start is under way, its instance id not yet saved
+    bob = SimpleNamespace(name="bob", url="/user/bob/", escaped_name="bob")
+    other = LibcloudSpawner(
+        user=bob, max_instances=1, userserver_sizes=[("Small", "m1.small")], userserver_images=[("D", "img")]
+    )
+    other._client = lambda: cloud
+    with pytest.raises(SpawnException) as info:
+        await other.start()
+    assert info.value.status_code == 429
+    await first

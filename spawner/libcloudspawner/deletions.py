@@ -1,0 +1,139 @@
+"""Deletions that must not be lost: instances a stop could not delete, retried until they are gone.
+
+JupyterHub forgets a server whatever ``stop()`` does, and revokes its API token only when ``stop()`` returns.
+So a stop that cannot delete its instance records it here and returns: the record is a JSON file beside the
+hub's database (:mod:`hubstate`), re-read after a restart, and one task per hub process deletes every
+recorded instance again, with exponential backoff, until the cloud says it is gone (404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .cloud import CloudClient, CloudError
+
+FILE_NAME = "libcloudspawner-deletions.json"
+#: delay before the first retry of a recorded deletion; doubles after each failure up to the maximum
+RETRY_FIRST_SECONDS = 2.0
+RETRY_MAX_SECONDS = 120.0
+
+
+class DurableDeletions:
+    """The recorded deletions of one hub (one file) and the task retrying them (one per process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.task: asyncio.Future | None = None
+        self._resumed = False
+
+    # ------------------------------------------------------------------------------ the record
+    def entries(self) -> list[dict[str, Any]]:
+        """The recorded instances (``instance_id``, ``name``, ``server``, ``since``); none if no file."""
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            raise OSError(f"the list of pending deletions {self.path} cannot be read: {e}") from e
+        return [e for e in data if isinstance(e, dict) and e.get("instance_id")] if isinstance(data, list) else []
+
+    def pending_ids(self) -> set[str]:
+        return {str(e["instance_id"]) for e in self.entries()}
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".deletions-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(entries, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def add(self, instance_id: str, name: str, server: str) -> None:
+        entries = [e for e in self.entries() if e["instance_id"] != instance_id]
+        entries.append({"instance_id": instance_id, "name": name, "server": server, "since": time.time()})
+        self._write(entries)
+
+    def remove(self, instance_id: str) -> None:
+        self._write([e for e in self.entries() if e["instance_id"] != instance_id])
+
+    # ------------------------------------------------------------------------------ the retries
+    def record(self, instance_id: str, name: str, server: str, client: CloudClient, log: Any) -> None:
+        """Remember that ``instance_id`` must be deleted, and make sure the retries run."""
+        self.add(instance_id, name, server)
+        log.warning(
+            "Instance %s (%s) of %s could not be deleted; recorded in %s, deleted again in the background",
+            name, instance_id, server, self.path,
+        )  # fmt: skip
+        self.ensure_running(client, log)
+
+    def resume(self, client: CloudClient, log: Any) -> None:
+        """Once per process: retry what an earlier hub process recorded."""
+        if self._resumed:
+            return
+        self._resumed = True
+        try:
+            if self.entries():
+                self.ensure_running(client, log)
+        except OSError as e:
+            log.error("%s", e)
+
+    def ensure_running(self, client: CloudClient, log: Any) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self.retry_until_gone(client, log))
+
+    async def retry_until_gone(self, client: CloudClient, log: Any) -> None:
+        """Delete every recorded instance until the cloud no longer has it; backoff per instance."""
+        delay: dict[str, float] = {}
+        due: dict[str, float] = {}
+        while True:
+            entries = self.entries()
+            if not entries:
+                return
+            now = time.monotonic()
+            for entry in entries:
+                instance_id = str(entry["instance_id"])
+                if due.get(instance_id, 0.0) > now:
+                    continue
+                if await _delete_and_check(client, instance_id, log):
+                    log.info("Instance %s (%s) of %s is gone", entry.get("name"), instance_id, entry.get("server"))
+                    self.remove(instance_id)
+                    continue
+                delay[instance_id] = min(delay.get(instance_id, RETRY_FIRST_SECONDS / 2) * 2, RETRY_MAX_SECONDS)
+                due[instance_id] = time.monotonic() + delay[instance_id]
+            pending = [due[i] for i in due if i in {str(e["instance_id"]) for e in self.entries()}]
+            await asyncio.sleep(max(0.1, min(pending, default=now) - time.monotonic()))
+
+
+async def _delete_and_check(client: CloudClient, instance_id: str, log: Any) -> bool:
+    """DELETE the instance (a 404 is fine), then True if the cloud no longer has it."""
+    try:
+        await client.destroy_node(instance_id)
+        instance = await client.get_node(instance_id, retries=1)
+    except CloudError as e:
+        log.warning("Deleting instance %s again failed (%s); will retry", instance_id, e)
+        return False
+    return instance is None or instance.state == "terminated"
+
+
+_BY_PATH: dict[Path, DurableDeletions] = {}
+
+
+def for_directory(directory: Path) -> DurableDeletions:
+    """The process's one :class:`DurableDeletions` for the hub whose files are in ``directory``."""
+    path = (directory / FILE_NAME).resolve()
+    if path not in _BY_PATH:
+        _BY_PATH[path] = DurableDeletions(path)
+    return _BY_PATH[path]
