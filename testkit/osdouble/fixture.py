@@ -173,3 +173,16 @@ def keystone_token(double: DoubleHandle) -> str:
 def node_state(node: Any) -> tuple[str, str | None] | None:
     """(state, task_state) of a libcloud Node, or None."""
     return None if node is None else (node.state, node.extra["task_state"])
+
+
+def states_until_error(driver: Any, node: Any, *, most: int = 6, timeout_s: float = 30.0) -> list[Any]:
+    """The distinct (state, task_state) a node goes through, read every 50 ms, until ERROR (bounded)."""
+    seen = [node_state(node)]
+    deadline = time.monotonic() + timeout_s
+    while seen[-1] != ("error", None):
+        current = node_state(driver.ex_get_node_details(node.id))
+        if current != seen[-1]:
+            seen.append(current)
+        assert len(seen) < most and time.monotonic() < deadline, seen
+        time.sleep(0.05)
+    return seen

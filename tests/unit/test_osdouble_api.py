@@ -16,7 +16,7 @@ from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError
 
 from testkit.osdouble.catalogue import load_recording, recorded_calls
-from testkit.osdouble.fixture import DoubleHandle, by_name, keystone_token, node_state
+from testkit.osdouble.fixture import DoubleHandle, by_name, keystone_token, node_state, states_until_error
 from testkit.osdouble.fixture import libcloud_driver as driver
 from testkit.wait import wait_until
 
@@ -297,14 +297,7 @@ def test_build_errors_after_202_as_recorded(
         ex_userdata=USER_DATA,
         ex_config_drive=True,
     )
-    seen = [node_state(node)]
-    while seen[-1] != ("error", None):
-        current = node_state(drv.ex_get_node_details(node.id))
-        if current != seen[-1]:
-            seen.append(current)
-        assert len(seen) < 6
-        time.sleep(0.05)
-    assert seen == states
+    assert states_until_error(drv, node) == states
     errored = drv.ex_get_node_details(node.id)
     calls = recorded_calls("default-driver")
     expected = next(

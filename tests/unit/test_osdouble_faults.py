@@ -13,7 +13,13 @@ import pytest
 import requests
 from libcloud.common.exceptions import BaseHTTPError, RateLimitReachedError
 
-from testkit.osdouble.fixture import DoubleHandle, by_name, keystone_token, node_state, running_double
+from testkit.osdouble.fixture import (
+    DoubleHandle,
+    by_name,
+    keystone_token,
+    running_double,
+    states_until_error,
+)
 from testkit.osdouble.fixture import libcloud_driver as driver
 from testkit.wait import wait_until
 
@@ -189,14 +195,7 @@ def test_instance_goes_to_error(default: DoubleHandle, fault: Any, message_part:
     node = drv.create_node(
         name="doomed", size=by_name(drv.list_sizes(), "m1.small"), image=by_name(drv.list_images(), "debian-12-jupyter")
     )
-    seen = [node_state(node)]
-    while seen[-1] != ("error", None):
-        current = node_state(drv.ex_get_node_details(node.id))
-        if current != seen[-1]:
-            seen.append(current)
-        assert len(seen) < 6
-        time.sleep(0.05)
-    assert seen == states
+    assert states_until_error(drv, node) == states
     assert message_part in drv.ex_get_node_details(node.id).extra["fault"]["message"]
 
 
