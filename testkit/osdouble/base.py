@@ -23,6 +23,8 @@ class BaseHandler(web.RequestHandler):
     service = "identity"
     route = ""
     needs_token = True
+    #: a ``volume`` fault effect for this request (see faults.py): how the status change it starts goes
+    volume_effect: dict[str, Any] | None = None
 
     def initialize(self, double: Double) -> None:
         self.double = double
@@ -78,6 +80,12 @@ class BaseHandler(web.RequestHandler):
             return
         self.send_json(200, {singular: view(item)})
 
+    def volume_outcome(self, default: str | None, seconds: float) -> tuple[str | None, float]:
+        """Where the volume status change this request starts ends, and how long it takes: ``default`` and
+        ``seconds`` unless a ``volume`` fault rule says otherwise."""
+        effect = self.volume_effect or {}
+        return effect.get("status", default), float(effect.get("seconds", seconds))
+
     def json_body(self) -> Any:
         if not self.request.body:
             return None
@@ -109,8 +117,11 @@ class BaseHandler(web.RequestHandler):
         if kind == "status":
             status, message = int(effect["status"]), effect.get("message")
             m = re.match(r"^/v2\.1/servers/([^/]+)$", self.request.path)
+            v = re.match(r"^/v3/[^/]+/volumes/([^/]+)$", self.request.path)
             if status == 404 and message is None and m and m.group(1) != "detail":
                 message = f"Instance {m.group(1)} could not be found."
+            elif status == 404 and message is None and v and v.group(1) != "detail":
+                message = f"Volume {v.group(1)} could not be found."
             self.send_error_body(status, message, effect.get("retry_after"))
         elif kind == "rate_limit":
             self.send_error_body(int(effect.get("status", 413)), effect.get("message"),
@@ -130,6 +141,8 @@ class BaseHandler(web.RequestHandler):
             self._lose_response = True
         elif kind == "build_error":
             self.build_error = effect
+        elif kind == "volume":
+            self.volume_effect = effect
         elif kind == "api_down":
             self.abort_connection(rst=True)
             asyncio.get_running_loop().create_task(self.double.stop_api(float(effect.get("seconds", 5))))
@@ -191,6 +204,8 @@ class ApiNotFoundHandler(BaseHandler):
         path = self.request.path
         self.service = ("compute" if path.startswith("/v2.1") else "network" if path.startswith("/v2.0")
                         else "image" if path.startswith("/v2/") else "identity")
+        if re.match(r"^/v3/[0-9a-f]{32}/", path):
+            self.service = "volume"
         await super().prepare()
 
     async def get(self, *_: str) -> None:

@@ -1,5 +1,5 @@
-"""The control API under ``/_double/`` (faults, catalogue, config, servers, calls, tokens, API stop/start,
-reset); see docs/osdouble.md."""
+"""The control API under ``/_double/`` (faults, catalogue, config, servers, volumes, calls, tokens, API
+stop/start, reset); see docs/osdouble.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tornado import web
 from . import catalogue as catalogue_mod
 from .cloudconfig import decode_user_data
 from .faults import RuleError
-from .state import Double, ServerRecord
+from .state import Double, ServerRecord, VolumeRecord
 
 
 class ControlHandler(web.RequestHandler):
@@ -92,7 +92,7 @@ class CtlCatalogue(ControlHandler):
             except KeyError as exc:
                 raise web.HTTPError(400, str(exc)) from exc
         for part, value in data.items():
-            if part in ("images", "flavors", "networks", "security_groups", "keypairs"):
+            if part in ("images", "flavors", "networks", "security_groups", "keypairs", "volume_types"):
                 self.double.catalogue[part] = catalogue_mod.normalise(part, value)
             elif part in ("identity", "quotas", "host"):
                 self.double.catalogue[part].update(value)
@@ -194,6 +194,40 @@ class CtlServer(ControlHandler):
             raise web.HTTPError(404)
 
 
+def volume_summary(v: VolumeRecord) -> dict[str, Any]:
+    return {"id": v.id, "name": v.name, "status": "deleted" if v.gone else v.status, "size": v.size,
+            "volume_type": v.volume_type, "metadata": v.metadata, "attachment": v.attachment,
+            "created": v.created, "gone": v.gone}
+
+
+class CtlVolumes(ControlHandler):
+    def get(self) -> None:
+        deleted = self.get_query_argument("deleted", "0") in ("1", "true", "yes")
+        vols = [v for v in self.double.volumes.values() if deleted or not v.gone]
+        self.reply([volume_summary(v) for v in sorted(vols, key=lambda v: v.created)])
+
+
+class CtlVolume(ControlHandler):
+    def get_rec(self, volume_id: str) -> VolumeRecord:
+        v = self.double.volumes.get(volume_id)
+        if v is None:
+            raise web.HTTPError(404, f"no volume {volume_id}")
+        return v
+
+    def get(self, volume_id: str) -> None:
+        self.reply(volume_summary(self.get_rec(volume_id)))
+
+    def post(self, volume_id: str, what: str) -> None:
+        """``POST /_double/volumes/{id}/status {"status": "error"}``: the volume is in that status now and
+        stays there (a volume stuck in ``error``, ``detaching``...)."""
+        v = self.get_rec(volume_id)
+        status = self.body().get("status")
+        if not isinstance(status, str) or not status:
+            raise web.HTTPError(400, "a 'status' string is needed")
+        self.double.set_volume_status(v, status)
+        self.reply(volume_summary(v))
+
+
 class CtlCalls(ControlHandler):
     def get(self) -> None:
         since = int(self.get_query_argument("since", "0"))
@@ -251,6 +285,9 @@ ROUTES = [
     (r"/_double/servers", CtlServers),
     (r"/_double/servers/([^/]+)", CtlServer),
     (r"/_double/servers/([^/]+)/(boot|env|log|user_data|error|kill)", CtlServer),
+    (r"/_double/volumes", CtlVolumes),
+    (r"/_double/volumes/([^/]+)", CtlVolume),
+    (r"/_double/volumes/([^/]+)/(status)", CtlVolume),
     (r"/_double/calls", CtlCalls),
     (r"/_double/calls/counts", CtlCounts),
     (r"/_double/tokens/(\w+)", CtlTokens),

@@ -1,15 +1,16 @@
-"""Nova v2.1: servers (create, list, show, delete, metadata), flavors, images, networks, security groups,
-keypairs."""
+"""Nova v2.1: servers (create, list, show, delete, metadata), volume attachments, flavors, images,
+networks, security groups, keypairs."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import time
+import uuid
 from typing import Any
 
 from .base import BaseHandler
-from .state import ServerRecord, iso_micro, iso_z
+from .state import ServerRecord, VolumeRecord, iso_micro, iso_z
 
 
 class NovaHandler(BaseHandler):
@@ -81,7 +82,7 @@ class NovaHandler(BaseHandler):
             "OS-EXT-STS:task_state": task_state,
             "OS-EXT-STS:vm_state": "building" if building else ("active" if s.phase == "active" else "error"),
             "OS-EXT-STS:power_state": 1 if s.phase == "active" else 0,
-            "os-extended-volumes:volumes_attached": [],
+            "os-extended-volumes:volumes_attached": [{"id": v.id} for v in self.double.attached_volumes(s.id)],
         })
         return view
 
@@ -276,6 +277,95 @@ class ServerMetadataHandler(NovaHandler):
         self.send_json(200, {"metadata": dict(s.metadata)})
 
 
+class VolumeAttachmentsHandler(NovaHandler):
+    """``os-volume_attachments``: Nova attaches a Cinder volume (``attaching`` -> ``in-use``) and detaches
+    it (``detaching`` -> ``available``); a ``volume`` fault changes where that ends and how long it takes."""
+
+    route = "/v2.1/servers/{id}/os-volume_attachments"
+
+    @staticmethod
+    def attachment_view(v: VolumeRecord) -> dict[str, Any]:
+        assert v.attachment is not None
+        return {"id": v.id, "volumeId": v.id, "serverId": v.attachment["server_id"], "device": v.attachment["device"]}
+
+    def attached(self, s: ServerRecord, volume_id: str) -> VolumeRecord | None:
+        v = next((v for v in self.double.attached_volumes(s.id) if v.id == volume_id), None)
+        if v is None:
+            self.nova_error(404, f"Instance {s.id} is not attached to volume {volume_id}")
+        return v
+
+    async def get(self, server_id: str, volume_id: str | None = None) -> None:
+        s = self.get_server(server_id)
+        if s is None:
+            return
+        if volume_id is None:
+            views = [self.attachment_view(v) for v in self.double.attached_volumes(s.id)]
+            self.send_json(200, {"volumeAttachments": views})
+            return
+        v = self.attached(s, volume_id)
+        if v is not None:
+            self.send_json(200, {"volumeAttachment": self.attachment_view(v)})
+
+    async def post(self, server_id: str) -> None:
+        s = self.get_server(server_id)
+        if s is None:
+            return
+        body = self.json_body()
+        spec = body.get("volumeAttachment") if isinstance(body, dict) else None
+        volume_id = spec.get("volumeId") if isinstance(spec, dict) else None
+        if not isinstance(volume_id, str):
+            self.nova_error(400, f"Invalid input for field/attribute volumeAttachment. Value: {spec}. "
+                                 "'volumeId' is a required property")
+            return
+        if s.phase != "active" or s.deleting:
+            vm_state = {"scheduling": "building", "spawning": "building"}.get(s.phase, s.phase)
+            self.nova_error(409, f"Cannot 'attach_volume' instance {s.id} while it is in vm_state {vm_state}")
+            return
+        v = self.double.volumes.get(volume_id)
+        if v is None or v.gone:
+            self.nova_error(404, f"Volume {volume_id} could not be found.")
+            return
+        if v.status != "available" or v.attachment is not None:
+            self.nova_error(400, f"Invalid volume: Volume {v.id} status must be available or downloading")
+            return
+        used = {a.attachment["device"] for a in self.double.attached_volumes(s.id) if a.attachment}
+        device = next(f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"/dev/vd{c}" not in used)
+        v.attachment = {"server_id": s.id, "attachment_id": str(uuid.uuid4()), "device": device,
+                        "attached_at": time.time()}
+        end, seconds = self.volume_outcome("in-use", self.double.config.volume_attaching_s)
+
+        def settle(vol: VolumeRecord) -> None:
+            if end != "in-use":  # the attach failed on the compute host: Nova rolls it back
+                vol.attachment = None
+
+        self.double.volume_transition(v, "attaching", end, seconds, done=settle)
+        a = self.attachment_view(v)  # the create answer has its own key order (recorded)
+        self.send_json(200, {"volumeAttachment": {k: a[k] for k in ("id", "serverId", "volumeId", "device")}})
+
+    async def delete(self, server_id: str, volume_id: str) -> None:
+        s = self.get_server(server_id)
+        if s is None:
+            return
+        v = self.attached(s, volume_id)
+        if v is None:
+            return
+        if v.status != "in-use":
+            self.nova_error(400, "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and "
+                                 "attach_status must be 'attached' to detach.")
+            return
+        end, seconds = self.volume_outcome("available", self.double.config.volume_detaching_s)
+
+        def settle(vol: VolumeRecord) -> None:
+            if end != "in-use":
+                vol.attachment = None
+
+        self.double.volume_transition(v, "detaching", end, seconds, done=settle)
+        self.set_status(202)
+        self.service_headers()
+        self.set_header("Content-Type", "application/json")
+        self.finish()
+
+
 class NovaNotFoundHandler(NovaHandler):
     route = "/v2.1/*"
 
@@ -299,5 +389,9 @@ ROUTES = [
     (r"/v2\.1/servers/(detail)", ServersDetailHandler),
     (r"/v2\.1/servers/([^/]+)", ServerHandler),
     (r"/v2\.1/servers/([^/]+)/metadata", ServerMetadataHandler),
+    (r"/v2\.1/servers/([^/]+)/os-volume_attachments", VolumeAttachmentsHandler),
+    (r"/v2\.1/servers/([^/]+)/os-volume_attachments/([^/]+)",
+     type("VolumeAttachmentHandler", (VolumeAttachmentsHandler,),
+          {"route": "/v2.1/servers/{id}/os-volume_attachments/{volume id}"})),
     (r"/v2\.1/(.*)", NovaNotFoundHandler),
 ]
