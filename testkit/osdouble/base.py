@@ -11,12 +11,14 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado import web
 
 from .errors import error_response
 from .state import CallRecord, Double, quota_message, request_id
+
+R = TypeVar("R")
 
 
 class BaseHandler(web.RequestHandler):
@@ -53,6 +55,37 @@ class BaseHandler(web.RequestHandler):
         self.service_headers()
         self.set_header("Content-Type", content_type)
         self.finish(json.dumps(body))
+
+    def live_record(self, table: dict[str, R], key: str, not_found: str) -> R | None:
+        """A server or volume that exists (not deleted yet), or None after answering 404 ``not_found``."""
+        rec = table.get(key)
+        if rec is None or getattr(rec, "gone", False):
+            self.send_error_body(404, not_found)
+            return None
+        return rec
+
+    def paged(
+        self, items: list[R], missing_marker: tuple[int, str], max_limit: int = 1000
+    ) -> tuple[list[R], bool] | None:
+        """The ``marker`` and ``limit`` of a list request: the page and whether more follow; None after answering
+        ``missing_marker`` (status, message; ``{marker}`` in it) for a marker not in ``items``."""
+        marker = self.get_query_argument("marker", None)
+        if marker is not None:
+            ids = [getattr(i, "id", None) for i in items]
+            if marker not in ids:
+                self.send_error_body(missing_marker[0], missing_marker[1].format(marker=marker))
+                return None
+            items = items[ids.index(marker) + 1:]
+        limit_arg = self.get_query_argument("limit", None)
+        limit = min(int(limit_arg), max_limit) if limit_arg and limit_arg.isdigit() else max_limit
+        return items[:limit], len(items) > limit
+
+    def send_accepted(self, content_type: str) -> None:
+        """202 with an empty body (Nova's detach, Cinder's delete: each with its recorded Content-Type)."""
+        self.set_status(202)
+        self.service_headers()
+        self.set_header("Content-Type", content_type)
+        self.finish()
 
     def send_error_body(self, status: int, message: str | None = None, retry_after: float | None = None) -> None:
         headers, body = error_response(self.service, status, message, retry_after=retry_after)
@@ -194,6 +227,15 @@ class BaseHandler(web.RequestHandler):
         ident = self.double.identity()
         return ident["user"]["id"], ident["project"]["id"]
 
+
+
+class NotFoundMixin:
+    """A service's answer to a path it does not serve: its own 404 body, whatever the method."""
+
+    async def get(self: Any, *_: str) -> None:
+        self.send_error_body(404, "The resource could not be found.")
+
+    post = put = delete = get
 
 
 class ApiNotFoundHandler(BaseHandler):

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from .base import BaseHandler
+from .base import BaseHandler, NotFoundMixin
 from .state import VolumeRecord, iso_micro
 
 #: the statuses from which Cinder deletes a volume (``cinder/volume/api.py``)
@@ -71,11 +71,7 @@ class CinderHandler(BaseHandler):
     def get_volume(self, project: str, volume_id: str) -> VolumeRecord | None:
         if not self.project_ok(project):
             return None
-        v = self.double.volumes.get(volume_id)
-        if v is None or v.gone:
-            self.send_error_body(404, f"Volume {volume_id} could not be found.")
-            return None
-        return v
+        return self.live_record(self.double.volumes, volume_id, f"Volume {volume_id} could not be found.")
 
 
 
@@ -158,25 +154,18 @@ class VolumesHandler(CinderHandler):
     async def get(self, project: str, detail: str | None = None) -> None:
         if not self.project_ok(project):
             return
-        vols = self.filtered()
-        marker = self.get_query_argument("marker", None)
-        if marker is not None:
-            ids = [v.id for v in vols]
-            if marker not in ids:
-                self.send_error_body(404, f"Marker {marker} could not be found.")
-                return
-            vols = vols[ids.index(marker) + 1:]
-        limit_arg = self.get_query_argument("limit", None)
-        limit = min(int(limit_arg), MAX_LIMIT) if limit_arg and limit_arg.isdigit() else MAX_LIMIT
-        page = vols[:limit]
+        paged = self.paged(self.filtered(), (404, "Marker {marker} could not be found."), MAX_LIMIT)
+        if paged is None:
+            return
+        page, more = paged
         if detail:
             body: dict[str, Any] = {"volumes": [volume_view(self.base_url, v) for v in page]}
         else:
             body = {"volumes": [{"id": v.id, "links": volume_view(self.base_url, v)["links"], "name": v.name}
                                 for v in page]}
-        if len(page) == limit and len(vols) > limit:
+        if more:
             kind = "volumes/detail" if detail else "volumes"
-            href = f"{self.base_url}/v3/{project}/{kind}?limit={limit}&marker={page[-1].id}"
+            href = f"{self.base_url}/v3/{project}/{kind}?limit={len(page)}&marker={page[-1].id}"
             body["volumes_links"] = [{"rel": "next", "href": href}]
         self.send_json(200, body)
 
@@ -205,19 +194,11 @@ class VolumeHandler(CinderHandler):
             return
         end, seconds = self.volume_outcome(None, self.double.config.volume_deleting_s)
         self.double.volume_transition(v, "deleting", end, seconds)
-        self.set_status(202)
-        self.service_headers()
-        self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.finish()
+        self.send_accepted("text/html; charset=UTF-8")
 
 
-class CinderNotFoundHandler(CinderHandler):
+class CinderNotFoundHandler(NotFoundMixin, CinderHandler):
     route = "/v3/{project}/*"
-
-    async def get(self, *_: str) -> None:
-        self.send_error_body(404, "The resource could not be found.")
-
-    post = put = delete = get
 
 
 ROUTES = [

@@ -9,7 +9,7 @@ import re
 import signal
 from collections import Counter
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado import web
 
@@ -17,6 +17,8 @@ from . import catalogue as catalogue_mod
 from .cloudconfig import decode_user_data
 from .faults import RuleError
 from .state import Double, ServerRecord, VolumeRecord
+
+T = TypeVar("T")
 
 
 class ControlHandler(web.RequestHandler):
@@ -46,6 +48,16 @@ class ControlHandler(web.RequestHandler):
         message = getattr(exc, "log_message", None) or str(exc) or self._reason
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message}))
+
+    def with_deleted(self) -> bool:
+        """``?deleted=1``: list deleted records too."""
+        return self.get_query_argument("deleted", "0") in ("1", "true", "yes")
+
+    @staticmethod
+    def record(table: dict[str, T], key: str, kind: str) -> T:
+        if key not in table:
+            raise web.HTTPError(404, f"no {kind} {key}")
+        return table[key]
 
     def server_summary(self, s: ServerRecord) -> dict[str, Any]:
         host = s.host
@@ -135,17 +147,13 @@ class CtlFault(ControlHandler):
 
 class CtlServers(ControlHandler):
     def get(self) -> None:
-        deleted = self.get_query_argument("deleted", "0") in ("1", "true", "yes")
-        servers = [s for s in self.double.servers.values() if deleted or not s.gone]
+        servers = [s for s in self.double.servers.values() if self.with_deleted() or not s.gone]
         self.reply([self.server_summary(s) for s in sorted(servers, key=lambda s: s.created)])
 
 
 class CtlServer(ControlHandler):
     def get_rec(self, server_id: str) -> ServerRecord:
-        s = self.double.servers.get(server_id)
-        if s is None:
-            raise web.HTTPError(404, f"no server {server_id}")
-        return s
+        return self.record(self.double.servers, server_id, "server")
 
     def get(self, server_id: str, what: str | None = None) -> None:
         s = self.get_rec(server_id)
@@ -202,17 +210,13 @@ def volume_summary(v: VolumeRecord) -> dict[str, Any]:
 
 class CtlVolumes(ControlHandler):
     def get(self) -> None:
-        deleted = self.get_query_argument("deleted", "0") in ("1", "true", "yes")
-        vols = [v for v in self.double.volumes.values() if deleted or not v.gone]
+        vols = [v for v in self.double.volumes.values() if self.with_deleted() or not v.gone]
         self.reply([volume_summary(v) for v in sorted(vols, key=lambda v: v.created)])
 
 
 class CtlVolume(ControlHandler):
     def get_rec(self, volume_id: str) -> VolumeRecord:
-        v = self.double.volumes.get(volume_id)
-        if v is None:
-            raise web.HTTPError(404, f"no volume {volume_id}")
-        return v
+        return self.record(self.double.volumes, volume_id, "volume")
 
     def get(self, volume_id: str) -> None:
         self.reply(volume_summary(self.get_rec(volume_id)))

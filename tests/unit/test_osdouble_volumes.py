@@ -10,7 +10,6 @@ and the volume connection must be found by type only (:func:`cinder_driver`). Th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from libcloud.common.types import LibcloudError
 from libcloud.compute.types import StorageVolumeState
 
 from testkit.osdouble.catalogue import load_recording
-from testkit.osdouble.fixture import DoubleHandle, by_name, keystone_token, running_double
+from testkit.osdouble.fixture import DoubleHandle, by_name, keystone_token
 from testkit.osdouble.fixture import libcloud_driver as driver
 from testkit.wait import wait_until
 
@@ -36,20 +35,9 @@ DELETE = REC + "011-DELETE-v3_PROJECT_volumes_ID-202.json"
 GONE = REC + "012-GET-v3_PROJECT_volumes_ID-404.json"
 
 
-@pytest.fixture(scope="module")
-def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleHandle]:
-    with running_double(tmp_path_factory.mktemp("volumes"), no_run=True, scheduling_s=0.1, spawning_s=0.1,
-                        delete_linger_s=0.3) as handle:  # fmt: skip
-        yield handle
-
-
 @pytest.fixture
-def cloud(double: DoubleHandle) -> DoubleHandle:
-    double.client.reset(config=True, catalogue=True)
-    # each phase long enough for a poll to see it on a loaded machine
-    double.client.set_config(volume_creating_s=0.5, volume_attaching_s=0.5, volume_detaching_s=0.5,
-                             volume_deleting_s=0.5)
-    return double
+def cloud(volume_cloud: DoubleHandle) -> DoubleHandle:
+    return volume_cloud
 
 
 def cinder_driver(double: DoubleHandle) -> Any:
@@ -86,6 +74,23 @@ def active_server(double: DoubleHandle, drv: Any, name: str = "vm") -> Any:
     node = drv.create_node(name=name, size=size, image=image)
     double.client.wait_for_server(node.id, status="ACTIVE", timeout_s=20)
     return node
+
+
+def available(double: DoubleHandle, name: str) -> tuple[Any, Any]:
+    """A driver, and a volume of 1 GiB it created, once available."""
+    drv = cinder_driver(double)
+    vol = drv.create_volume(1, name)
+    wait_status(drv, vol.id, "available")
+    return drv, vol
+
+
+def attached(double: DoubleHandle, name: str) -> tuple[Any, Any, Any]:
+    """A driver, a volume and the server it is attached to (in-use)."""
+    drv, vol = available(double, name)
+    node = active_server(double, drv)
+    assert drv.attach_volume(node, drv.ex_get_volume(vol.id)) is True
+    wait_status(drv, vol.id, "in-use")
+    return drv, vol, node
 
 
 def raw(double: DoubleHandle, method: str, path: str, body: Any = None) -> requests.Response:
@@ -142,8 +147,7 @@ def test_volume_views_have_the_recorded_keys_in_every_phase(cloud: DoubleHandle)
     creating = raw(cloud, "GET", f"/v3/{project(cloud)}/volumes/{vol.id}").json()["volume"]
     assert list(creating) == list(recorded(GET_CREATING)["body"]["json"]["volume"])
     wait_status(drv, vol.id, "available")
-    node = active_server(cloud, drv)
-    assert drv.attach_volume(node, drv.ex_get_volume(vol.id))
+    assert drv.attach_volume(active_server(cloud, drv), drv.ex_get_volume(vol.id))
     wait_status(drv, vol.id, "in-use")
     in_use = raw(cloud, "GET", f"/v3/{project(cloud)}/volumes/{vol.id}").json()["volume"]
     want = recorded(GET_IN_USE)["body"]["json"]["volume"]
@@ -152,9 +156,7 @@ def test_volume_views_have_the_recorded_keys_in_every_phase(cloud: DoubleHandle)
 
 
 def test_attachment_answers_have_the_recorded_shapes(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-c")
-    wait_status(drv, vol.id, "available")
+    drv, vol = available(cloud, "home-c")
     node = active_server(cloud, drv)
     attach = raw(cloud, "POST", f"/v2.1/servers/{node.id}/os-volume_attachments",
                  {"volumeAttachment": {"volumeId": vol.id}})
@@ -193,9 +195,7 @@ def test_lifecycle_through_libcloud_as_recorded(cloud: DoubleHandle) -> None:
 
 
 def test_deleted_volume_is_cinders_404(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-e")
-    wait_status(drv, vol.id, "available")
+    drv, vol = available(cloud, "home-e")
     delete = raw(cloud, "DELETE", f"/v3/{project(cloud)}/volumes/{vol.id}")
     assert (delete.status_code, delete.text, delete.headers["Content-Type"]) == (
         202, "", recorded(DELETE)["headers"]["Content-Type"])
@@ -211,23 +211,13 @@ def test_deleted_volume_is_cinders_404(cloud: DoubleHandle) -> None:
 
 
 def test_detach_answers_202_empty(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-f")
-    wait_status(drv, vol.id, "available")
-    node = active_server(cloud, drv)
-    drv.attach_volume(node, drv.ex_get_volume(vol.id))
-    wait_status(drv, vol.id, "in-use")
+    _, vol, node = attached(cloud, "home-f")
     resp = raw(cloud, "DELETE", f"/v2.1/servers/{node.id}/os-volume_attachments/{vol.id}")
     assert (resp.status_code, resp.text) == (recorded(DETACH)["status"], "")
 
 
 def test_deleting_the_server_detaches_and_keeps_the_volume(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-g")
-    wait_status(drv, vol.id, "available")
-    node = active_server(cloud, drv)
-    drv.attach_volume(node, drv.ex_get_volume(vol.id))
-    wait_status(drv, vol.id, "in-use")
+    drv, vol, node = attached(cloud, "home-g")
     drv.destroy_node(node)
     wait_status(drv, vol.id, "available")
     assert drv.ex_get_volume(vol.id).extra["attachments"] == []
@@ -256,9 +246,7 @@ def refusal(call: Any) -> tuple[int, str]:
 
 
 def test_attach_of_a_volume_in_use_elsewhere_is_refused(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-h")
-    wait_status(drv, vol.id, "available")
+    drv, vol = available(cloud, "home-h")
     first, second = active_server(cloud, drv, "vm-1"), active_server(cloud, drv, "vm-2")
     drv.attach_volume(first, drv.ex_get_volume(vol.id))
     code, text = refusal(lambda: drv.attach_volume(second, drv.ex_get_volume(vol.id)))
@@ -266,11 +254,7 @@ def test_attach_of_a_volume_in_use_elsewhere_is_refused(cloud: DoubleHandle) -> 
 
 
 def test_delete_of_an_attached_volume_is_refused(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-i")
-    wait_status(drv, vol.id, "available")
-    drv.attach_volume(active_server(cloud, drv), drv.ex_get_volume(vol.id))
-    wait_status(drv, vol.id, "in-use")
+    drv, vol, _ = attached(cloud, "home-i")
     code, text = refusal(lambda: drv.destroy_volume(drv.ex_get_volume(vol.id)))
     assert (code, "must not be migrating, attached" in text) == (400, True)
 
@@ -324,9 +308,7 @@ def test_fault_create_ends_in_error(cloud: DoubleHandle) -> None:
 
 
 def test_fault_attach_fails_on_the_host_and_rolls_back(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-k")
-    wait_status(drv, vol.id, "available")
+    drv, vol = available(cloud, "home-k")
     node = active_server(cloud, drv)
     cloud.client.add_fault({"type": "volume", "status": "available"}, method="POST", path="os-volume_attachments")
     seen: list[str] = []
@@ -336,9 +318,7 @@ def test_fault_attach_fails_on_the_host_and_rolls_back(cloud: DoubleHandle) -> N
 
 
 def test_fault_attach_refused_with_a_nova_500(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-l")
-    wait_status(drv, vol.id, "available")
+    drv, vol = available(cloud, "home-l")
     node = active_server(cloud, drv)
     cloud.client.add_fault({"type": "status", "status": 500}, method="POST", path="os-volume_attachments")
     code, _ = refusal(lambda: drv.attach_volume(node, drv.ex_get_volume(vol.id)))
@@ -346,12 +326,7 @@ def test_fault_attach_refused_with_a_nova_500(cloud: DoubleHandle) -> None:
 
 
 def test_fault_slow_detach(cloud: DoubleHandle) -> None:
-    drv = cinder_driver(cloud)
-    vol = drv.create_volume(1, "home-m")
-    wait_status(drv, vol.id, "available")
-    node = active_server(cloud, drv)
-    drv.attach_volume(node, drv.ex_get_volume(vol.id))
-    wait_status(drv, vol.id, "in-use")
+    drv, vol, node = attached(cloud, "home-m")
     cloud.client.add_fault({"type": "volume", "seconds": 3}, method="DELETE", path="os-volume_attachments")
     drv.detach_volume(drv.ex_get_volume(vol.id), ex_node=node)
     assert status_of(drv, vol.id) == "detaching"

@@ -4,7 +4,7 @@ the API double's Cinder v3 and Nova volume attachments (faults included)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,24 +14,14 @@ from libcloudspawner.config import DriverArguments
 from libcloudspawner.naming import TAG_USER
 from libcloudspawner.settings import CloudSettings
 from libcloudspawner.volumes import HomeVolumeError, HomeVolumes, HomeVolumeSettings, home_volume_ref
-from testkit.osdouble.fixture import DoubleHandle, running_double
+from testkit.osdouble.fixture import DoubleHandle
 
 TEMPLATE = "jupyter-home-{username}"
 
 
-@pytest.fixture(scope="module")
-def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleHandle]:
-    with running_double(tmp_path_factory.mktemp("homes"), no_run=True, scheduling_s=0.1, spawning_s=0.1,
-                        delete_linger_s=0.2) as handle:  # fmt: skip
-        yield handle
-
-
 @pytest.fixture
-def cloud(double: DoubleHandle) -> DoubleHandle:
-    double.client.reset(config=True, catalogue=True)
-    double.client.set_config(volume_creating_s=0.2, volume_attaching_s=0.2, volume_detaching_s=0.2,
-                             volume_deleting_s=0.2)  # fmt: skip
-    return double
+def cloud(volume_cloud: DoubleHandle) -> DoubleHandle:
+    return volume_cloud
 
 
 def arguments(double: DoubleHandle, api_version: str = "2.0") -> DriverArguments:
