@@ -78,23 +78,20 @@ def attached_elsewhere(volume: Volume, server_id: str | None) -> list[str]:
     return [s for s in volume.attached_to if s != server_id]
 
 
+@dataclass
 class HomeVolumes:
-    """Home volume work for one server; every wait has a deadline, every cloud call the client's budget."""
+    """Home volume work for one server; every wait has a deadline, every cloud call the client's budget.
+    ``report`` receives progress messages for the user; ``log_name`` names the server in the log."""
 
-    def __init__(
-        self,
-        client: CloudClient,
-        settings: HomeVolumeSettings,
-        *,
-        log: logging.Logger | logging.LoggerAdapter,
-        log_name: str,
-        report: Report | None = None,
-    ) -> None:
-        self.client = client
-        self.settings = settings
-        self.log = log
-        self.log_name = log_name
-        self.report: Report = report or (lambda message: None)
+    client: CloudClient
+    settings: HomeVolumeSettings
+    log: logging.Logger | logging.LoggerAdapter
+    log_name: str
+    report: Report | None = None
+
+    def say(self, message: str) -> None:
+        if self.report is not None:
+            self.report(message)
 
     # ------------------------------------------------------------------------------ lookups
     async def find(self, ref: HomeVolumeRef) -> Volume | None:
@@ -167,7 +164,7 @@ class HomeVolumes:
     async def create(self, ref: HomeVolumeRef) -> Volume:
         """Create the volume; after an unknown outcome, adopt what landed or create once more."""
         size, vtype = self.settings.size_gib, self.settings.volume_type
-        self.report(f"Creating your home volume ({size} GiB)")
+        self.say(f"Creating your home volume ({size} GiB)")
         for try_number in range(2):
             try:
                 volume = await self.client.create_volume(ref.name, size, volume_type=vtype, metadata=ref.tags)
@@ -202,11 +199,11 @@ class HomeVolumes:
         if server_id in volume.attached_to and volume.status == "in-use":
             return volume
         if volume.status in MOVING:
-            self.report("Waiting for your home volume to be free")
+            self.say("Waiting for your home volume to be free")
             volume = await self.wait_for(volume_id, ("available", "in-use"), self.settings.detach_timeout_seconds,
                                          "waiting for a previous attach or detach")  # fmt: skip
         self.refuse_if_elsewhere(volume, server_id)
-        self.report("Attaching your home volume")
+        self.say("Attaching your home volume")
         if volume.status == "available":
             try:
                 device = await self.client.attach_volume(server_id, volume_id)
@@ -256,7 +253,7 @@ class HomeVolumes:
         if server_id not in volume.attached_to:
             return True
         if volume.status == "in-use":
-            self.report("Detaching your home volume")
+            self.say("Detaching your home volume")
             try:
                 if not await self.client.detach_volume(server_id, volume_id):
                     return True  # Nova: not attached to that server (any more)
@@ -271,7 +268,7 @@ class HomeVolumes:
                 raise
             self.log.warning("%s: volume %s is still detaching after %.0fs; it is kept and the next start waits"
                              " for it", self.log_name, volume_id, self.settings.detach_timeout_seconds)  # fmt: skip
-            self.report("Your home volume is still detaching; it is kept")
+            self.say("Your home volume is still detaching; it is kept")
             return False
         return True
 
