@@ -338,3 +338,13 @@ def test_control_api_puts_a_volume_in_error(cloud: DoubleHandle) -> None:
     vol = drv.create_volume(1, "home-n")
     cloud.client.set_volume_status(vol.id, "error")
     assert (status_of(drv, vol.id), cloud.client.volume(vol.id)["status"]) == ("error", "error")
+
+
+def test_fault_detach_that_fails_keeps_the_volume_attached(cloud: DoubleHandle) -> None:
+    drv, vol, node = attached(cloud, "home-o")
+    cloud.client.add_fault({"type": "volume", "status": "in-use"}, method="DELETE", path="os-volume_attachments")
+    seen: list[str] = []
+    drv.detach_volume(drv.ex_get_volume(vol.id), ex_node=node)
+    wait_status(drv, vol.id, "in-use", seen)
+    assert (seen[0], [a["server_id"] for a in drv.ex_get_volume(vol.id).extra["attachments"]]) == (
+        "detaching", [node.id])
