@@ -1,13 +1,55 @@
-"""Building libcloud drivers: one per worker thread of :class:`~libcloudspawner.cloud.CloudClient`, all
-sharing one in-memory Keystone token cache, and the process-wide CA bundle. Nothing here calls the cloud."""
+"""Building libcloud drivers (one per worker thread of :class:`~libcloudspawner.cloud.CloudClient`, all
+sharing one in-memory Keystone token cache; the process-wide CA bundle) and reading the exceptions their
+calls raise (:func:`classify`, :func:`describe`). Nothing here calls the cloud."""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .config import DriverArguments
+
+
+def classify(exc: BaseException) -> tuple[bool, int | None, float | None]:
+    """(transient?, HTTP status, Retry-After seconds) of an exception raised by a libcloud call."""
+    status = getattr(exc, "code", None)
+    if not isinstance(status, int):
+        status = getattr(exc, "http_code", None)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = getattr(exc, "headers", None) or {}
+    if retry_after is None and isinstance(headers, Mapping) and "retry-after" in headers:
+        try:
+            retry_after = float(headers["retry-after"])
+        except (TypeError, ValueError):
+            retry_after = None
+    if isinstance(status, int):
+        if status >= 500 or status == 429 or (status == 413 and retry_after is not None):
+            return True, status, retry_after
+        return False, status, retry_after
+    if isinstance(exc, ssl.SSLError):  # certificate problems do not heal by retrying
+        return False, None, None
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError | ConnectionError | OSError):
+        return True, None, None
+    try:
+        import requests
+
+        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            if isinstance(exc, requests.exceptions.SSLError):
+                return False, None, None
+            return True, None, None
+    except ImportError:  # pragma: no cover - libcloud depends on requests
+        pass
+    return False, None, None
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a cloud error for logs and messages (libcloud messages hold no secret)."""
+    text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 class _TokenCache:
