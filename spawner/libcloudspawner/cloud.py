@@ -7,8 +7,10 @@
 - Transient failures (5xx, connection errors and timeouts, 429/413 honouring Retry-After) are retried
   with exponential backoff and jitter; other 4xx are not. A 401 (token expired) is retried once, after
   libcloud dropped the cached token.
-- A create is never retried blindly: :meth:`CloudClient.create_node` reports an *unknown* outcome, and
-  the caller looks the instance up by name and tags first.
+- A create is never retried blindly: :meth:`CloudClient.create_node` (and ``create_volume``) reports an
+  *unknown* outcome, and the caller looks the instance (volume) up by name and tags first.
+- Block storage (home volumes): Cinder v3 for volumes, Nova's ``os-volume_attachments`` to attach and
+  detach them, through the OpenStack 2.0 driver (see :func:`_cinder`).
 - Image, size and network lists are cached (TTL) and shared by all spawners of the process: one client per
   :class:`~libcloudspawner.settings.CloudSettings` (:func:`client_for`).
 """
@@ -19,7 +21,6 @@ import asyncio
 import logging
 import random
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .config import CredentialsError, DriverArguments
+from .config import CredentialsError
+from .drivers import classify, describe, make_driver_factory
 from .naming import tags_match
 from .settings import CloudSettings
 
@@ -83,6 +85,42 @@ class Instance:
         return self.task_state == "deleting" or self.state in ("terminated",)
 
 
+@dataclass(frozen=True)
+class Volume:
+    """What the spawner needs to know of a block-storage volume (decoupled from libcloud's StorageVolume)."""
+
+    id: str
+    name: str | None
+    size_gib: int
+    status: str  # Cinder's: creating, available, attaching, in-use, detaching, deleting, error, error_deleting...
+    metadata: Mapping[str, str] | None = None
+    volume_type: str | None = None
+    attached_to: tuple[str, ...] = ()  # server ids
+    device: str | None = None  # of the first attachment, as Nova reports it (the guest may name it otherwise)
+    created: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status.startswith("error")
+
+
+def _to_volume(vol) -> Volume:
+    extra = getattr(vol, "extra", None) or {}
+    attachments = [a for a in extra.get("attachments") or () if a]
+    servers = tuple(str(a.get("server_id") or a.get("serverId")) for a in attachments)
+    return Volume(
+        id=str(vol.id),
+        name=vol.name,
+        size_gib=int(vol.size or 0),
+        status=str(extra.get("state") or getattr(vol.state, "value", vol.state) or "unknown").lower(),
+        metadata=extra.get("metadata") or {},
+        volume_type=extra.get("volume_type"),
+        attached_to=servers,
+        device=attachments[0].get("device") if attachments else None,
+        created=extra.get("created_at"),
+    )
+
+
 def _to_instance(node) -> Instance:
     extra = getattr(node, "extra", None) or {}
     state = node.state
@@ -96,132 +134,6 @@ def _to_instance(node) -> Instance:
         task_state=extra.get("task_state"),
         created=extra.get("created"),
     )
-
-
-def classify(exc: BaseException) -> tuple[bool, int | None, float | None]:
-    """(transient?, HTTP status, Retry-After seconds) of an exception raised by a libcloud call."""
-    status = getattr(exc, "code", None)
-    if not isinstance(status, int):
-        status = getattr(exc, "http_code", None)
-    retry_after = getattr(exc, "retry_after", None)
-    headers = getattr(exc, "headers", None) or {}
-    if retry_after is None and isinstance(headers, Mapping) and "retry-after" in headers:
-        try:
-            retry_after = float(headers["retry-after"])
-        except (TypeError, ValueError):
-            retry_after = None
-    if isinstance(status, int):
-        if status >= 500 or status == 429 or (status == 413 and retry_after is not None):
-            return True, status, retry_after
-        return False, status, retry_after
-    if isinstance(exc, ssl.SSLError):  # certificate problems do not heal by retrying
-        return False, None, None
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError | ConnectionError | OSError):
-        return True, None, None
-    try:
-        import requests
-
-        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-            if isinstance(exc, requests.exceptions.SSLError):
-                return False, None, None
-            return True, None, None
-    except ImportError:  # pragma: no cover - libcloud depends on requests
-        pass
-    return False, None, None
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line description of a cloud error for logs and messages (libcloud messages hold no secret)."""
-    text = str(exc) or type(exc).__name__
-    text = " ".join(text.split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-class _TokenCache:
-    """libcloud ``OpenStackAuthenticationCache``, in memory and thread-safe, shared by all drivers."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._data: dict[Any, Any] = {}
-
-    def get(self, key):
-        with self._lock:
-            return self._data.get(key)
-
-    def put(self, key, context):
-        with self._lock:
-            self._data[key] = context
-
-    def clear(self, key):
-        with self._lock:
-            self._data.pop(key, None)
-
-    def clear_all(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-def make_driver_factory(args: DriverArguments) -> Callable[[], Any]:
-    """A function building a new libcloud driver from ``args`` (called once per worker thread).
-
-    libcloud's driver modules are imported by the first call, in a worker thread: importing the OpenStack
-    driver takes most of a second, which must not be spent on the hub's event loop.
-    """
-    lock = threading.Lock()
-    shared: dict[str, Any] = {}
-
-    def prepare() -> None:
-        from libcloud.compute.providers import get_driver
-
-        use_ca_bundle(args.ca_bundle)
-        try:
-            shared["cls"] = get_driver(args.provider)
-        except AttributeError as e:
-            raise CloudConfigError(
-                f"libcloud has no compute provider {args.provider!r} (libcloud_provider): use a name of"
-                " libcloud.compute.types.Provider, e.g. 'openstack'"
-            ) from e
-        if args.provider.lower() == "openstack" and "ex_auth_cache" not in args.kwargs:
-            from libcloud.common.openstack_identity import OpenStackAuthenticationCache
-
-            shared["token_cache"] = type("SharedTokenCache", (_TokenCache, OpenStackAuthenticationCache), {})()
-
-    def factory():
-        with lock:
-            if "cls" not in shared:
-                prepare()
-        kwargs = dict(args.kwargs)
-        if "token_cache" in shared:
-            kwargs["ex_auth_cache"] = shared["token_cache"]
-        positional = [a for a in (args.key, args.secret) if a is not None]
-        return shared["cls"](*positional, **kwargs)
-
-    factory.shared = shared  # type: ignore[attr-defined]
-    return factory
-
-
-_ca_bundle_lock = threading.Lock()
-_ca_bundle_in_use: list[str] = []
-
-
-def use_ca_bundle(path: str | None) -> None:
-    """The one place that sets libcloud's CA bundle. libcloud reads it from a process-wide module setting
-    (``libcloud.security.CA_CERTS_PATH``) for every connection, so one hub process can verify its cloud with one
-    bundle only: a second, different bundle is refused rather than silently replacing the first.
-    Verification stays on either way."""
-    if not path:
-        return
-    import libcloud.security
-
-    with _ca_bundle_lock:
-        if _ca_bundle_in_use and _ca_bundle_in_use[0] != path:
-            raise CloudError(
-                f"ca_bundle {path!r}: this process already verifies its cloud with {_ca_bundle_in_use[0]!r};"
-                " libcloud holds one CA bundle per process"
-            )
-        libcloud.security.VERIFY_SSL_CERT = True
-        libcloud.security.CA_CERTS_PATH = path
-        _ca_bundle_in_use[:] = [path]
 
 
 def _destroy(driver, node_id: str):
@@ -261,6 +173,59 @@ def _fault(driver, node_id: str) -> str | None:
     response = driver.connection.request(f"/servers/{node_id}")
     fault = (response.object or {}).get("server", {}).get("fault") or {}
     return fault.get("message")
+
+
+def _cinder(driver):
+    """The driver's Cinder v3 connection. libcloud's OpenStack 2.0 driver looks it up in the catalog by type
+    ``volumev3`` and name ``cinderv3``; clouds that name the service ``cinder`` (the dev cloud, recent
+    deployments) would make every volume call fail with "Could not find specified endpoint", so it is found
+    by type only, as keystoneauth does. The 1.1 driver has no Cinder connection (only Nova's deprecated
+    ``os-volumes`` proxy): home volumes need ``openstack_api_version`` 2.0."""
+    conn = getattr(driver, "volumev3_connection", None)
+    if conn is None:
+        raise CloudConfigError(
+            "home volumes need libcloud's OpenStack 2.0 driver (openstack_api_version '2.0') and a Cinder v3"
+            " (volumev3) endpoint"
+        )
+    if driver.volume_connection is not conn:
+        conn.service_name = None
+        driver.volume_connection = conn
+    return conn
+
+
+def _create_volume(driver, name: str, size_gib: int, volume_type: str | None, metadata: Mapping[str, str]):
+    """``POST /volumes`` with our metadata (libcloud's ``create_volume`` sets its own ``contents`` key)."""
+    volume: dict[str, Any] = {"size": int(size_gib), "name": name, "metadata": dict(metadata)}
+    if volume_type:
+        volume["volume_type"] = volume_type
+    response = _cinder(driver).request("/volumes", method="POST", data={"volume": volume})
+    return driver._to_volume(response.object)
+
+
+def _get_volume(driver, volume_id: str):
+    return driver._to_volume(_cinder(driver).request(f"/volumes/{volume_id}").object)
+
+
+def _list_volumes(driver, name: str | None):
+    """``GET /volumes/detail`` (every page), filtered by exact name on Cinder's side when given."""
+    params = {"name": name} if name else {}
+    pages = driver._paginated_request("/volumes/detail", "volumes", _cinder(driver), params=params)
+    return driver._to_volumes(pages)
+
+
+def _attach_volume(driver, server_id: str, volume_id: str) -> str | None:
+    """``POST /servers/{id}/os-volume_attachments``; the device Nova reports."""
+    body = {"volumeAttachment": {"volumeId": volume_id}}
+    response = driver.connection.request(f"/servers/{server_id}/os-volume_attachments", method="POST", data=body)
+    return ((response.object or {}).get("volumeAttachment") or {}).get("device")
+
+
+def _detach_volume(driver, server_id: str, volume_id: str):
+    return driver.connection.request(f"/servers/{server_id}/os-volume_attachments/{volume_id}", method="DELETE")
+
+
+def _delete_volume(driver, volume_id: str):
+    return _cinder(driver).request(f"/volumes/{volume_id}", method="DELETE")
 
 
 class CloudClient:
@@ -366,8 +331,8 @@ class CloudClient:
         while True:
             try:
                 return await self._once(method, label, *args, **kwargs)
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, CloudError):
+                raise  # a CloudError comes from one of this module's helpers: already explained
             except Exception as e:
                 transient, status, retry_after = classify(e)
                 if status == 404 and on_404 is not _RAISE:
@@ -522,6 +487,56 @@ class CloudClient:
         except CloudError as e:
             self.log.debug("Could not read the fault of instance %s: %s", node_id, e)
             return None
+
+    # ------------------------------------------------------------------------------ volumes
+    async def create_volume(
+        self, name: str, size_gib: int, *, volume_type: str | None = None, metadata: Mapping[str, str]
+    ) -> Volume:
+        """Create a volume (never retried: Cinder makes one per request). Raises ``CreateOutcomeUnknown``
+        when it may exist anyway (5xx, timeout, connection lost): look it up by name and tags first."""
+        try:
+            vol = await self.call(_create_volume, name, size_gib, volume_type, metadata, retry=False,
+                                  what=f"create volume {name}")  # fmt: skip
+        except CloudError as e:  # a timeout is transient too
+            if e.transient or (e.status is None and not isinstance(e, CloudConfigError)):
+                raise CreateOutcomeUnknown(str(e), transient=True, status=e.status) from e
+            raise
+        return _to_volume(vol)
+
+    async def get_volume(self, volume_id: str) -> Volume | None:
+        """The volume, or ``None`` once Cinder says it does not exist (404)."""
+        vol = await self.call(_get_volume, volume_id, what=f"get volume {volume_id}", on_404=None)
+        return None if vol is None else _to_volume(vol)
+
+    async def find_volumes(self, *, name: str | None, tags: Mapping[str, str]) -> list[Volume]:
+        """Volumes carrying all ``tags`` in their metadata (and named ``name`` if given)."""
+        found = [_to_volume(v) for v in await self.call(_list_volumes, name, what="list volumes")]
+        return [v for v in found if (name is None or v.name == name) and tags_match(v.metadata, tags)]
+
+    async def attach_volume(self, server_id: str, volume_id: str) -> str | None:
+        """Ask Nova to attach a volume; the device it reports. Not retried (a second request would be refused
+        while the first attaches): after an error the caller reads the volume's status."""
+        return await self.call(_attach_volume, server_id, volume_id, retry=False,
+                               what=f"attach volume {volume_id} to instance {server_id}")  # fmt: skip
+
+    async def detach_volume(self, server_id: str, volume_id: str) -> bool:
+        """Ask Nova to detach a volume; False when it is not attached to that server (404). Not retried:
+        after an error the caller reads the volume's status."""
+        found = await self.call(_detach_volume, server_id, volume_id, retry=False, on_404=None,
+                                what=f"detach volume {volume_id} from instance {server_id}")  # fmt: skip
+        return found is not None
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Delete a volume (retried); a volume already gone (404) or already being deleted is fine."""
+        try:
+            await self.call(_delete_volume, volume_id, what=f"delete volume {volume_id}", on_404=None)
+        except CloudError as e:
+            if e.status != 400:
+                raise
+            # refused: attached or busy, or an earlier attempt whose answer was lost is deleting it
+            vol = await self.get_volume(volume_id)
+            if vol is not None and vol.status != "deleting":
+                raise
 
 
 async def settle_create(pending, timeout: float) -> Instance | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from jupyterhub.spawner import SpawnException
 
 from .cloud import CloudConfigError, CloudError, CloudNotFound, describe
+from .volumes import HomeVolumeError
 
 TELL_ADMIN = "please tell the administrator."
 
@@ -90,6 +91,10 @@ def for_user(e: BaseException, log_name: str) -> BaseException:
     unchanged."""
     if isinstance(e, SpawnException):
         return e
+    if isinstance(e, HomeVolumeError):
+        status = 409 if e.reason in ("attached-elsewhere", "duplicate") else 503
+        return UserFacingSpawnError(e.user_message, reason=f"home-volume-{e.reason}", status_code=status,
+                                    log_message=str(e))  # fmt: skip
     if isinstance(e, CloudNotFound):  # names only what the administrator configured
         text = str(e)
         return configuration(text[:1].upper() + text[1:], f"LibcloudSpawner configuration: {e}")

@@ -1,4 +1,4 @@
-"""Instance names, Linux usernames and metadata tags (pure: no libcloud, no spawner).
+"""Instance and home volume names, Linux usernames and metadata tags (pure: no libcloud, no spawner).
 
 The rules follow kubespawner's ``slugs.py`` (after CVE-2020-15110): a value that is already a safe slug is
 used as it is; anything else is lowercased, stripped of unsafe characters and given a hash of the *original*
@@ -29,9 +29,13 @@ TAG_MANAGED_BY = "jupyterhub-managed-by"
 #: a random token per start: background work of a start only ever deletes instances carrying its own
 TAG_SPAWN_ID = "jupyterhub-spawn-id"
 MANAGED_BY = "libcloudspawner"
-RESERVED_METADATA_KEYS = frozenset({TAG_HUB_ID, TAG_USER, TAG_SERVER_NAME, TAG_MANAGED_BY, TAG_SPAWN_ID})
+TAG_VOLUME = "jupyterhub-volume"
+HOME_VOLUME = "home"
+RESERVED_METADATA_KEYS = frozenset({TAG_HUB_ID, TAG_USER, TAG_SERVER_NAME, TAG_MANAGED_BY, TAG_SPAWN_ID, TAG_VOLUME})
 
 DEFAULT_INSTANCE_NAME_TEMPLATE = "jupyter-{username}"
+#: one home volume per user, shared by the user's servers (one at a time); add {servername} for one per server
+DEFAULT_VOLUME_NAME_TEMPLATE = "jupyter-home-{username}"
 #: fields an instance name template may use
 TEMPLATE_FIELDS = frozenset({"username", "servername", "hub_id"})
 
@@ -167,10 +171,10 @@ def _strip_and_hash(value: str, digest: str, max_length: int) -> str:
     return f"{prefix}---{digest}"
 
 
-def validate_instance_name_template(template: str) -> str:
+def validate_instance_name_template(template: str, setting: str = "instance_name_template") -> str:
     """Check that ``template`` only uses known fields and names the user; return it.
 
-    Raises ``ValueError`` with a message fit for an administrator.
+    Raises ``ValueError`` with a message fit for an administrator (naming ``setting``).
     """
     fields = set()
     try:
@@ -178,27 +182,31 @@ def validate_instance_name_template(template: str) -> str:
             if field is None:
                 continue
             if spec or conversion:
-                raise ValueError(f"instance_name_template: no format spec or conversion allowed in {{{field}}}")
+                raise ValueError(f"{setting}: no format spec or conversion allowed in {{{field}}}")
             fields.add(field)
     except ValueError as e:
-        raise ValueError(f"instance_name_template {template!r} is not a valid template: {e}") from None
+        raise ValueError(f"{setting} {template!r} is not a valid template: {e}") from None
     unknown = fields - TEMPLATE_FIELDS
     if unknown:
         raise ValueError(
-            f"instance_name_template {template!r} uses unknown field(s) {sorted(unknown)};"
-            f" allowed: {sorted(TEMPLATE_FIELDS)}"
+            f"{setting} {template!r} uses unknown field(s) {sorted(unknown)}; allowed: {sorted(TEMPLATE_FIELDS)}"
         )
     if "username" not in fields:
-        raise ValueError(f"instance_name_template {template!r} must contain {{username}}")
+        raise ValueError(f"{setting} {template!r} must contain {{username}}")
     if "servername" in fields:
         between = re.search(r"\{username\}(.*)\{servername\}|\{servername\}(.*)\{username\}", template)
         if between is None or "--" not in (between.group(1) or between.group(2) or ""):
             raise ValueError(
-                f"instance_name_template {template!r}: separate {{username}} and {{servername}} with"
+                f"{setting} {template!r}: separate {{username}} and {{servername}} with"
                 " '--' (for example 'jupyter-{username}--{servername}'), or two users' servers could"
                 " get the same name"
             )
     return template
+
+
+def validate_volume_name_template(template: str) -> str:
+    """:func:`validate_instance_name_template` for ``home_volume_name_template``."""
+    return validate_instance_name_template(template, "home_volume_name_template")
 
 
 def instance_name(
@@ -217,6 +225,25 @@ def instance_name(
     another user's or another server's name.
     """
     validate_instance_name_template(template)
+    return _render(template, username=username, servername=servername, hub_id=hub_id, max_length=max_length)
+
+
+def volume_server_name(template: str, servername: str) -> str:
+    """The server a home volume belongs to: ``servername`` when the template has ``{servername}`` (one volume
+    per server), else ``""`` (one volume per user, whichever server uses it)."""
+    return servername if "{servername}" in template else ""
+
+
+def volume_name(template: str, *, username: str, servername: str = "", hub_id: str = "") -> str:
+    """The home volume name of ``username`` (and of ``servername`` if the template names it): slugged and
+    hashed like :func:`instance_name`, but a server the template does not name shares the user's volume."""
+    validate_volume_name_template(template)
+    servername = volume_server_name(template, servername)
+    return _render(template, username=username, servername=servername, hub_id=hub_id,
+                   max_length=MAX_INSTANCE_NAME_LENGTH)  # fmt: skip
+
+
+def _render(template: str, *, username: str, servername: str, hub_id: str, max_length: int) -> str:
     fields = {
         "username": safe_slug(username),
         "servername": safe_slug(servername) if servername else "",
@@ -283,6 +310,11 @@ def instance_tags(*, hub_id: str, username: str, servername: str) -> dict[str, s
 def new_spawn_id() -> str:
     """A fresh token identifying one create attempt (its ``jupyterhub-spawn-id`` tag)."""
     return secrets.token_hex(8)
+
+
+def volume_tags(*, hub_id: str, username: str, servername: str) -> dict[str, str]:
+    """The metadata identifying a hub's home volume (``servername``: :func:`volume_server_name`)."""
+    return {**instance_tags(hub_id=hub_id, username=username, servername=servername), TAG_VOLUME: HOME_VOLUME}
 
 
 def tags_match(metadata: Mapping[str, object] | None, tags: Mapping[str, str]) -> bool:

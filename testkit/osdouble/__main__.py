@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--standin-port", type=int, default=Config.standin_port)
     p.add_argument("--kill-timeout-s", type=float, default=Config.kill_timeout_s)
     p.add_argument("--subnet", default=Config.subnet, help="instance addresses (127.0.0.1 is skipped)")
+    for phase in ("creating", "attaching", "detaching", "deleting"):
+        p.add_argument(f"--volume-{phase}-s", type=float, default=getattr(Config, f"volume_{phase}_s"),
+                       help=f"seconds a Cinder volume stays {phase}")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if not args.host.startswith("127."):
@@ -71,6 +74,8 @@ async def main_async(args: argparse.Namespace) -> None:
         delete_linger_s=args.delete_linger_s, boot_delay_s=args.boot_delay_s, token_ttl_s=args.token_ttl_s,
         token_revoke_after_s=args.token_revoke_after_s, no_run=args.no_run, no_run_names=args.no_run_names,
         standin_port=args.standin_port, kill_timeout_s=args.kill_timeout_s, subnet=args.subnet,
+        volume_creating_s=args.volume_creating_s, volume_attaching_s=args.volume_attaching_s,
+        volume_detaching_s=args.volume_detaching_s, volume_deleting_s=args.volume_deleting_s,
     )
     double, port, ctl_port, ctl_server = await serve(
         config, state_dir, args.host, args.port, args.control_port, load_catalogue(args.catalogue)

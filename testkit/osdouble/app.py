@@ -1,9 +1,10 @@
-"""The OpenStack API double: Keystone v3, Nova v2.1, Glance v2, Neutron v2.0 and the /_double/ control API.
+"""The OpenStack API double: Keystone v3, Nova v2.1, Cinder v3, Glance v2, Neutron v2.0 and the /_double/
+control API.
 
 One asyncio process (tornado). The API listens on one port; every service lives under its own path
 prefix, and the Keystone catalog points every service at that same port (``/v2.1`` Nova, ``/v2`` Glance,
-``/v2.0`` Neutron, ``/v3`` Keystone). The control API (``/_double/...``) is served on that port and on a
-second, control-only port that stays up while the API is "stopped" (connection refused).
+``/v2.0`` Neutron, ``/v3`` Keystone, ``/v3/<project id>`` Cinder). The control API (``/_double/...``) is
+served on that port and on a second, control-only port that stays up while the API is "stopped" (connection refused).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from . import catalogue as catalogue_mod
-from . import control, glance, keystone, neutron, nova
+from . import cinder, control, glance, keystone, neutron, nova
 from .base import ApiNotFoundHandler
 from .state import Config, Double, log
 
@@ -27,7 +28,7 @@ def bound(routes: list[tuple[str, type[web.RequestHandler]]], double: Double) ->
 def api_routes(double: Double) -> list[Any]:
     """The API port: the control API, then each service under its own prefix, then a 404 for the rest."""
     return bound(
-        [*control.ROUTES, *keystone.ROUTES, *nova.ROUTES, *glance.ROUTES, *neutron.ROUTES,
+        [*control.ROUTES, *keystone.ROUTES, *nova.ROUTES, *cinder.ROUTES, *glance.ROUTES, *neutron.ROUTES,
          (r"/(.*)", ApiNotFoundHandler)],
         double,
     )

@@ -11,18 +11,22 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado import web
 
 from .errors import error_response
 from .state import CallRecord, Double, quota_message, request_id
 
+R = TypeVar("R")
+
 
 class BaseHandler(web.RequestHandler):
     service = "identity"
     route = ""
     needs_token = True
+    #: a ``volume`` fault effect for this request (see faults.py): how the status change it starts goes
+    volume_effect: dict[str, Any] | None = None
 
     def initialize(self, double: Double) -> None:
         self.double = double
@@ -52,6 +56,37 @@ class BaseHandler(web.RequestHandler):
         self.set_header("Content-Type", content_type)
         self.finish(json.dumps(body))
 
+    def live_record(self, table: dict[str, R], key: str, not_found: str) -> R | None:
+        """A server or volume that exists (not deleted yet), or None after answering 404 ``not_found``."""
+        rec = table.get(key)
+        if rec is None or getattr(rec, "gone", False):
+            self.send_error_body(404, not_found)
+            return None
+        return rec
+
+    def paged(
+        self, items: list[R], missing_marker: tuple[int, str], max_limit: int = 1000
+    ) -> tuple[list[R], bool] | None:
+        """The ``marker`` and ``limit`` of a list request: the page and whether more follow; None after answering
+        ``missing_marker`` (status, message; ``{marker}`` in it) for a marker not in ``items``."""
+        marker = self.get_query_argument("marker", None)
+        if marker is not None:
+            ids = [getattr(i, "id", None) for i in items]
+            if marker not in ids:
+                self.send_error_body(missing_marker[0], missing_marker[1].format(marker=marker))
+                return None
+            items = items[ids.index(marker) + 1:]
+        limit_arg = self.get_query_argument("limit", None)
+        limit = min(int(limit_arg), max_limit) if limit_arg and limit_arg.isdigit() else max_limit
+        return items[:limit], len(items) > limit
+
+    def send_accepted(self, content_type: str) -> None:
+        """202 with an empty body (Nova's detach, Cinder's delete: each with its recorded Content-Type)."""
+        self.set_status(202)
+        self.service_headers()
+        self.set_header("Content-Type", content_type)
+        self.finish()
+
     def send_error_body(self, status: int, message: str | None = None, retry_after: float | None = None) -> None:
         headers, body = error_response(self.service, status, message, retry_after=retry_after)
         self.set_status(status)
@@ -77,6 +112,12 @@ class BaseHandler(web.RequestHandler):
             self.send_error_body(404, not_found)
             return
         self.send_json(200, {singular: view(item)})
+
+    def volume_outcome(self, default: str | None, seconds: float) -> tuple[str | None, float]:
+        """Where the volume status change this request starts ends, and how long it takes: ``default`` and
+        ``seconds`` unless a ``volume`` fault rule says otherwise."""
+        effect = self.volume_effect or {}
+        return effect.get("status", default), float(effect.get("seconds", seconds))
 
     def json_body(self) -> Any:
         if not self.request.body:
@@ -109,8 +150,11 @@ class BaseHandler(web.RequestHandler):
         if kind == "status":
             status, message = int(effect["status"]), effect.get("message")
             m = re.match(r"^/v2\.1/servers/([^/]+)$", self.request.path)
+            v = re.match(r"^/v3/[^/]+/volumes/([^/]+)$", self.request.path)
             if status == 404 and message is None and m and m.group(1) != "detail":
                 message = f"Instance {m.group(1)} could not be found."
+            elif status == 404 and message is None and v and v.group(1) != "detail":
+                message = f"Volume {v.group(1)} could not be found."
             self.send_error_body(status, message, effect.get("retry_after"))
         elif kind == "rate_limit":
             self.send_error_body(int(effect.get("status", 413)), effect.get("message"),
@@ -130,6 +174,8 @@ class BaseHandler(web.RequestHandler):
             self._lose_response = True
         elif kind == "build_error":
             self.build_error = effect
+        elif kind == "volume":
+            self.volume_effect = effect
         elif kind == "api_down":
             self.abort_connection(rst=True)
             asyncio.get_running_loop().create_task(self.double.stop_api(float(effect.get("seconds", 5))))
@@ -183,6 +229,15 @@ class BaseHandler(web.RequestHandler):
 
 
 
+class NotFoundMixin:
+    """A service's answer to a path it does not serve: its own 404 body, whatever the method."""
+
+    async def get(self: Any, *_: str) -> None:
+        self.send_error_body(404, "The resource could not be found.")
+
+    post = put = delete = get
+
+
 class ApiNotFoundHandler(BaseHandler):
     needs_token = False
     route = "*"
@@ -191,6 +246,8 @@ class ApiNotFoundHandler(BaseHandler):
         path = self.request.path
         self.service = ("compute" if path.startswith("/v2.1") else "network" if path.startswith("/v2.0")
                         else "image" if path.startswith("/v2/") else "identity")
+        if re.match(r"^/v3/[0-9a-f]{32}/", path):
+            self.service = "volume"
         await super().prepare()
 
     async def get(self, *_: str) -> None:

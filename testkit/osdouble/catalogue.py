@@ -128,12 +128,19 @@ def default_catalogue() -> dict[str, Any]:
              "description": "Default security group"},
         ],
         "keypairs": [],
+        # Cinder's volume types (the dev cloud has only Cinder's own default type)
+        "volume_types": [_volume_type("__DEFAULT__")],
         # Nova's quotas for the project (Nova's own defaults are 10 instances, 20 cores, 51200 MB: too
         # small for the 100-spawn benchmark, so the double is generous unless told otherwise)
-        "quotas": {"instances": 500, "cores": 1000, "ram": 2048000},
+        # and Cinder's (volumes, gigabytes)
+        "quotas": {"instances": 500, "cores": 1000, "ram": 2048000, "volumes": 1000, "gigabytes": 100000},
         # what the "compute host" can fit; a flavor beyond it fails the build with NoValidHost
         "host": {"ram": 32768, "vcpus": 64, "disk": 1000},
     }
+
+
+def _volume_type(name: str) -> dict[str, Any]:
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"osdouble/volume_type/{name}")), "name": name}
 
 
 def recorded_catalogue() -> dict[str, Any]:
@@ -164,7 +171,8 @@ def recorded_catalogue() -> dict[str, Any]:
     cat.update(images=images, flavors=flavors, networks=networks)
     # the recorded project had Nova's default RAM quota (the 403 message says "of 51200 ram"), and its
     # single compute host could not fit 48 GB (NoValidHost for e2e.novalidhost)
-    cat["quotas"] = {"instances": 10, "cores": 20, "ram": 51200}
+    # Cinder's quota of the dev cloud's project (devcloud/cloud.py VOLUME_QUOTA, a 32 GiB OSD)
+    cat["quotas"] = {"instances": 10, "cores": 20, "ram": 51200, "volumes": 20, "gigabytes": 32}
     cat["host"] = {"ram": 16384, "vcpus": 8, "disk": 100}
     return cat
 
@@ -192,6 +200,8 @@ def normalise(part: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif part == "security_groups":
             base = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"osdouble/sg/{item['name']}")),
                     "name": item["name"], "description": ""}
+        elif part == "volume_types":
+            base = _volume_type(item["name"])
         elif part == "keypairs":
             base = {"name": item["name"], "public_key": "ssh-ed25519 AAAA osdouble",
                     "fingerprint": "00:00:00:00", "type": "ssh"}

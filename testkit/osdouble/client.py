@@ -168,6 +168,30 @@ class DoubleClient:
             time.sleep(0.05)
         raise TimeoutError(f"server {server_id or name} not {status}/{boot_status} after {timeout_s}s: {last}")
 
+    # ------------------------------------------------------------------ volumes
+
+    def volumes(self, deleted: bool = False) -> list[dict[str, Any]]:
+        """Cinder volumes: id, name, status (``deleted`` once gone), size, metadata, attachment."""
+        return self._request("GET", f"/_double/volumes?deleted={'1' if deleted else '0'}")
+
+    def volume(self, volume_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/_double/volumes/{volume_id}")
+
+    def set_volume_status(self, volume_id: str, status: str) -> dict[str, Any]:
+        """The volume is in ``status`` now and stays there (``error``, a stuck ``detaching``...)."""
+        return self._request("POST", f"/_double/volumes/{volume_id}/status", {"status": status})
+
+    def wait_for_volume(self, volume_id: str, status: str = "available", timeout_s: float = 30.0) -> dict[str, Any]:
+        """Wait (with a deadline) until a volume has ``status`` (``deleted`` once it is gone)."""
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            last = self.volume(volume_id)
+            if last["status"] == status:
+                return last
+            time.sleep(0.05)
+        raise TimeoutError(f"volume {volume_id} not {status} after {timeout_s}s: {last}")
+
     # ------------------------------------------------------------------ calls
 
     def calls(self, since: int = 0) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""The control API under ``/_double/`` (faults, catalogue, config, servers, calls, tokens, API stop/start,
-reset); see docs/osdouble.md."""
+"""The control API under ``/_double/`` (faults, catalogue, config, servers, volumes, calls, tokens, API
+stop/start, reset); see docs/osdouble.md."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import re
 import signal
 from collections import Counter
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado import web
 
 from . import catalogue as catalogue_mod
 from .cloudconfig import decode_user_data
 from .faults import RuleError
-from .state import Double, ServerRecord
+from .state import Double, ServerRecord, VolumeRecord
+
+T = TypeVar("T")
 
 
 class ControlHandler(web.RequestHandler):
@@ -46,6 +48,16 @@ class ControlHandler(web.RequestHandler):
         message = getattr(exc, "log_message", None) or str(exc) or self._reason
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message}))
+
+    def with_deleted(self) -> bool:
+        """``?deleted=1``: list deleted records too."""
+        return self.get_query_argument("deleted", "0") in ("1", "true", "yes")
+
+    @staticmethod
+    def record(table: dict[str, T], key: str, kind: str) -> T:
+        if key not in table:
+            raise web.HTTPError(404, f"no {kind} {key}")
+        return table[key]
 
     def server_summary(self, s: ServerRecord) -> dict[str, Any]:
         host = s.host
@@ -92,7 +104,7 @@ class CtlCatalogue(ControlHandler):
             except KeyError as exc:
                 raise web.HTTPError(400, str(exc)) from exc
         for part, value in data.items():
-            if part in ("images", "flavors", "networks", "security_groups", "keypairs"):
+            if part in ("images", "flavors", "networks", "security_groups", "keypairs", "volume_types"):
                 self.double.catalogue[part] = catalogue_mod.normalise(part, value)
             elif part in ("identity", "quotas", "host"):
                 self.double.catalogue[part].update(value)
@@ -135,17 +147,13 @@ class CtlFault(ControlHandler):
 
 class CtlServers(ControlHandler):
     def get(self) -> None:
-        deleted = self.get_query_argument("deleted", "0") in ("1", "true", "yes")
-        servers = [s for s in self.double.servers.values() if deleted or not s.gone]
+        servers = [s for s in self.double.servers.values() if self.with_deleted() or not s.gone]
         self.reply([self.server_summary(s) for s in sorted(servers, key=lambda s: s.created)])
 
 
 class CtlServer(ControlHandler):
     def get_rec(self, server_id: str) -> ServerRecord:
-        s = self.double.servers.get(server_id)
-        if s is None:
-            raise web.HTTPError(404, f"no server {server_id}")
-        return s
+        return self.record(self.double.servers, server_id, "server")
 
     def get(self, server_id: str, what: str | None = None) -> None:
         s = self.get_rec(server_id)
@@ -192,6 +200,36 @@ class CtlServer(ControlHandler):
             self.reply({"killed": killed})
         else:
             raise web.HTTPError(404)
+
+
+def volume_summary(v: VolumeRecord) -> dict[str, Any]:
+    return {"id": v.id, "name": v.name, "status": "deleted" if v.gone else v.status, "size": v.size,
+            "volume_type": v.volume_type, "metadata": v.metadata, "attachment": v.attachment,
+            "created": v.created, "gone": v.gone}
+
+
+class CtlVolumes(ControlHandler):
+    def get(self) -> None:
+        vols = [v for v in self.double.volumes.values() if self.with_deleted() or not v.gone]
+        self.reply([volume_summary(v) for v in sorted(vols, key=lambda v: v.created)])
+
+
+class CtlVolume(ControlHandler):
+    def get_rec(self, volume_id: str) -> VolumeRecord:
+        return self.record(self.double.volumes, volume_id, "volume")
+
+    def get(self, volume_id: str) -> None:
+        self.reply(volume_summary(self.get_rec(volume_id)))
+
+    def post(self, volume_id: str, what: str) -> None:
+        """``POST /_double/volumes/{id}/status {"status": "error"}``: the volume is in that status now and
+        stays there (a volume stuck in ``error``, ``detaching``...)."""
+        v = self.get_rec(volume_id)
+        status = self.body().get("status")
+        if not isinstance(status, str) or not status:
+            raise web.HTTPError(400, "a 'status' string is needed")
+        self.double.set_volume_status(v, status)
+        self.reply(volume_summary(v))
 
 
 class CtlCalls(ControlHandler):
@@ -251,6 +289,9 @@ ROUTES = [
     (r"/_double/servers", CtlServers),
     (r"/_double/servers/([^/]+)", CtlServer),
     (r"/_double/servers/([^/]+)/(boot|env|log|user_data|error|kill)", CtlServer),
+    (r"/_double/volumes", CtlVolumes),
+    (r"/_double/volumes/([^/]+)", CtlVolume),
+    (r"/_double/volumes/([^/]+)/(status)", CtlVolume),
     (r"/_double/calls", CtlCalls),
     (r"/_double/calls/counts", CtlCounts),
     (r"/_double/tokens/(\w+)", CtlTokens),

@@ -2,7 +2,8 @@
 
 Nova: ``{"<faultName>": {"code": N, "message": ...}}`` (names from ``nova/api/openstack/wsgi.py``),
 ``Content-Type: application/json; charset=UTF-8``, as in the recordings (400 ``badRequest``, 403
-``forbidden``, 404 ``itemNotFound``). Keystone and keystonemiddleware (a 401 in front of any service):
+``forbidden``, 404 ``itemNotFound``). Cinder: the same fault names (its wsgi is Nova's), with
+``Content-Type: application/json`` (recorded 404). Keystone and keystonemiddleware (a 401 in front of any service):
 ``{"error": {"code", "title", "message"}}``. Neutron: ``{"NeutronError": {"type", "message", "detail"}}``.
 Glance: webob's HTML page.
 """
@@ -65,6 +66,15 @@ NEUTRON_TYPES = {
     503: "HTTPServiceUnavailable",
 }
 
+CINDER_DEFAULT_MESSAGES = {
+    400: "Bad request.",
+    404: "The resource could not be found.",
+    409: "There was a conflict when trying to complete your request.",
+    413: "This request was rate-limited.",
+    500: "The server has either erred or is incapable of performing the requested operation.",
+    503: "Service Unavailable",
+}
+
 GLANCE_MESSAGES = {
     400: "The server could not comply with the request since it is either malformed or otherwise "
     "incorrect.",
@@ -83,7 +93,7 @@ def reason(status: int) -> str:
 def error_response(
     service: str, status: int, message: str | None = None, *, retry_after: float | None = None
 ) -> tuple[dict[str, str], bytes]:
-    """Headers and body of an error ``status`` from ``service`` (compute, identity, image, network)."""
+    """Headers and body of an error ``status`` from ``service`` (compute, volume, identity, image, network)."""
     headers: dict[str, str] = {}
     if retry_after is not None:
         headers["Retry-After"] = str(int(retry_after) if float(retry_after).is_integer() else retry_after)
@@ -92,13 +102,13 @@ def error_response(
         headers["Content-Type"] = JSON_UTF8
         body: Any = {"error": {"code": 401, "title": "Unauthorized", "message": message or UNAUTHORIZED_MESSAGE}}
         return headers, json.dumps(body).encode()
-    if service == "compute":
+    if service in ("compute", "volume"):
         name = NOVA_FAULT_NAMES.get(status, "computeFault")
-        msg = message or NOVA_DEFAULT_MESSAGES.get(status, reason(status))
-        inner: dict[str, Any] = {"code": status, "message": msg}
+        defaults = NOVA_DEFAULT_MESSAGES if service == "compute" else CINDER_DEFAULT_MESSAGES
+        inner: dict[str, Any] = {"code": status, "message": message or defaults.get(status, reason(status))}
         if status in (413, 429) and retry_after is not None:
             inner["retryAfter"] = headers["Retry-After"]
-        headers["Content-Type"] = JSON_UTF8
+        headers["Content-Type"] = JSON_UTF8 if service == "compute" else "application/json"
         return headers, json.dumps({name: inner}).encode()
     if service == "network":
         headers["Content-Type"] = "application/json"

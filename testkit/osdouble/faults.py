@@ -3,7 +3,7 @@
 A rule (JSON, ``POST /_double/faults``)::
 
     {"method": "POST", "path": "^/v2.1/servers$",      # regexes (re.search), default: any
-     "service": "compute",                              # optional: identity|compute|image|network
+     "service": "compute",                              # optional: identity|compute|volume|image|network
      "nth": 2,                                          # only the 2nd matching request, or
      "after": 1, "times": 3,                            # skip 1 match, then fire 3 times (default: forever)
      "probability": 0.3, "seed": 42,                    # fire with this probability (own seeded RNG)
@@ -25,6 +25,11 @@ Effects (``effect.type``):
 - ``build_error``: only for ``POST /v2.1/servers``: 202 as usual, then the instance goes to ``ERROR``
   with ``fault`` ``novalidhost`` (default, after scheduling), ``disk`` (after spawning) or a custom
   ``{"code", "message"}``; ``phase`` may override when it happens.
+- ``volume``: the request is answered as usual, and the volume's status change it starts goes
+  differently: ``status`` is where it ends (``POST .../volumes``: ``error`` = the backend failed;
+  ``POST .../os-volume_attachments``: ``available`` = the attach failed on the compute host, ``error``;
+  ``DELETE .../os-volume_attachments/{id}``: ``in-use`` = the detach failed; ``DELETE .../volumes/{id}``:
+  ``error_deleting``), ``seconds`` how long it takes (a slow detach: ``{"type": "volume", "seconds": 60}``).
 - ``api_down``: the whole API stops listening (connection refused) for ``seconds`` (default 5); this
   request is reset.
 """
@@ -38,7 +43,7 @@ from typing import Any
 
 EFFECTS = {
     "status", "rate_limit", "unauthorized", "quota", "delay", "reset", "drop", "lost_response", "build_error",
-    "api_down",
+    "api_down", "volume",
 }
 
 

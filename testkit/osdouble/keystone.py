@@ -25,8 +25,10 @@ class KeystoneTokensHandler(BaseHandler):
     def catalog(self) -> list[dict[str, Any]]:
         base = self.base_url
         region = self.double.identity()["region"]
+        project = self.double.identity()["project"]["id"]
         services = [
             ("compute", "nova", f"{base}/v2.1"),
+            ("volumev3", "cinder", f"{base}/v3/{project}"),  # as the dev cloud names it (not "cinderv3")
             ("image", "glance", base),
             ("network", "neutron", base),
             ("identity", "keystone", f"{base}/v3/"),

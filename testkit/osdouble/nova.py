@@ -1,15 +1,17 @@
-"""Nova v2.1: servers (create, list, show, delete, metadata), flavors, images, networks, security groups,
-keypairs."""
+"""Nova v2.1: servers (create, list, show, delete, metadata), volume attachments, flavors, images,
+networks, security groups, keypairs."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
-from .base import BaseHandler
-from .state import ServerRecord, iso_micro, iso_z
+from .base import BaseHandler, NotFoundMixin
+from .state import ServerRecord, VolumeRecord, iso_micro, iso_z
 
 
 class NovaHandler(BaseHandler):
@@ -81,16 +83,12 @@ class NovaHandler(BaseHandler):
             "OS-EXT-STS:task_state": task_state,
             "OS-EXT-STS:vm_state": "building" if building else ("active" if s.phase == "active" else "error"),
             "OS-EXT-STS:power_state": 1 if s.phase == "active" else 0,
-            "os-extended-volumes:volumes_attached": [],
+            "os-extended-volumes:volumes_attached": [{"id": v.id} for v in self.double.attached_volumes(s.id)],
         })
         return view
 
     def get_server(self, server_id: str) -> ServerRecord | None:
-        s = self.double.servers.get(server_id)
-        if s is None or s.gone:
-            self.nova_error(404, f"Instance {server_id} could not be found.")
-            return None
-        return s
+        return self.live_record(self.double.servers, server_id, f"Instance {server_id} could not be found.")
 
 
 class FlavorsHandler(NovaHandler):
@@ -200,23 +198,16 @@ class ServersHandler(NovaHandler):
         return servers
 
     async def get(self, detail: str | None = None) -> None:
-        servers = self.filtered()
-        marker = self.get_query_argument("marker", None)
-        if marker is not None:
-            ids = [s.id for s in servers]
-            if marker not in ids:
-                self.nova_error(400, f"marker [{marker}] not found")
-                return
-            servers = servers[ids.index(marker) + 1:]
-        limit_arg = self.get_query_argument("limit", None)
-        limit = min(int(limit_arg), 1000) if limit_arg and limit_arg.isdigit() else 1000
-        page = servers[:limit]
+        paged = self.paged(self.filtered(), (400, "marker [{marker}] not found"))
+        if paged is None:
+            return
+        page, more = paged
         if detail:
             body: dict[str, Any] = {"servers": [self.server_view(s, in_list=True) for s in page]}
         else:
             body = {"servers": [{"id": s.id, "links": self.links("servers", s.id), "name": s.name} for s in page]}
-        if len(page) == limit and len(servers) > limit:
-            query = f"limit={limit}&marker={page[-1].id}"
+        if more:
+            query = f"limit={len(page)}&marker={page[-1].id}"
             body["servers_links"] = [{"rel": "next", "href": f"{self.base_url}/v2.1/servers/detail?{query}"}]
         self.send_json(200, body)
 
@@ -276,13 +267,101 @@ class ServerMetadataHandler(NovaHandler):
         self.send_json(200, {"metadata": dict(s.metadata)})
 
 
-class NovaNotFoundHandler(NovaHandler):
+def release_unless(kept: str | None) -> Callable[[VolumeRecord], None]:
+    """What ends an attach or a detach: the attachment goes unless the volume ends ``kept`` (``in-use``)."""
+
+    def settle(vol: VolumeRecord) -> None:
+        if kept != "in-use":
+            vol.attachment = None
+
+    return settle
+
+
+class VolumeAttachmentsHandler(NovaHandler):
+    """``os-volume_attachments``: Nova attaches a Cinder volume (``attaching`` -> ``in-use``) and detaches
+    it (``detaching`` -> ``available``); a ``volume`` fault changes where that ends and how long it takes."""
+
+    route = "/v2.1/servers/{id}/os-volume_attachments"
+
+    @staticmethod
+    def attachment_view(v: VolumeRecord) -> dict[str, Any]:
+        assert v.attachment is not None
+        return {"id": v.id, "volumeId": v.id, "serverId": v.attachment["server_id"], "device": v.attachment["device"]}
+
+    def target(self, server_id: str, volume_id: str | None) -> tuple[ServerRecord, VolumeRecord | None] | None:
+        """The server and, if ``volume_id`` is given, its attached volume; None after answering 404."""
+        s = self.get_server(server_id)
+        if s is None or volume_id is None:
+            return None if s is None else (s, None)
+        v = next((v for v in self.double.attached_volumes(s.id) if v.id == volume_id), None)
+        if v is None:
+            self.nova_error(404, f"Instance {s.id} is not attached to volume {volume_id}")
+            return None
+        return s, v
+
+    async def get(self, server_id: str, volume_id: str | None = None) -> None:
+        found = self.target(server_id, volume_id)
+        if found is None:
+            return
+        s, v = found
+        if v is None:
+            views = [self.attachment_view(a) for a in self.double.attached_volumes(s.id)]
+            self.send_json(200, {"volumeAttachments": views})
+        else:
+            self.send_json(200, {"volumeAttachment": self.attachment_view(v)})
+
+    def attach_refusal(self, s: ServerRecord, volume_id: Any) -> tuple[int, str] | None:
+        if not isinstance(volume_id, str):
+            return 400, "Invalid input for field/attribute volumeAttachment. 'volumeId' is a required property"
+        if s.phase != "active" or s.deleting:
+            vm_state = {"scheduling": "building", "spawning": "building"}.get(s.phase, s.phase)
+            return 409, f"Cannot 'attach_volume' instance {s.id} while it is in vm_state {vm_state}"
+        v = self.double.volumes.get(volume_id)
+        if v is None or v.gone:
+            return 404, f"Volume {volume_id} could not be found."
+        if v.status != "available" or v.attachment is not None:
+            return 400, f"Invalid volume: Volume {v.id} status must be available or downloading"
+        return None
+
+    async def post(self, server_id: str) -> None:
+        found = self.target(server_id, None)
+        if found is None:
+            return
+        s = found[0]
+        body = self.json_body()
+        spec = body.get("volumeAttachment") if isinstance(body, dict) else None
+        volume_id = spec.get("volumeId") if isinstance(spec, dict) else None
+        refusal = self.attach_refusal(s, volume_id)
+        if refusal is not None:
+            self.nova_error(*refusal)
+            return
+        v = self.double.volumes[volume_id]
+        used = {a.attachment["device"] for a in self.double.attached_volumes(s.id) if a.attachment}
+        device = next(f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"/dev/vd{c}" not in used)
+        v.attachment = {"server_id": s.id, "attachment_id": str(uuid.uuid4()), "device": device,
+                        "attached_at": time.time()}
+        end, seconds = self.volume_outcome("in-use", self.double.config.volume_attaching_s)
+        self.double.volume_transition(v, "attaching", end, seconds, done=release_unless(end))
+        a = self.attachment_view(v)  # the create answer has its own key order (recorded)
+        self.send_json(200, {"volumeAttachment": {k: a[k] for k in ("id", "serverId", "volumeId", "device")}})
+
+    async def delete(self, server_id: str, volume_id: str) -> None:
+        found = self.target(server_id, volume_id)
+        if found is None:
+            return
+        v = found[1]
+        assert v is not None
+        if v.status != "in-use":
+            self.nova_error(400, "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and "
+                                 "attach_status must be 'attached' to detach.")
+            return
+        end, seconds = self.volume_outcome("available", self.double.config.volume_detaching_s)
+        self.double.volume_transition(v, "detaching", end, seconds, done=release_unless(end))
+        self.send_accepted("application/json")
+
+
+class NovaNotFoundHandler(NotFoundMixin, NovaHandler):
     route = "/v2.1/*"
-
-    async def get(self, *_: str) -> None:
-        self.nova_error(404, "The resource could not be found.")
-
-    post = put = delete = get
 
 
 ROUTES = [
@@ -299,5 +378,9 @@ ROUTES = [
     (r"/v2\.1/servers/(detail)", ServersDetailHandler),
     (r"/v2\.1/servers/([^/]+)", ServerHandler),
     (r"/v2\.1/servers/([^/]+)/metadata", ServerMetadataHandler),
+    (r"/v2\.1/servers/([^/]+)/os-volume_attachments", VolumeAttachmentsHandler),
+    (r"/v2\.1/servers/([^/]+)/os-volume_attachments/([^/]+)",
+     type("VolumeAttachmentHandler", (VolumeAttachmentsHandler,),
+          {"route": "/v2.1/servers/{id}/os-volume_attachments/{volume id}"})),
     (r"/v2\.1/(.*)", NovaNotFoundHandler),
 ]

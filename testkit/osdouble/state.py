@@ -1,12 +1,12 @@
-"""State of the OpenStack API double, independent of HTTP: configuration, records (servers, tokens,
-calls), the fake compute host's lifecycle of a server, and the API port going down and up."""
+"""State of the OpenStack API double, independent of HTTP: configuration, records (servers, volumes, tokens,
+calls), the fake compute host's lifecycle of a server, and a volume's timed status changes (the API port
+going down and up is ``apiport.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import contextlib
 import copy
 import datetime as dt
 import ipaddress
@@ -17,13 +17,15 @@ import secrets
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tornado import httpserver, netutil, web
+from tornado import httpserver, web
 
 from . import catalogue as catalogue_mod
+from .apiport import ApiPort
 from .cloudconfig import BootPlan, build_plan, decode_user_data
 from .faults import Rule
 from .instances import InstanceHost, service_port
@@ -68,6 +70,10 @@ class Config:
     standin_port: int = 8888  # stand-in port when the user-data names none
     kill_timeout_s: float = 5.0  # SIGTERM -> SIGKILL
     subnet: str = "127.0.0.0/24"  # where instance addresses come from (127.0.0.1 is never used)
+    volume_creating_s: float = 0.5  # Cinder: creating -> available
+    volume_attaching_s: float = 0.5  # attaching -> in-use
+    volume_detaching_s: float = 0.5  # detaching -> available
+    volume_deleting_s: float = 0.5  # deleting -> 404
 
     def update(self, data: dict[str, Any]) -> None:
         for key, value in data.items():
@@ -129,6 +135,27 @@ class ServerRecord:
 
 
 @dataclass
+class VolumeRecord:
+    """A Cinder volume. ``attachment`` (``server_id``, ``attachment_id``, ``device``, ``attached_at``) is set
+    from Nova's attach request until the detach completes; Cinder shows it while ``in-use`` or ``detaching``."""
+
+    id: str
+    name: str | None
+    description: str | None
+    size: int
+    volume_type: str
+    metadata: dict[str, str]
+    tenant_id: str
+    user_id: str
+    created: float
+    updated: float | None = None
+    status: str = "creating"
+    attachment: dict[str, Any] | None = None
+    gone: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+@dataclass
 class CallRecord:
     seq: int
     t: float
@@ -143,7 +170,7 @@ class CallRecord:
     rule: int | None = None
 
 
-class Double:
+class Double(ApiPort):
     """All state of the double, independent of HTTP."""
 
     def __init__(self, config: Config, state_dir: Path, catalogue: dict[str, Any]):
@@ -152,6 +179,7 @@ class Double:
         self.state_dir = state_dir
         self.catalogue = catalogue
         self.servers: dict[str, ServerRecord] = {}
+        self.volumes: dict[str, VolumeRecord] = {}
         self.tokens: dict[str, Token] = {}
         self.rules: list[Rule] = []
         self.rule_seq = 0
@@ -462,6 +490,10 @@ class Double:
         rec.deleted_at = time.time()
         if rec.task is not None and not rec.task.done():
             rec.task.cancel()
+        for vol in self.attached_volumes(rec.id):
+            # Nova detaches every volume of a server it deletes; the volume is kept
+            self.volume_transition(vol, "detaching", "available", self.config.delete_linger_s,
+                                   done=lambda v: setattr(v, "attachment", None))
         asyncio.get_running_loop().create_task(self._finish_delete(rec))
 
     async def _finish_delete(self, rec: ServerRecord) -> None:
@@ -472,6 +504,44 @@ class Double:
         rec.gone = True
         self._write_pidfile()
         log.info("server %s deleted", rec.id)
+
+    # ------------------------------------------------------------------ volumes
+
+    def live_volumes(self) -> list[VolumeRecord]:
+        return [v for v in self.volumes.values() if not v.gone]
+
+    def attached_volumes(self, server_id: str) -> list[VolumeRecord]:
+        return [v for v in self.live_volumes() if v.attachment and v.attachment["server_id"] == server_id]
+
+    def volume_transition(self, vol: VolumeRecord, through: str, end: str | None, seconds: float,
+                          done: Callable[[VolumeRecord], None] | None = None) -> None:
+        """``vol`` is ``through`` now and ``end`` after ``seconds`` (``end`` None: it disappears), then
+        ``done(vol)`` runs. A newer transition (or a forced status) replaces a pending one."""
+        if vol.task is not None and not vol.task.done():
+            vol.task.cancel()
+        vol.status, vol.updated = through, time.time()
+        vol.task = asyncio.get_running_loop().create_task(self._finish_transition(vol, end, seconds, done))
+
+    async def _finish_transition(self, vol: VolumeRecord, end: str | None, seconds: float,
+                                 done: Callable[[VolumeRecord], None] | None) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+        if done is not None:
+            done(vol)
+        if end is None:
+            vol.gone = True
+            log.info("volume %s deleted", vol.id)
+        else:
+            vol.status, vol.updated = end, time.time()
+            log.info("volume %s is %s", vol.id, end)
+
+    def set_volume_status(self, vol: VolumeRecord, status: str) -> None:
+        """Force a status now (a stuck or failed volume): any pending transition is dropped."""
+        if vol.task is not None and not vol.task.done():
+            vol.task.cancel()
+        vol.status, vol.updated = status, time.time()
+        if status == "available":
+            vol.attachment = None
+        log.info("volume %s forced to %s", vol.id, status)
 
     def _write_pidfile(self) -> None:
         pids = [p for s in self.servers.values() if s.host and not s.gone for p in s.host.pids()]
@@ -491,6 +561,10 @@ class Double:
         for s in self.servers.values():
             s.gone = True
         self.servers.clear()
+        for v in self.volumes.values():
+            if v.task is not None and not v.task.done():
+                v.task.cancel()
+        self.volumes.clear()
         self.rules.clear()
         self.calls.clear()
         self.tokens.clear()
@@ -501,55 +575,6 @@ class Double:
         self._write_pidfile()
         if not self.api_up:
             await self.start_api()
-
-    # ------------------------------------------------------------------ API up/down
-
-    def bind_api(self, host: str, port: int) -> int:
-        assert self.api_app is not None
-        sockets = netutil.bind_sockets(port, address=host)
-        self.api_server = httpserver.HTTPServer(self.api_app, xheaders=False)
-        self.api_server.add_sockets(sockets)
-        self.api_host = host
-        self.api_port = sockets[0].getsockname()[1]
-        self.api_up = True
-        return self.api_port
-
-    async def stop_api(self, for_s: float | None = None) -> None:
-        if self.api_up and self.api_server is not None:
-            server = self.api_server
-            server.stop()
-            self.api_up = False
-            # drop kept-alive client connections at once (a real API process that dies takes them with it):
-            # close_all_connections alone may still be waiting when the next request arrives on one of them
-            for conn in list(getattr(server, "_connections", ())):
-                with contextlib.suppress(Exception):
-                    conn.stream.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.close_all_connections(), 5.0)
-            log.info("API stopped (connection refused)%s", f" for {for_s}s" if for_s else "")
-        if for_s:
-            if self._restart_task is not None:
-                self._restart_task.cancel()
-            self._restart_task = asyncio.get_running_loop().create_task(self._restart_after(for_s))
-
-    async def _restart_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        await self.start_api()
-
-    async def start_api(self) -> None:
-        if self.api_up:
-            return
-        assert self.api_port is not None
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.bind_api(self.api_host, self.api_port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-        log.info("API started again on %s:%s", self.api_host, self.api_port)
 
 
 def short(value: Any) -> str:

@@ -32,3 +32,20 @@ def default(double: DoubleHandle) -> DoubleHandle:
     double.client.reset(config=True)
     double.client.set_catalogue(preset="default")
     return double
+
+
+@pytest.fixture(scope="module")
+def volume_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleHandle]:
+    """A double for the block-storage tests: stand-in instances (nothing runs in them), short phases; each
+    volume phase long enough for a poll to see it on a loaded machine."""
+    volume_phases = {f"volume_{phase}_s": 0.3 for phase in ("creating", "attaching", "detaching", "deleting")}
+    with running_double(tmp_path_factory.mktemp("volumes"), no_run=True, scheduling_s=0.1, spawning_s=0.1,
+                        delete_linger_s=0.3, **volume_phases) as handle:  # fmt: skip
+        yield handle
+
+
+@pytest.fixture
+def volume_cloud(volume_double: DoubleHandle) -> DoubleHandle:
+    """The block-storage double reset to how it started."""
+    volume_double.client.reset(config=True, catalogue=True)
+    return volume_double

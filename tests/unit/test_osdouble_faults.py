@@ -455,5 +455,5 @@ def test_catalogue_from_a_json_file(tmp_path: Path) -> None:
     with running_double(tmp_path, catalogue=str(spec)) as handle:
         cat = handle.client.catalogue()
         assert [f["name"] for f in cat["flavors"]] == ["only.one"]
-        assert cat["quotas"] == {"instances": 2, "cores": 20, "ram": 51200}
+        assert cat["quotas"] == {"instances": 2, "cores": 20, "ram": 51200, "volumes": 20, "gigabytes": 32}
         assert "debian-12-jupyter-grubfix" in [i["name"] for i in cat["images"]]
