@@ -194,7 +194,7 @@ def _cinder(driver):
 
 
 def _create_volume(driver, name: str, size_gib: int, volume_type: str | None, metadata: Mapping[str, str]):
-    """``POST /volumes`` with our metadata (libcloud's ``create_volume`` sets its own ``contents`` key)."""
+    """``POST /volumes`` with the given metadata (libcloud's ``create_volume`` sets its own ``contents`` key)."""
     volume: dict[str, Any] = {"size": int(size_gib), "name": name, "metadata": dict(metadata)}
     if volume_type:
         volume["volume_type"] = volume_type
