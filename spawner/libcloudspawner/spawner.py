@@ -209,7 +209,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         self._starting = False
         self._settings: CloudSettings | None = None
         self._known_since = 0.0  # an instance from the saved state existed before this process listed anything
-        if self.db is not None:  # in a hub: its id is known (and logged) from the first spawner on
+        if self._session() is not None:  # in a hub: its id is known (and logged) from the first spawner on
             self.hub_id  # noqa: B018
         with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
             asyncio.get_running_loop().call_soon(self._resume_deletions)
@@ -310,8 +310,19 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
                 f"LibcloudSpawner cloud configuration error: {e}",
             ) from None
 
+    def _session(self):
+        """The hub's database session: the one given to this spawner, else the session of its server's record
+        (reading JupyterHub's deprecated ``Spawner.db`` default logs a deprecation warning each time)."""
+        if self.trait_has_value("db"):
+            return self.db
+        if self.orm_spawner is None:
+            return None
+        from sqlalchemy.orm import object_session
+
+        return object_session(self.orm_spawner)
+
     def _state_directory(self):
-        bind = getattr(self.db, "bind", None)
+        bind = getattr(self._session(), "bind", None)
         return hubstate.state_directory(bind.url if bind is not None else None)
 
     def _deletions(self) -> deletions.DurableDeletions:
@@ -325,7 +336,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             self.log.error("Cannot retry recorded deletions: %s", e.log_message or e)
 
     def _refuse_if_hub_full(self) -> None:
-        if limits.over_cap(self.max_instances, self.db, self._deletions().pending_ids(), self):
+        if limits.over_cap(self.max_instances, self._session(), self._deletions().pending_ids(), self):
             raise errors.hub_full(self.max_instances)
 
     def _provisioner(self, client: CloudClient) -> Provisioner:
@@ -383,11 +394,12 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
     def _persist_state(self) -> None:
         """Save the state now, not only after start() returns: a hub that crashes mid-spawn then finds
         the instance at restart (poll/get_url), adopts it if it answers, and stops it otherwise."""
-        if self.orm_spawner is None or self.db is None:
+        session = self._session()
+        if self.orm_spawner is None or session is None:
             return
         try:
             self.orm_spawner.state = self.get_state()
-            self.db.commit()
+            session.commit()
         except Exception:
             self.log.exception("Could not save the state of %s early", self._log_name)
 
