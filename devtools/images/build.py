@@ -166,9 +166,11 @@ def choose_base(c, req: BuildRequest) -> BuildPlan:
     return dataclasses.replace(plan, base_url=f"file://{local}", base_checksum=f"sha256:{sha256(local)}")
 
 
-def unique_name(os_name: str, date: dt.datetime, commit: str) -> str:
+def unique_name(os_name: str, date: dt.datetime, commit: str, also_taken: frozenset[str] = frozenset()) -> str:
+    """The build's name: taken by no manifest entry, no local file and none of ``also_taken`` (for the openstack
+    builder, the names the cloud's Glance already shows: a second image of one name could not be configured)."""
     base = f"{os_name}-jupyter-{date:%Y%m%d}-{commit[:7] if commit != 'unknown' else 'nogit'}"
-    taken = {e["name"] for e in load_manifest()["images"]}
+    taken = {e["name"] for e in load_manifest()["images"]} | also_taken
     name, n = base, 1
     while name in taken or (OUTPUT_DIR / f"{name}.qcow2").exists():
         n += 1
@@ -184,7 +186,7 @@ def plan_build(c, req: BuildRequest, plan: BuildPlan) -> BuildPlan:
         plan,
         commit=commit,
         packer=packer_.packers()[0],
-        name=unique_name(req.os_name, plan.date, commit),
+        name=unique_name(req.os_name, plan.date, commit, plan.openstack.image_names if plan.openstack else frozenset()),
         versions_locked=locked_versions(req.os_name),
         wheelhouse=ensure_wheelhouse(c, req.os_name, plan.vars),
         accelerator=accel,

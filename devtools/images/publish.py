@@ -47,6 +47,8 @@ class OpenstackBuild(NamedTuple):
     source_image: str
     flavor: str
     network: str | None
+    #: every image name the cloud already shows: the baked image's name must be none of them
+    image_names: frozenset[str] = frozenset()
 
 
 def find_one(kind: str, wanted: str, items: Iterable[Any]) -> Any | None:
@@ -103,7 +105,7 @@ def check_openstack_build(conn, cloud: str, source_image: str, flavor: str, netw
         net = lookup("network", network, networks, f"no network {network!r} (this cloud has: {_names(networks)})")
     if problems:
         raise Exit(f"build-image --builder openstack, cloud {cloud!r}:\n  " + "\n  ".join(problems))
-    return OpenstackBuild(image.id, found.id, net.id if net else None)
+    return OpenstackBuild(image.id, found.id, net.id if net else None, frozenset(i.name for i in images if i.name))
 
 
 def openstack_preflight(cloud: str, source_image: str, flavor: str, network: str) -> OpenstackBuild:

@@ -77,7 +77,25 @@ CLOUD = fake_cloud(IMAGES, FLAVORS, NETWORKS)
     ids=["names", "ids", "no-network"],
 )
 def test_the_build_gets_ids(args, expected):
-    assert check_openstack_build(CLOUD, "devcloud", *args) == expected
+    assert check_openstack_build(CLOUD, "devcloud", *args)[:3] == expected[:3]
+
+
+def test_the_bake_is_named_after_no_image_the_cloud_shows(tmp_path, monkeypatch):
+    """Glance keeps images of earlier bakes (and of earlier publishes) that this checkout's manifest does not
+    know: the new image's name must not be one of them, or that name would stand for two images."""
+    import devtools.images.build as build
+    import devtools.images.manifest as manifest
+
+    monkeypatch.setattr(manifest, "MANIFEST_PATH", tmp_path / "manifest.json")
+    monkeypatch.setattr(build, "OUTPUT_DIR", tmp_path)
+    date = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    base = "debian-12-jupyter-20260102-abcdef0"
+    cloud = fake_cloud([*IMAGES, item("i2", base, status="active", min_disk=8), item("i3", f"{base}-2",
+                       status="active", min_disk=8)], FLAVORS, NETWORKS)  # fmt: skip
+    names = check_openstack_build(cloud, "devcloud", "debian-12-base", "m1.small", "").image_names
+    assert names == {"debian-12-base", base, f"{base}-2"}
+    assert build.unique_name("debian-12", date, "abcdef0" + "0" * 33, names) == f"{base}-3"
+    assert build.unique_name("debian-12", date, "abcdef0" + "0" * 33) == base
 
 
 @pytest.mark.parametrize(
