@@ -1,7 +1,8 @@
 """LibcloudSpawner: every JupyterHub user server in its own cloud VM, through Apache Libcloud.
 
 The Spawner contract only: the traits (their help is the configuration reference), the options form, and
-start / poll / stop / state. The rooms beside it: ``settings`` (the cloud settings, checked once),
+start / poll / stop / state / delete_forever. The rooms beside it: ``settings`` (the cloud settings, checked once),
+``resume`` (VMs kept between stops, the home-volume settings), ``volumes`` (home volumes),
 ``cloud`` (the only module talking to the cloud), ``provision`` (create with recovery, waits, cleanup,
 deletion), ``requests`` (the create request as data), ``errors`` (what the user reads), ``progress``,
 and the pure helpers ``naming``, ``options``, ``catalog`` and ``userdata``.
@@ -19,13 +20,14 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, Unicode, default
 
-from . import deletions, errors, hubstate, limits, naming, options, userdata
+from . import deletions, errors, hubstate, limits, naming, options, resume, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .fleet import UNKNOWN, fleet_for
 from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, SpawnerView, address_of
 from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettings, number, optional_text, seconds
+from .volumes import HomeVolumeError, HomeVolumeRef, HomeVolumes, home_volume_ref
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
@@ -37,10 +39,11 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
         spawner.select(user_options)
 
 
-class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
+class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, resume.KeepTraits):
     """Start each single-user server in its own cloud instance (OpenStack by default).
 
-    The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`; a wrong
+    The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`, the
+    stop action and home volumes from :class:`resume.KeepTraits`; a wrong
     configured value is kept out and recorded in ``config_problems`` (:class:`settings.CheckedConfig`)."""
 
     # ------------------------------------------------------------------------------ what to boot
@@ -185,6 +188,10 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
     instance_id = Unicode(None, allow_none=True)
     instance_name = Unicode(None, allow_none=True)
     instance_address = Unicode(None, allow_none=True)
+    kept = Unicode(None, allow_none=True)  # how the VM was kept at the last stop (see resume)
+    booted_image = Unicode(None, allow_none=True)
+    booted_size = Unicode(None, allow_none=True)
+    volume_id = Unicode(None, allow_none=True)
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -209,6 +216,8 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         self._starting = False
         self._settings: CloudSettings | None = None
         self._known_since = 0.0  # an instance from the saved state existed before this process listed anything
+        self._kept_token = ""  # the API token the kept VM's server holds
+        self._fault: str | None = None  # the cloud's reason for an instance found in ERROR
         if self._session() is not None:  # in a hub: its id is known (and logged) from the first spawner on
             self.hub_id  # noqa: B018
         with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
@@ -349,6 +358,19 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             emit=self._progress.emit,
         )
 
+    def _volume_ref(self) -> HomeVolumeRef:
+        return home_volume_ref(
+            self.home_volume_name_template, hub_id=self.hub_id, username=self.user.name, servername=self.name or ""
+        )
+
+    def _homes(self, client: CloudClient) -> HomeVolumes:
+        return HomeVolumes(client, self.home_volume_settings(), self.log, self._log_name,
+                           report=lambda message: self._progress.emit(15, message))  # fmt: skip
+
+    def _keeper(self, client: CloudClient) -> resume.Keeper:
+        return resume.Keeper(client, self.log, self._log_name, self.startup_poll_interval_seconds,
+                             self.stop_timeout_seconds)  # fmt: skip
+
     def _render_userdata(self) -> str:
         template = userdata.load_template(self.cloudinit_template) if self.cloudinit_template else None
         try:
@@ -358,6 +380,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
                 cmd=[*self.cmd, *self.get_args()],
                 template=template,
                 default_user=bool(self.userserver_keyname),
+                home_volume_id=self.volume_id if self.home_volume_size_gib else None,
             )
         except userdata.InvalidEnvironmentValue as e:
             raise errors.invalid_environment(e.key, f"LibcloudSpawner cannot start {self._log_name}: {e}") from None
@@ -383,6 +406,14 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             state["instance_id"] = self.instance_id
             state["instance_name"] = self.instance_name
             state["address"] = self.instance_address
+            state["image"], state["size"] = self.booted_image, self.booted_size
+        if self.instance_id and self.kept:
+            state["kept"] = self.kept
+            state["api_token"] = self._kept_token
+        if self.volume_id:
+            state["volume_id"] = self.volume_id
+        if self._fault:
+            state["fault"] = self._fault
         return state
 
     def load_state(self, state):
@@ -390,6 +421,12 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         self.instance_id = state.get("instance_id")
         self.instance_name = state.get("instance_name")
         self.instance_address = state.get("address")
+        self.booted_image, self.booted_size = state.get("image"), state.get("size")
+        self.kept = state.get("kept")
+        self._kept_token = state.get("api_token") or ""
+        self.volume_id = state.get("volume_id")
+        self._fault = state.get("fault")
+        self.will_resume = bool(self.instance_id and self.kept)
 
     def _persist_state(self) -> None:
         """Save the state now, not only after start() returns: a hub that crashes mid-spawn then finds
@@ -415,12 +452,24 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         # so that an early progress request waits for this start's events instead of replaying old ones
         self._progress.reset()
         self._background.release_late_watch()
-        self._forget_instance()
+        if not self.kept:  # a kept VM (and its token) outlives the server: the next start resumes it
+            self._forget_instance()
 
     def _forget_instance(self) -> None:
         self.instance_id = None
         self.instance_name = None
         self.instance_address = None
+        self.booted_image = self.booted_size = None
+        self.kept = None
+        self._kept_token = ""
+        self.will_resume = False
+
+    def _keep(self, how: str) -> None:
+        """The VM outlives this server: JupyterHub keeps the state and the server's token (will_resume)."""
+        if not self.kept:
+            self._kept_token = self.api_token
+        self.kept = how
+        self.will_resume = True
 
     # ------------------------------------------------------------------------------ start
     async def start(self):
@@ -451,15 +500,26 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             self._progress.emit(6, "Waiting for the previous attempt's instance to be removed")
             await asyncio.shield(self._background.cleanup)
         self._refuse_if_hub_full()
-        user_data = self._render_userdata()
         provisioner = self._provisioner(self._client())
+        try:
+            url = await self._resume_kept(provisioner, selection)
+            if url is not None:
+                return url
+            volume_id = await self._home_volume(provisioner.client)
+        except (CloudError, HomeVolumeError, resume.KeepError) as e:  # the kept VM and the volume stay as they are
+            if isinstance(e, resume.KeepError):
+                raise errors.cloud_unavailable(
+                    "Your kept virtual machine did not come back; please try again in a few minutes.", str(e)
+                ) from None
+            raise errors.for_user(e, self._log_name) from e
+        user_data = self._render_userdata()
         attempt = CreateAttempt(name=self._instance_name(), server_tags=self._tags())
         attempt.ignore.update(self._deletions().pending_ids())  # being deleted in the background
         self.instance_name = attempt.name
         self._starting = True
         limits.STARTING.add(self)
         try:
-            return await self._boot(provisioner, selection, user_data, attempt)
+            return await self._boot(provisioner, selection, user_data, attempt, volume_id)
         except BaseException as e:
             self._background.start_cleanup(provisioner.cleanup(attempt))
             self._forget_instance()
@@ -478,7 +538,74 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
                     provisioner, attempt, SpawnerView(starting=lambda: self._starting, in_use=lambda: self.instance_id)
                 )
 
-    async def _boot(self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt) -> str:
+    async def _resume_kept(self, provisioner: Provisioner, selection: options.Selection) -> str | None:
+        """Bring back the server's kept VM and return its URL; None when a fresh VM is to boot (none kept, the
+        kept one is gone, or it was replaced because the user chose another image or size)."""
+        if not (self.instance_id and self.kept):
+            return None
+        plan = resume.start_plan(kept=self.kept, booted=(self.booted_image, self.booted_size),
+                                 wanted=(selection.image, selection.size))  # fmt: skip
+        instance = await provisioner.client.get_node(self.instance_id)
+        if instance is None or instance.deleting:
+            self.log.warning("Kept instance %s of %s is gone; booting a fresh one", self.instance_id, self._log_name)
+            self._forget_instance()
+            return None
+        if instance.state == "error" and not self._data_safe():
+            fault = self._fault or await provisioner.client.fault_message(instance.id)
+            raise errors.instance_error(fault, f"Kept instance {instance.id} of {self._log_name} is in ERROR"
+                                        f" ({fault}); kept for the administrator (its disk may hold data)")  # fmt: skip
+        if plan == "replace" or instance.state == "error":
+            why = "another image or size was chosen" if plan == "replace" else f"it is in ERROR ({self._fault})"
+            self._progress.emit(8, "Replacing your kept virtual machine: " + why.split(" (")[0])
+            self.log.info("Replacing kept instance %s of %s: %s", instance.id, self._log_name, why)
+            await self._drop_vm(provisioner)
+            return None
+        self._progress.emit(20, "Resuming your virtual machine")
+        await self._keeper(provisioner.client).wake(instance)
+        instance = await provisioner.wait_running(instance, lambda i: bool(self._address(i)))
+        self.instance_address = self._address(instance)
+        url = f"http://{self.instance_address}:{self.port}"
+        self._progress.emit(60, f"Virtual machine running at {self.instance_address}; waiting for Jupyter to answer")
+        base_url = self.server.base_url if self.server is not None else f"/user/{self.user.name}/"
+        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api")
+        if self._kept_token:
+            self.api_token = self._kept_token  # the server holds it: JupyterHub kept it (will_resume)
+        self.kept, self._kept_token, self._fault = None, "", None
+        self.log.info("Resumed instance %s for %s", instance.id, self._log_name)
+        self._progress.emit(95, "Jupyter is answering")
+        return url
+
+    def _data_safe(self) -> bool:
+        """Whether deleting the server's VM loses nothing the user expects to keep: its root disk is
+        disposable (``delete`` mode) or the user's files are on the home volume."""
+        return self.stop_action == "delete" or bool(self.volume_id)
+
+    async def _home_volume(self, client: CloudClient) -> str | None:
+        """The home volume to boot with (created at the first start), free for a new VM; None without."""
+        if not self.home_volume_size_gib:
+            return None
+        homes = self._homes(client)
+        volume = await homes.ready_for_boot(await homes.ensure(self._volume_ref()))
+        self.volume_id = volume.id
+        return volume.id
+
+    async def _drop_vm(self, provisioner: Provisioner, *, wait: bool = True) -> None:
+        """Delete the server's VM, its home volume detached first (bounded; Nova detaches it with the deletion
+        otherwise). The volume is never deleted here. ``CloudError`` if the VM could not be deleted."""
+        assert self.instance_id
+        if self.volume_id:
+            try:
+                await self._homes(provisioner.client).detach(self.volume_id, self.instance_id)
+            except (HomeVolumeError, CloudError) as e:
+                self.log.warning("Detaching volume %s of %s before its VM's deletion: %s", self.volume_id,
+                                 self._log_name, e)  # fmt: skip
+        name = self.instance_name or self._instance_name()
+        await provisioner.delete(self.instance_id, name, self._tags(), wait=wait)
+        self._forget_instance()
+
+    async def _boot(
+        self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt, volume_id: str | None
+    ) -> str:
         """A fresh VM: look up what to boot, create it (with recovery), wait until it runs and Jupyter answers."""
         emit = self._progress.emit
         emit(10, f"Looking up image {selection.image_display} and size {selection.size_display}")
@@ -492,8 +619,10 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             config_drive=self.config_drive,
             key_name=self.userserver_keyname,
             security_groups=self.security_groups,
+            volume_ids=[volume_id] if volume_id else [],
         )
         self.instance_id = instance.id
+        self.booted_image, self.booted_size = selection.image, selection.size
         self._known_since = time.monotonic()  # fleet listings older than this may lack it
         self._persist_state()
         self.log.info("Created instance %s (%s) for %s", attempt.name, instance.id, self._log_name)
@@ -554,26 +683,57 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         if instance is None:
             self.log.info("Instance %s of %s is gone", self.instance_id, self._log_name)
             return 0
-        if instance.state in ("error", "stopped", "terminated") or instance.deleting:
-            # the hub will not call stop() for a server that is not running: remove the broken VM here
-            if not await self._provisioner(client).remove_broken(instance):
-                return None
-            self.clear_state()
-            return 1 if instance.state in ("error", "stopped") else 0
+        if instance.deleting or instance.state == "terminated":
+            self.log.warning("Instance %s of %s is being deleted", self.instance_id, self._log_name)
+            self._forget_instance()
+            return 0
+        if instance.vm_state in resume.WAKE or instance.state == "stopped":
+            # powered off behind the hub's back (a guest shutdown, a host reboot): kept, never deleted here;
+            # will_resume makes the hub keep the state and token through its stop, the next start powers it on
+            if not self.kept:
+                self.log.warning("Instance %s of %s is %s; kept for the next start", self.instance_id,
+                                 self._log_name, instance.vm_state or instance.state)  # fmt: skip
+            self._keep(self.kept or "off")
+            return 1
+        if instance.state == "error":
+            return await self._poll_error(client, instance)
         return None
 
+    async def _poll_error(self, client: CloudClient, instance: Instance) -> int | None:
+        """An instance in ERROR: the cloud's reason is logged and kept for the next start's message. It is
+        deleted only where no data can be lost (``delete`` mode, or the files are on the home volume);
+        otherwise it is kept for the administrator and the next start says so."""
+        self._fault = await client.fault_message(instance.id) or "the cloud recorded no reason"
+        self.log.error("Instance %s of %s is in ERROR: %s", instance.id, self._log_name, self._fault)
+        if not self._data_safe():
+            self._keep("error")
+            return 1
+        if not await self._provisioner(client).remove_broken(instance):
+            return None
+        self._forget_instance()
+        return 1
+
     async def stop(self, now=False):
-        """Delete the instance; idempotent; returns once it is gone (bounded by stop_timeout_seconds). An
-        instance the cloud would not delete is recorded and deleted again in the background: stop() returns,
-        so that JupyterHub revokes the server's token."""
+        """``stop_action`` ``stop``/``shelve``: park the VM and keep it (will_resume). ``delete``: detach the
+        home volume (bounded), delete the instance; idempotent; returns once it is gone (bounded by
+        stop_timeout_seconds). An instance the cloud would not delete is recorded and deleted again in the
+        background: stop() returns, so that JupyterHub revokes the server's token."""
         await self._background.wait_cleanup(self.stop_timeout_seconds, self._log_name)
         self._background.release_late_watch()
         if not self.instance_id:
             return
         client = self._client()
+        if self.stop_action in resume.PARK:
+            try:
+                await self._keeper(client).park(self.instance_id, self.stop_action)
+            except (CloudError, resume.KeepError) as e:
+                self.log.error("Could not %s instance %s of %s (%s); it is kept and the next start resumes it",
+                               self.stop_action, self.instance_id, self._log_name, e)  # fmt: skip
+            self._keep(self.stop_action)
+            return
         name = self.instance_name or self._instance_name()
         try:
-            await self._provisioner(client).delete(self.instance_id, name, self._tags(), wait=not now)
+            await self._drop_vm(self._provisioner(client), wait=not now)
         except CloudError:
             try:
                 self._deletions().record(self.instance_id, name, self._log_name, client, self.log)
@@ -582,4 +742,17 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
                     "Your server's virtual machine could not be deleted right now; please try again later.",
                     f"Could not record the deletion of instance {self.instance_id} of {self._log_name}: {e}",
                 ) from None
+        self._forget_instance()
         self.clear_state()
+
+    async def delete_forever(self):
+        """The user or this named server is deleted: its kept VM and its home volume go (nothing else ever
+        deletes a home volume). A volume the user's servers share goes with the user's default server only."""
+        client = self._client()
+        if self.instance_id:
+            await self._drop_vm(self._provisioner(client))
+        owns_volume = not self.name or "{servername}" in self.home_volume_name_template
+        if owns_volume and (self.home_volume_size_gib or self.volume_id):
+            deleted = await self._homes(client).delete_forever(self._volume_ref())
+            self.log.info("Deleted home volume(s) %s of %s", ", ".join(deleted) or "(none)", self._log_name)
+            self.volume_id = None
