@@ -3,10 +3,18 @@ token, delete_forever, and no silent deletion by poll()."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
+from libcloudspawner.cloud import CloudClient, make_driver_factory
+from libcloudspawner.config import DriverArguments
+from libcloudspawner.naming import volume_tags
+from libcloudspawner.settings import CloudSettings
 from testkit.hub import cloud_servers, original_config, running_hub
 from testkit.wait import wait_until
+from tests.hub.test_crash_and_reaper import HUB_ID, _reaper
 
 pytestmark = pytest.mark.hub
 
@@ -229,3 +237,41 @@ def test_shelve_mode_unshelves_and_authenticates(tmp_path, double):
         r = hub.through_proxy("quinn")
         assert r.status_code == 200, r.text
         stop(hub, "quinn")
+
+
+def test_reaper_lists_and_deletes_only_volumes_of_gone_users(delete_hub, double):
+    ok, message = start(delete_hub, "rosa")
+    assert ok, message
+    stop(delete_hub, "rosa")
+    kept = the_volume(double, "rosa")["id"]
+    ghost = asyncio.run(create_volume(double, "jupyter-home-ghost", volume_tags(hub_id=HUB_ID, username="ghost",
+                                                                                servername="")))  # fmt: skip
+    other = asyncio.run(
+        create_volume(double, "jupyter-home-ghost", volume_tags(hub_id="another-hub", username="ghost", servername=""))
+    )
+    for volume_id in (ghost, other):
+        double.client.wait_for_volume(volume_id, "available")
+
+    dry = _reaper(delete_hub)
+    assert dry.returncode == 0, dry.stderr
+    judged = {v["instance_id"]: v["orphan"] for v in map(json.loads, dry.stdout.splitlines()) if v["kind"] == "volume"}
+    assert judged[ghost] is True and judged[kept] is False
+    assert other not in judged
+    assert ghost in {v["id"] for v in double.client.volumes()}  # dry run: nothing deleted
+
+    wet = _reaper(delete_hub, "--delete")
+    assert wet.returncode == 0, wet.stderr
+    double.client.wait_for_volume(ghost, "deleted")
+    assert {kept, other} <= {v["id"] for v in double.client.volumes()}
+
+
+async def create_volume(double, name: str, tags: dict[str, str]) -> str:
+    params = original_config(double.url)["libcloudparams"]
+    kwargs = {k: v for k, v in params.items() if k not in ("arg_user_id", "arg_key")}
+    arguments = DriverArguments(provider="openstack", key=params["arg_user_id"], secret=params["arg_key"],
+                                kwargs={**kwargs, "api_version": "2.0"})  # fmt: skip
+    client = CloudClient(make_driver_factory(arguments), CloudSettings(api_max_workers=1))
+    try:
+        return (await client.create_volume(name, 1, metadata=tags)).id
+    finally:
+        client.close()
