@@ -27,7 +27,7 @@ from .fleet import UNKNOWN, fleet_for
 from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, SpawnerView, address_of
 from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettings, number, optional_text, seconds
-from .volumes import HomeVolumeError, HomeVolumeRef, HomeVolumes, home_volume_ref
+from .volumes import HomeVolumeError
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
@@ -39,11 +39,11 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
         spawner.select(user_options)
 
 
-class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, resume.KeepTraits):
+class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess):
     """Start each single-user server in its own cloud instance (OpenStack by default).
 
     The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`, the
-    stop action and home volumes from :class:`resume.KeepTraits`; a wrong
+    stop action, home volumes, resuming kept VMs and delete_forever from :class:`resume.KeptServer`; a wrong
     configured value is kept out and recorded in ``config_problems`` (:class:`settings.CheckedConfig`)."""
 
     # ------------------------------------------------------------------------------ what to boot
@@ -358,19 +358,6 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, resume.KeepTraits):
             emit=self._progress.emit,
         )
 
-    def _volume_ref(self) -> HomeVolumeRef:
-        return home_volume_ref(
-            self.home_volume_name_template, hub_id=self.hub_id, username=self.user.name, servername=self.name or ""
-        )
-
-    def _homes(self, client: CloudClient) -> HomeVolumes:
-        return HomeVolumes(client, self.home_volume_settings(), self.log, self._log_name,
-                           report=lambda message: self._progress.emit(15, message))  # fmt: skip
-
-    def _keeper(self, client: CloudClient) -> resume.Keeper:
-        return resume.Keeper(client, self.log, self._log_name, self.startup_poll_interval_seconds,
-                             self.stop_timeout_seconds)  # fmt: skip
-
     def _render_userdata(self) -> str:
         template = userdata.load_template(self.cloudinit_template) if self.cloudinit_template else None
         try:
@@ -464,13 +451,6 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, resume.KeepTraits):
         self._kept_token = ""
         self.will_resume = False
 
-    def _keep(self, how: str) -> None:
-        """The VM outlives this server: JupyterHub keeps the state and the server's token (will_resume)."""
-        if not self.kept:
-            self._kept_token = self.api_token
-        self.kept = how
-        self.will_resume = True
-
     # ------------------------------------------------------------------------------ start
     async def start(self):
         self._progress.reset()
@@ -537,71 +517,6 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, resume.KeepTraits):
                 self._background.start_late_watch(
                     provisioner, attempt, SpawnerView(starting=lambda: self._starting, in_use=lambda: self.instance_id)
                 )
-
-    async def _resume_kept(self, provisioner: Provisioner, selection: options.Selection) -> str | None:
-        """Bring back the server's kept VM and return its URL; None when a fresh VM is to boot (none kept, the
-        kept one is gone, or it was replaced because the user chose another image or size)."""
-        if not (self.instance_id and self.kept):
-            return None
-        plan = resume.start_plan(kept=self.kept, booted=(self.booted_image, self.booted_size),
-                                 wanted=(selection.image, selection.size))  # fmt: skip
-        instance = await provisioner.client.get_node(self.instance_id)
-        if instance is None or instance.deleting:
-            self.log.warning("Kept instance %s of %s is gone; booting a fresh one", self.instance_id, self._log_name)
-            self._forget_instance()
-            return None
-        if instance.state == "error" and not self._data_safe():
-            fault = self._fault or await provisioner.client.fault_message(instance.id)
-            raise errors.instance_error(fault, f"Kept instance {instance.id} of {self._log_name} is in ERROR"
-                                        f" ({fault}); kept for the administrator (its disk may hold data)")  # fmt: skip
-        if plan == "replace" or instance.state == "error":
-            why = "another image or size was chosen" if plan == "replace" else f"it is in ERROR ({self._fault})"
-            self._progress.emit(8, "Replacing your kept virtual machine: " + why.split(" (")[0])
-            self.log.info("Replacing kept instance %s of %s: %s", instance.id, self._log_name, why)
-            await self._drop_vm(provisioner)
-            return None
-        self._progress.emit(20, "Resuming your virtual machine")
-        await self._keeper(provisioner.client).wake(instance)
-        instance = await provisioner.wait_running(instance, lambda i: bool(self._address(i)))
-        self.instance_address = self._address(instance)
-        url = f"http://{self.instance_address}:{self.port}"
-        self._progress.emit(60, f"Virtual machine running at {self.instance_address}; waiting for Jupyter to answer")
-        base_url = self.server.base_url if self.server is not None else f"/user/{self.user.name}/"
-        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api")
-        if self._kept_token:
-            self.api_token = self._kept_token  # the server holds it: JupyterHub kept it (will_resume)
-        self.kept, self._kept_token, self._fault = None, "", None
-        self.log.info("Resumed instance %s for %s", instance.id, self._log_name)
-        self._progress.emit(95, "Jupyter is answering")
-        return url
-
-    def _data_safe(self) -> bool:
-        """Whether deleting the server's VM loses nothing the user expects to keep: its root disk is
-        disposable (``delete`` mode) or the user's files are on the home volume."""
-        return self.stop_action == "delete" or bool(self.volume_id)
-
-    async def _home_volume(self, client: CloudClient) -> str | None:
-        """The home volume to boot with (created at the first start), free for a new VM; None without."""
-        if not self.home_volume_size_gib:
-            return None
-        homes = self._homes(client)
-        volume = await homes.ready_for_boot(await homes.ensure(self._volume_ref()))
-        self.volume_id = volume.id
-        return volume.id
-
-    async def _drop_vm(self, provisioner: Provisioner, *, wait: bool = True) -> None:
-        """Delete the server's VM, its home volume detached first (bounded; Nova detaches it with the deletion
-        otherwise). The volume is never deleted here. ``CloudError`` if the VM could not be deleted."""
-        assert self.instance_id
-        if self.volume_id:
-            try:
-                await self._homes(provisioner.client).detach(self.volume_id, self.instance_id)
-            except (HomeVolumeError, CloudError) as e:
-                self.log.warning("Detaching volume %s of %s before its VM's deletion: %s", self.volume_id,
-                                 self._log_name, e)  # fmt: skip
-        name = self.instance_name or self._instance_name()
-        await provisioner.delete(self.instance_id, name, self._tags(), wait=wait)
-        self._forget_instance()
 
     async def _boot(
         self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt, volume_id: str | None
@@ -699,20 +614,6 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, resume.KeepTraits):
             return await self._poll_error(client, instance)
         return None
 
-    async def _poll_error(self, client: CloudClient, instance: Instance) -> int | None:
-        """An instance in ERROR: the cloud's reason is logged and kept for the next start's message. It is
-        deleted only where no data can be lost (``delete`` mode, or the files are on the home volume);
-        otherwise it is kept for the administrator and the next start says so."""
-        self._fault = await client.fault_message(instance.id) or "the cloud recorded no reason"
-        self.log.error("Instance %s of %s is in ERROR: %s", instance.id, self._log_name, self._fault)
-        if not self._data_safe():
-            self._keep("error")
-            return 1
-        if not await self._provisioner(client).remove_broken(instance):
-            return None
-        self._forget_instance()
-        return 1
-
     async def stop(self, now=False):
         """``stop_action`` ``stop``/``shelve``: park the VM and keep it (will_resume). ``delete``: detach the
         home volume (bounded), delete the instance; idempotent; returns once it is gone (bounded by
@@ -745,14 +646,3 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, resume.KeepTraits):
         self._forget_instance()
         self.clear_state()
 
-    async def delete_forever(self):
-        """The user or this named server is deleted: its kept VM and its home volume go (nothing else ever
-        deletes a home volume). A volume the user's servers share goes with the user's default server only."""
-        client = self._client()
-        if self.instance_id:
-            await self._drop_vm(self._provisioner(client))
-        owns_volume = not self.name or "{servername}" in self.home_volume_name_template
-        if owns_volume and (self.home_volume_size_gib or self.volume_id):
-            deleted = await self._homes(client).delete_forever(self._volume_ref())
-            self.log.info("Deleted home volume(s) %s of %s", ", ".join(deleted) or "(none)", self._log_name)
-            self.volume_id = None

@@ -171,3 +171,8 @@ def test_judge_volumes_deletes_only_volumes_of_gone_users():
                                                                min_age_seconds=900, now=NOW)}  # fmt: skip
     assert verdicts == {"v-alice": False, "v-ghost": True, "v-attached": False, "v-young": False,
                         "v-undated": False}  # fmt: skip
+
+
+def test_the_spawner_deletes_forever_what_it_kept():
+    # JupyterHub's Spawner.delete_forever does nothing: the mixin's must come first in the MRO
+    assert LibcloudSpawner.delete_forever is resume.KeptServer.delete_forever
