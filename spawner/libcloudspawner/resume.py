@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 STOP_ACTIONS = ("delete", "stop", "shelve")
 #: stop_action -> (Nova server action, vm_state it reaches)
-PARK = {"stop": ("os-stop", "stopped"), "shelve": ("shelve", "shelved_offloaded")}
+#: (a cloud whose shelved_offload_time is not 0 leaves a shelved VM SHELVED on its host for a while)
+PARK = {"stop": ("os-stop", ("stopped",)), "shelve": ("shelve", ("shelved_offloaded", "shelved"))}
 #: vm_state of a kept VM -> the action that wakes it
 WAKE = {"stopped": "os-start", "shelved": "unshelve", "shelved_offloaded": "unshelve"}
 
@@ -114,8 +115,8 @@ class Keeper:
     poll_interval_seconds: float
     timeout_seconds: float
 
-    async def wait_vm_state(self, instance_id: str, wanted: str) -> Instance:
-        """Poll until the VM's vm_state is ``wanted`` with no task under way; KeepError if it goes to ERROR,
+    async def wait_vm_state(self, instance_id: str, wanted: tuple[str, ...]) -> Instance:
+        """Poll until the VM's vm_state is one of ``wanted`` with no task under way; KeepError if it goes to ERROR,
         disappears, or is still elsewhere at the deadline. A transient cloud error is one poll lost."""
         deadline = time.monotonic() + self.timeout_seconds
         while True:
@@ -129,12 +130,12 @@ class Keeper:
             if instance is None:
                 raise KeepError(f"instance {instance_id} of {self.log_name} is gone")
             if isinstance(instance, Instance):
-                if instance.vm_state == wanted and not instance.task_state:
+                if instance.vm_state in wanted and not instance.task_state:
                     return instance
                 if instance.state == "error":
                     raise KeepError(f"instance {instance_id} of {self.log_name} went to ERROR")
             if time.monotonic() + self.poll_interval_seconds > deadline:
-                raise KeepError(f"instance {instance_id} of {self.log_name} is not {wanted} after"
+                raise KeepError(f"instance {instance_id} of {self.log_name} is not {' or '.join(wanted)} after"
                                 f" {self.timeout_seconds:.0f}s")  # fmt: skip
             await asyncio.sleep(self.poll_interval_seconds)
 
@@ -214,8 +215,12 @@ class KeptServer(KeepTraits):
             return None
         if instance.state == "error" and not self._data_safe():
             fault = self._fault or await provisioner.client.fault_message(instance.id)
-            raise errors.instance_error(fault, f"Kept instance {instance.id} of {self._log_name} is in ERROR"
-                                        f" ({fault}); kept for the administrator (its disk may hold data)")  # fmt: skip
+            raise errors.cloud_unavailable(
+                f"Your kept virtual machine is in an error state ({fault or 'no reason given'}); its disk is kept."
+                f" Please tell the administrator.",
+                f"Kept instance {instance.id} of {self._log_name} is in ERROR ({fault}); kept for the administrator"
+                " (its disk may hold data): fix it (e.g. openstack server set --state active) or delete the server",
+            )
         if plan == "replace" or instance.state == "error":
             why = "another image or size was chosen" if plan == "replace" else f"it is in ERROR ({self._fault})"
             self._progress.emit(8, "Replacing your kept virtual machine: " + why.split(" (")[0])

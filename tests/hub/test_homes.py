@@ -223,20 +223,42 @@ def test_delete_forever_removes_the_kept_vm_and_the_volume(stop_hub, double):
     wait_until(lambda: not volumes(double, "pia"), timeout_s=30, what="pia's volume deleted")
 
 
-def test_shelve_mode_unshelves_and_authenticates(tmp_path, double):
-    with running_hub(tmp_path, double, config(double, stop_action="shelve"), TIMINGS) as hub:
-        ok, message = start(hub, "quinn")
-        assert ok, message
-        [server] = cloud_servers(double, user="quinn")
-        stop(hub, "quinn")
-        double.client.wait_for_server(server["id"], status="SHELVED_OFFLOADED")
-        ok, message = start(hub, "quinn")
-        assert ok, message
-        [resumed] = cloud_servers(double, user="quinn")
-        assert resumed["id"] == server["id"] and resumed["status"] == "ACTIVE"
-        r = hub.through_proxy("quinn")
-        assert r.status_code == 200, r.text
-        stop(hub, "quinn")
+@pytest.fixture(scope="module")
+def shelve_hub(tmp_path_factory, double):
+    with running_hub(tmp_path_factory.mktemp("homes-shelve"), double, config(double, stop_action="shelve"),
+                     TIMINGS) as h:  # fmt: skip
+        yield h
+
+
+def test_shelve_mode_unshelves_and_authenticates(shelve_hub, double):
+    ok, message = start(shelve_hub, "quinn")
+    assert ok, message
+    [server] = cloud_servers(double, user="quinn")
+    stop(shelve_hub, "quinn")
+    double.client.wait_for_server(server["id"], status="SHELVED_OFFLOADED")
+    ok, message = start(shelve_hub, "quinn")
+    assert ok, message
+    [resumed] = cloud_servers(double, user="quinn")
+    assert resumed["id"] == server["id"] and resumed["status"] == "ACTIVE"
+    r = shelve_hub.through_proxy("quinn")
+    assert r.status_code == 200, r.text
+    stop(shelve_hub, "quinn")
+
+
+def test_a_vm_in_error_whose_disk_may_hold_data_is_kept_and_reported(shelve_hub, double):
+    ok, message = start(shelve_hub, "rhea")
+    assert ok, message
+    [server] = cloud_servers(double, user="rhea")
+    double.client.force_error(server["id"], message="Compute host lost its disk controller")
+    shelve_hub.wait_gone("rhea", timeout_s=60)
+    assert [s["id"] for s in cloud_servers(double, user="rhea")] == [server["id"]]  # kept, not deleted
+    assert "Compute host lost its disk controller" in shelve_hub.log_text()
+    ok, message = start(shelve_hub, "rhea")
+    assert not ok
+    assert "kept virtual machine is in an error state (Compute host lost its disk controller)" in message
+    assert [s["id"] for s in cloud_servers(double, user="rhea")] == [server["id"]]
+    assert shelve_hub.api("DELETE", "/users/rhea").status_code == 204  # delete_forever removes it
+    wait_until(lambda: not cloud_servers(double, user="rhea"), timeout_s=30, what="rhea's VM deleted")
 
 
 def test_reaper_lists_and_deletes_only_volumes_of_gone_users(delete_hub, double):
