@@ -9,8 +9,8 @@ order (each scenario builds on the VMs the previous ones started):
    submits the form with the `blank` image: the spawn page shows the progress, then a clear failure, and
    Nova holds no VM of that user; then nova-api is stopped mid-spawn (a real cloud fault) until the
    spawner has met the outage, and started again;
-3. two users at once; progress events; a kernel running numpy + matplotlib through the proxy; the named
-   server;
+3. two users at once, neither VM reaching the other's; progress events; a kernel running numpy +
+   matplotlib through the proxy; the named server;
 4. the hub restarts (with the idle culler added, scoped to bob): alice's server is still reached;
 5. the culler stops bob's idle named server and Nova deletes its VM;
 6. alice stops her server: Nova deletes its VM.
@@ -195,6 +195,36 @@ def test_two_users_at_once(hub, nova, spawns):
     assert [len(v) for v in vms] == [1, 1], vms
     assert vms[0][0].id != vms[1][0].id
     assert all(v[0].status == "ACTIVE" for v in vms)
+
+
+PROBE = """
+import os, socket, urllib.parse
+def probe(host, port):
+    try:
+        socket.create_connection((host, port), timeout=8).close()
+        return "open"
+    except socket.timeout:
+        return "filtered"
+    except OSError as e:
+        return type(e).__name__
+api = urllib.parse.urlsplit(os.environ["JUPYTERHUB_API_URL"])
+print("RESULT", probe({other!r}, {port}), probe({other!r}, 22), probe(api.hostname, api.port))
+"""
+
+
+def test_one_users_server_cannot_reach_anothers(hub, nova, spawns):
+    """The documented posture (the dev cloud's server group): the guest ports open to the hub's host only. From
+    alice's kernel, bob's server and SSH are out of reach; the hub API, on the host, answers."""
+    spawns["alice"].wait(SPAWN_DEADLINE_S)
+    spawns["lab"].wait(SPAWN_DEADLINE_S)
+    (bob_vm,) = servers_of(nova, hub.hub_id, CULLED_USER, "lab")
+    (other,) = [a["addr"] for net in bob_vm.addresses.values() for a in net if a.get("version", 4) == 4]
+    result = run_in_kernel(hub, "alice", PROBE.format(other=other, port=8000), timeout_s=400)
+    assert result["status"] == "ok", result
+    line = next(line for line in result["stdout"].splitlines() if line.startswith("RESULT"))
+    _, to_server, to_ssh, to_hub = line.split()
+    assert to_hub == "open", f"alice's VM cannot reach the hub API: {line}"
+    assert (to_server, to_ssh) == ("filtered", "filtered"), f"alice's VM reaches bob's VM {other}: {line}"
 
 
 def test_progress_events_follow_the_real_phases(spawns):
