@@ -13,7 +13,8 @@ order (each scenario builds on the VMs the previous ones started):
    matplotlib through the proxy; the named server;
 4. the hub restarts (with the idle culler added, scoped to bob): alice's server is still reached;
 5. the culler stops bob's idle named server and Nova deletes its VM;
-6. alice stops her server: Nova deletes its VM.
+6. alice stops her server: Nova deletes its VM;
+7. a hub user named `debian` (the image's default account) runs as a fresh account that cannot sudo.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 
 import pytest
 
+from libcloudspawner.naming import linux_username
 from testkit.e2e import (
     GUEST_POLL_S,
     Spawn,
@@ -332,3 +334,35 @@ def test_stop_deletes_the_vm(hub, nova, spawns):
     wait_no_server(nova, hub.hub_id, "alice", timeout_s=120)
     r = hub.through_proxy("alice", path="api/status")
     assert r.status_code != 200
+
+
+# ------------------------------------------------------------------------------------------------ 7. accounts
+ACCOUNT_PROBE = """
+import getpass, os, pwd, subprocess
+sudo = subprocess.run(["sudo", "-n", "true"], capture_output=True, timeout=60)
+try:
+    image_account = pwd.getpwnam("debian").pw_uid
+except KeyError:
+    image_account = -1
+print("RESULT", getpass.getuser(), os.getuid(), image_account, sudo.returncode)
+"""
+
+
+def test_a_hub_user_named_like_the_images_account_gets_a_fresh_one_without_sudo(hub, nova):
+    """A hub user called `debian`, the image's default account (passwordless sudo; on the VM here, since a key
+    pair is configured): the server runs as a fresh, re-mapped account, which cannot use sudo."""
+    user = "debian"
+    spawn = Spawn(hub, user).start()
+    try:
+        spawn.wait(SPAWN_DEADLINE_S)
+        result = run_in_kernel(hub, user, ACCOUNT_PROBE, timeout_s=400)
+        assert result["status"] == "ok", result
+        line = next(line for line in result["stdout"].splitlines() if line.startswith("RESULT"))
+        _, account, uid, image_uid, sudo = line.split()
+        assert account == linux_username(user) != user, line
+        assert uid != image_uid, f"the server runs as the image's account: {line}"
+        assert sudo != "0", f"the server's account can sudo: {line}"
+    finally:
+        hub.api("DELETE", hub.server_url(user))
+        hub.wait_gone(user, timeout_s=300)
+        wait_no_server(nova, hub.hub_id, user, timeout_s=120)
