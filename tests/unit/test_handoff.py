@@ -118,3 +118,14 @@ def test_hub_keys_are_private_and_the_user_data_holds_no_token(tmp_path):
     assert "JUPYTERHUB_API_TOKEN" not in text
     assert (tmp_path / "m4" / "hub.key").read_text() not in text  # the hub's key never leaves the hub
     assert "BootMaterial(...)" == repr(material)
+
+
+def test_the_pool_vms_user_data_passes_the_real_cloud_init_cli(tmp_path):
+    from cloudinit_validator import validate_with_cli
+
+    path = tmp_path / "user-data"
+    material = handoff.make_material(tmp_path / "m5", "m5")
+    path.write_text(handoff.render_pool_userdata(material, port=9443, default_user=True))
+    result = validate_with_cli(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid cloud-config" in result.stdout
