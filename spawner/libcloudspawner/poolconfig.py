@@ -1,22 +1,10 @@
-"""The warm pool's configuration and bookkeeping, pure (no cloud call): settings, targets, sizing, claim records.
+"""The warm pool's settings and bookkeeping, pure (no cloud call); the pool itself is :mod:`pool`.
 
-The pool itself (refill, claim, hand-over) is :mod:`pool`.
-
-- **Sizing** (:func:`targets`, :func:`plan`): ``warm_pool`` entries name a profile (or an image and a size)
-  with ``min`` idle VMs to keep and ``max`` pool VMs at most; a target's identity is its key (the profile's
-  slug, or ``image/size``) and a fingerprint of everything its VMs were booted with (image, size, network,
-  security groups, key pair, metadata, config drive, agent). Pool VMs no target wants (an older image, size,
-  profile or agent) are drained: deleted while idle.
-- **Refill**: one task per hub process counts the pool from the shared fleet view (:mod:`fleet`), creates
-  what is missing (at most one create per ``pool_create_interval_seconds``; never above ``max_instances``),
-  drains, and backs off on failures. Every cloud call runs in the client's executor.
-- **Claim** (:meth:`WarmPool.claim`): a VM is picked and marked in memory with no ``await`` in between, so a
-  process never gives one VM to two users. Before the VM is retagged, a claim record is written durably
-  beside the hub's database (:class:`ClaimRecords`); it is removed once the server's state names the VM. A
-  restarted hub deletes the VM of every claim that did not complete. Then the VM is retagged (the tags of a
-  fresh instance, replacing the pool tags) and renamed, and the user is handed over (:mod:`handoff`).
-- Anything failing on the way deletes the VM and the spawn falls back to a cold boot. A pooled VM serves
-  one user and is deleted at stop like any other, never returned to the pool.
+``warm_pool`` entries name a profile (or an image and a size) with ``min`` idle VMs to keep and ``max`` pool
+VMs at most. A target is identified by its key (the profile's slug, or ``image/size``) and a fingerprint of
+everything its VMs are booted with (image, size, network, security groups, key pair, metadata, config drive,
+the agent's files): :func:`plan` says which targets grow and which idle VMs are drained. :class:`ClaimRecords`
+is the durable record of claims under way, beside the hub's database.
 """
 
 from __future__ import annotations

@@ -124,3 +124,13 @@ def test_the_reaper_leaves_pool_vms_to_the_hub_while_the_pool_is_on():
 def test_the_reaper_deletes_pool_vms_once_the_pool_is_off():
     [verdict] = judge([pool_vm()], [], hub_id="hub", min_age_seconds=0, warm_pool=False)
     assert verdict.orphan
+
+
+def test_a_wrong_warm_pool_setting_is_a_configuration_problem_not_a_crash():
+    from traitlets.config import Config
+
+    from libcloudspawner.spawner import LibcloudSpawner
+
+    spawner = LibcloudSpawner(config=Config({"LibcloudSpawner": {"warm_pool": [{"image": "img", "min": 1}]}}))
+    assert "both image and size" in spawner.config_problems["warm_pool"]
+    assert spawner.warm_pool == []
