@@ -19,7 +19,7 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, Unicode, default
 
-from . import deletions, errors, hubstate, limits, naming, options, userdata
+from . import deletions, errors, hubstate, limits, naming, options, pool, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .fleet import UNKNOWN, fleet_for
@@ -37,7 +37,7 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
         spawner.select(user_options)
 
 
-class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
+class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
     """Start each single-user server in its own cloud instance (OpenStack by default).
 
     The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`; a wrong
@@ -213,6 +213,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             self.hub_id  # noqa: B018
         with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
             asyncio.get_running_loop().call_soon(self._resume_deletions)
+            asyncio.get_running_loop().call_soon(lambda: self._session() is not None and pool.for_spawner(self))
 
     # ------------------------------------------------------------------------------ configuration
     def _refuse_if_misconfigured(self) -> None:
@@ -336,7 +337,8 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
             self.log.error("Cannot retry recorded deletions: %s", e.log_message or e)
 
     def _refuse_if_hub_full(self) -> None:
-        if limits.over_cap(self.max_instances, self._session(), self._deletions().pending_ids(), self):
+        in_pool = pooled.instance_ids() if (pooled := pool.for_spawner(self)) else set()
+        if limits.over_cap(self.max_instances, self._session(), self._deletions().pending_ids() | in_pool, self):
             raise errors.hub_full(self.max_instances)
 
     def _provisioner(self, client: CloudClient) -> Provisioner:
@@ -450,6 +452,9 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess):
         if self._background.cleaning:
             self._progress.emit(6, "Waiting for the previous attempt's instance to be removed")
             await asyncio.shield(self._background.cleanup)
+        url = await pool.start_from_pool(self, selection, self._provisioner(self._client()))
+        if url is not None:  # a VM from the warm pool (None: boot a new one)
+            return url
         self._refuse_if_hub_full()
         user_data = self._render_userdata()
         provisioner = self._provisioner(self._client())
