@@ -5,7 +5,7 @@ Runs on Debian's /usr/bin/python3 (python3-openstacksdk, installed with the clou
 project's venv. Called by devcloud.sh; settings come from the environment (see lib/common.sh):
 
     cloud.py catalog    projects, users, roles, services and endpoints in Keystone
-    cloud.py resources  flat network, flavors, security group rules, the 'blank' image, volume quotas
+    cloud.py resources  flat network, flavors, security groups, the 'blank' image, volume quotas
     cloud.py health [all|services] [json|tsv]  one line per API-level check (exit 1 when one fails)
     cloud.py reset      delete every server and volume of the jupyter project, re-create network and flavors
     cloud.py facts      what clients need (JSON): auth URL, names, ids, flavors, images
@@ -37,6 +37,9 @@ WORK = E.get("WORK", "/var/tmp/devcloud")
 GUEST_PORTS = [int(p) for p in E.get("DEVCLOUD_GUEST_PORTS", "22 8000 8888").split()]
 PROJECT = "jupyter"
 USER = "jupyter"
+# The group the spawner's VMs get (`security_groups` in the example hub configuration): the guest ports
+# open from the host only, and no rule for the group itself, so that one user's VM cannot reach another's.
+SERVER_GROUP = E.get("DEVCLOUD_SERVER_GROUP", "jupyter-server")
 
 # name: (vCPUs, RAM MiB, disk GiB). j1.* fit the project's Jupyter image (8 GiB disk);
 # m1.* are for tiny test guests.
@@ -205,11 +208,29 @@ def ensure_flavors(conn):
 
 
 def ensure_security_rules():
-    """Let the host reach SSH and the single-user server ports of the jupyter project's VMs."""
+    """Let the host reach SSH and the single-user server ports of the jupyter project's VMs: in the project's
+    'default' group (what Packer's build instances get) and in SERVER_GROUP (what the spawner's VMs get)."""
     conn = connect(PROJECT, USER, JUPYTER_PW)
     # Listing as the project makes Neutron create the project's 'default' group if needed.
     groups = [g for g in conn.network.security_groups(name="default") if g.project_id == conn.current_project_id]
-    sg = groups[0]
+    open_guest_ports_to_host(conn, groups[0])
+    open_guest_ports_to_host(conn, ensure_server_group(conn))
+
+
+def ensure_server_group(conn):
+    """SERVER_GROUP, with no ingress rule but the host's (Neutron gives a new group egress rules only). A rule
+    that lets anything else in (another group, another address) is removed."""
+    found = [g for g in conn.network.security_groups(name=SERVER_GROUP) if g.project_id == conn.current_project_id]
+    sg = found[0] if found else conn.network.create_security_group(
+        name=SERVER_GROUP, description="jupyter servers: the guest ports from the hub's host only"
+    )  # fmt: skip
+    for r in conn.network.security_group_rules(security_group_id=sg.id, direction="ingress"):
+        if r.remote_group_id or r.remote_ip_prefix != HOST_IP + "/32":
+            conn.network.delete_security_group_rule(r)
+    return sg
+
+
+def open_guest_ports_to_host(conn, sg) -> None:
     have = {
         (r.protocol, r.port_range_min, r.remote_ip_prefix)
         for r in conn.network.security_group_rules(security_group_id=sg.id, direction="ingress")
@@ -505,6 +526,7 @@ def facts():
                 "host_ip": HOST_IP,
                 "hub_connect_url": f"http://{HOST_IP}:8081",
                 "guest_ports_open_from_host": GUEST_PORTS,
+                "server_security_group": SERVER_GROUP,
                 "flavors": {n: {"vcpus": v, "ram_mib": r, "disk_gib": d} for n, (v, r, d) in FLAVORS.items()},
                 "images": sorted(i.name for i in conn.image.images()),
                 "virt_type": E.get("VIRT_TYPE", "qemu"),

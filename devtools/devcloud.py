@@ -151,6 +151,8 @@ c = get_config()  # noqa: F821
 c.JupyterHub.spawner_class = 'libcloudspawner.spawner.LibcloudSpawner'
 c.LibcloudSpawner.libcloudparams = {params_src}
 c.LibcloudSpawner.userserver_net = "flatnet"
+# the guest ports open to this host (the hub and its proxy) only: one user's VM cannot reach another's
+c.LibcloudSpawner.security_groups = ["jupyter-server"]
 c.LibcloudSpawner.cloud_region = "RegionOne"
 c.LibcloudSpawner.userserver_sizes = [("2 vCPU, 2 GiB", "j1.small")]
 {images_src}

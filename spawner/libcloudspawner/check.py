@@ -126,21 +126,67 @@ async def cloud_findings(spawner: Any) -> list[Finding]:
     lookups = {"size": client.size, "image": client.image, "network": client.network,
                "key pair": client.key_pair, "security group": client.security_group}  # fmt: skip
     found = []
+    offered = _offered(spawner)
     try:
-        for kind, wanted in _offered(spawner).items():
+        for kind, wanted in offered.items():
             for name in sorted(wanted):
                 try:
                     item = await lookups[kind](name)
                     found.append(Finding(f"{kind} {name!r}", True, f"id {getattr(item, 'id', None) or name}"))
+                    if kind == "security group":
+                        found.append(posture_finding(name, item, spawner.port))
                 except CloudConfigError as e:
                     found.append(_problem(f"{kind} {name!r}", e, "offer a name the cloud has once, or its id"))
                     if not str(e).startswith("the cloud has"):  # provider or region: every lookup fails alike
                         return found
+        if not offered["security group"]:
+            found.append(await default_group_posture(client, spawner.port))
     except CloudError as e:
         found.append(_problem("cloud API", e, "check the credentials, the auth URL and that the cloud answers"))
     finally:
         client.close()
     return found
+
+
+POSTURE_FIX = (
+    "give the VMs a group of their own that opens the port to the hub and the proxy only"
+    " (docs/configuration.md, Network posture)"
+)
+
+
+def member_rules(group: Any, port: int) -> list[str]:
+    """The groups whose members a rule of ``group`` lets reach ``port`` (TCP). libcloud's rule holds the remote
+    group as ``{"name": <its id>, ...}`` and drops the direction; Neutron's egress rules name no remote group."""
+    return sorted({
+        str(r.group.get("name")) for r in getattr(group, "rules", None) or []
+        if r.group and r.ip_protocol in (None, "tcp", "6")
+        and (r.from_port is None or r.from_port <= port) and (r.to_port is None or port <= r.to_port)
+    })  # fmt: skip
+
+
+def posture_finding(name: str, group: Any, port: int) -> Finding:
+    """One user's server must not be reachable from another user's VM: a group that lets its own (or another
+    group's) members reach the server's port lets every VM in it reach every other."""
+    what = f"security group {name!r} posture"
+    members = member_rules(group, port)
+    if members:
+        return _problem(what, f"members of group {', '.join(members)} reach port {port}: any user's VM can reach"
+                        " another user's server", POSTURE_FIX)  # fmt: skip
+    return Finding(what, True, f"no group-to-group rule opens port {port}")
+
+
+async def default_group_posture(client: Any, port: int) -> Finding:
+    """No ``security_groups``: Nova gives the VMs the project's ``default`` group, which OpenStack creates
+    with a rule letting its members reach each other on every port."""
+    try:
+        group = await client.security_group("default")
+    except CloudConfigError as e:
+        return Finding("security_groups", True, f"not set; the project's default group not checked ({e})")
+    finding = posture_finding("default", group, port)
+    if finding.ok:
+        return Finding("security_groups", True, f"not set: the VMs get the project's default group ({finding.detail})")
+    return _problem("security_groups", f"not set: the VMs get the project's default group: {finding.detail}",
+                    POSTURE_FIX)  # fmt: skip
 
 
 def hub_url_findings(hub: Mapping[str, Any]) -> list[Finding]:

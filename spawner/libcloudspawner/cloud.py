@@ -176,6 +176,18 @@ def _server_action(driver, node_id: str, action: str):
     return driver.connection.request(f"/servers/{node_id}/action", method="POST", data={action: None})
 
 
+def _replace_metadata(driver, node_id: str, metadata: Mapping[str, str]):
+    """``PUT /servers/{id}/metadata``: the instance's metadata becomes exactly ``metadata`` (OpenStack)."""
+    body = {"metadata": dict(metadata)}
+    response = driver.connection.request(f"/servers/{node_id}/metadata", method="PUT", data=body)
+    return (response.object or {}).get("metadata") or {}
+
+
+def _rename(driver, node_id: str, name: str):
+    """``PUT /servers/{id}`` with a new name (OpenStack)."""
+    return driver.connection.request(f"/servers/{node_id}", method="PUT", data={"server": {"name": name}})
+
+
 def _fault(driver, node_id: str) -> str | None:
     response = driver.connection.request(f"/servers/{node_id}")
     fault = (response.object or {}).get("server", {}).get("fault") or {}
@@ -491,6 +503,18 @@ class CloudClient:
         if self.provider != "openstack":
             raise CloudError(f"server action {action} is not implemented for provider {self.provider!r}")
         await self.call(_server_action, node_id, action, retry=False, what=f"{action} instance {node_id}")
+
+    async def replace_metadata(self, node_id: str, metadata: Mapping[str, str]) -> None:
+        """Set an instance's metadata to exactly ``metadata`` (retried: idempotent)."""
+        if self.provider != "openstack":
+            raise CloudError(f"replacing instance metadata is not implemented for provider {self.provider!r}")
+        await self.call(_replace_metadata, node_id, metadata, what=f"replace metadata of instance {node_id}")
+
+    async def rename_node(self, node_id: str, name: str) -> None:
+        """Rename an instance (retried: idempotent)."""
+        if self.provider != "openstack":
+            raise CloudError(f"renaming an instance is not implemented for provider {self.provider!r}")
+        await self.call(_rename, node_id, name, what=f"rename instance {node_id}")
 
     async def fault_message(self, node_id: str) -> str | None:
         """Nova's ``fault.message`` of an instance in ERROR (one extra call, only on errors)."""

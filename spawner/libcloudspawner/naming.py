@@ -31,7 +31,14 @@ TAG_SPAWN_ID = "jupyterhub-spawn-id"
 MANAGED_BY = "libcloudspawner"
 TAG_VOLUME = "jupyterhub-volume"
 HOME_VOLUME = "home"
-RESERVED_METADATA_KEYS = frozenset({TAG_HUB_ID, TAG_USER, TAG_SERVER_NAME, TAG_MANAGED_BY, TAG_SPAWN_ID, TAG_VOLUME})
+#: a warm pool VM (no user yet): its pool key, the fingerprint of what it was booted with, its member id
+TAG_POOL = "jupyterhub-pool"
+TAG_POOL_FINGERPRINT = "jupyterhub-pool-fingerprint"
+TAG_POOL_MEMBER = "jupyterhub-pool-member"
+RESERVED_METADATA_KEYS = frozenset(
+    {TAG_HUB_ID, TAG_USER, TAG_SERVER_NAME, TAG_MANAGED_BY, TAG_SPAWN_ID, TAG_VOLUME, TAG_POOL,
+     TAG_POOL_FINGERPRINT, TAG_POOL_MEMBER}
+)  # fmt: skip
 
 DEFAULT_INSTANCE_NAME_TEMPLATE = "jupyter-{username}"
 #: one home volume per user, shared by the user's servers (one at a time); add {servername} for one per server

@@ -91,11 +91,13 @@ def judge(
     hub_id: str,
     min_age_seconds: float,
     now: dt.datetime | None = None,
+    warm_pool: bool = True,
 ) -> list[Verdict]:
     """Decide, for each instance of this hub, whether it is an orphan. Pure: no cloud, no hub.
 
     ``instances``: dicts with ``id``, ``name``, ``metadata``, ``created`` (ISO 8601, may be missing).
-    Instances not tagged for this hub are left out of the result altogether.
+    Instances not tagged for this hub are left out of the result altogether. Warm pool VMs (no user yet) are
+    the hub's to manage while ``warm_pool`` is on; with the pool off they are orphans like any other.
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     hub_tag = naming.metadata_value(hub_id)
@@ -115,7 +117,9 @@ def judge(
         def verdict(orphan: bool, reason: str, inst=inst, user=user, server=server, age=age) -> Verdict:
             return Verdict(str(inst["id"]), str(inst.get("name", "")), user, server, age, orphan, reason)
 
-        if owner is not None and owner.instance_id == str(inst["id"]):
+        if meta.get(naming.TAG_POOL) and warm_pool:
+            verdicts.append(verdict(False, "a warm pool VM: the hub keeps or drains it"))
+        elif owner is not None and owner.instance_id == str(inst["id"]):
             verdicts.append(verdict(False, "the hub's server state names this instance"))
         elif owner is not None and (owner.pending or owner.instance_id is None):
             verdicts.append(verdict(False, f"the hub's server is {owner.pending or 'starting'}; not judged"))
@@ -262,11 +266,13 @@ async def reap_once(
     min_age_seconds: float,
     max_deletions: int | None = None,
     users: set[str] | None = None,
+    warm_pool: bool = True,
 ) -> list[Verdict]:
     """Judge this hub's instances and, given the hub's ``users`` (a complete listing), its home volumes;
     with ``delete``, delete the orphans: none at all (:class:`Refusal`) when there are more than
     ``max_deletions`` in all (``None``: no cap). A cloud without block storage has no volumes to judge."""
-    verdicts = judge(as_listing(await client.list_nodes()), hub_servers, hub_id=hub_id, min_age_seconds=min_age_seconds)
+    verdicts = judge(as_listing(await client.list_nodes()), hub_servers, hub_id=hub_id, min_age_seconds=min_age_seconds,
+                     warm_pool=warm_pool)  # fmt: skip
     if users is not None:
         try:
             tags = {naming.TAG_MANAGED_BY: naming.MANAGED_BY, naming.TAG_HUB_ID: naming.metadata_value(hub_id),
@@ -352,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 verdicts = await reap_once(
                     client, hub.hub_id, servers, delete=args.delete, min_age_seconds=args.min_age_seconds,
                     max_deletions=None if args.force else args.max_deletions, users=users,
+                    warm_pool=hub.warm_pool,
                 )  # fmt: skip
             except Refusal as e:
                 log.error("reaper refused to run, nothing deleted: %s", e)

@@ -380,6 +380,7 @@ class HubConfig:
     cloud: CloudSettings
     hub_id: str
     hub_api_url: str
+    warm_pool: bool = False  # a warm pool is configured (its idle VMs are the hub's, not orphans)
 
 
 #: JupyterHub's default database: SQLite in its working directory
@@ -420,6 +421,7 @@ def load_hub_config(path: str) -> HubConfig:
         cloud=CloudSettings.from_mapping(values),
         hub_id=check("hub_id", values.get("hub_id") or _kept_hub_id(hub.get("db_url"))),
         hub_api_url=hub_api_url(hub),
+        warm_pool=bool(values.get("warm_pool")),
     )
 
 

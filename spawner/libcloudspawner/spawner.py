@@ -20,7 +20,7 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, Unicode, default
 
-from . import deletions, errors, hubstate, limits, naming, options, resume, userdata
+from . import deletions, errors, hubstate, limits, naming, options, pool, resume, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .fleet import UNKNOWN, fleet_for
@@ -39,7 +39,7 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
         spawner.select(user_options)
 
 
-class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess):
+class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, pool.PoolSettings):
     """Start each single-user server in its own cloud instance (OpenStack by default).
 
     The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`, the
@@ -222,6 +222,7 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess):
             self.hub_id  # noqa: B018
         with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
             asyncio.get_running_loop().call_soon(self._resume_deletions)
+            asyncio.get_running_loop().call_soon(lambda: self._session() is not None and pool.for_spawner(self))
 
     # ------------------------------------------------------------------------------ configuration
     def _refuse_if_misconfigured(self) -> None:
@@ -345,7 +346,8 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess):
             self.log.error("Cannot retry recorded deletions: %s", e.log_message or e)
 
     def _refuse_if_hub_full(self) -> None:
-        if limits.over_cap(self.max_instances, self._session(), self._deletions().pending_ids(), self):
+        in_pool = pooled.instance_ids() if (pooled := pool.for_spawner(self)) else set()
+        if limits.over_cap(self.max_instances, self._session(), self._deletions().pending_ids() | in_pool, self):
             raise errors.hub_full(self.max_instances)
 
     def _provisioner(self, client: CloudClient) -> Provisioner:
@@ -479,18 +481,28 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess):
         if self._background.cleaning:
             self._progress.emit(6, "Waiting for the previous attempt's instance to be removed")
             await asyncio.shield(self._background.cleanup)
-        self._refuse_if_hub_full()
         provisioner = self._provisioner(self._client())
         try:
-            url = await self._resume_kept(provisioner, selection)
+            url = await self._resume_kept(provisioner, selection)  # the server's kept VM first
             if url is not None:
                 return url
-            volume_id = await self._home_volume(provisioner.client)
-        except (CloudError, HomeVolumeError, resume.KeepError) as e:  # the kept VM and the volume stay as they are
+        except (CloudError, resume.KeepError) as e:  # the kept VM stays as it is
             if isinstance(e, resume.KeepError):
                 raise errors.cloud_unavailable(
                     "Your kept virtual machine did not come back; please try again in a few minutes.", str(e)
                 ) from None
+            raise errors.for_user(e, self._log_name) from e
+        # a pool VM is booted without the user's home volume, and the server it is handed is not known to
+        # come back after a power-off or an unshelve: the pool serves only servers without either
+        if not self.home_volume_size_gib and self.stop_action == "delete":
+            url = await pool.start_from_pool(self, selection, provisioner)
+            if url is not None:  # a VM from the warm pool (None: boot a new one)
+                self.booted_image, self.booted_size = selection.image, selection.size
+                return url
+        self._refuse_if_hub_full()
+        try:
+            volume_id = await self._home_volume(provisioner.client)
+        except (CloudError, HomeVolumeError) as e:  # the volume stays as it is
             raise errors.for_user(e, self._log_name) from e
         user_data = self._render_userdata()
         attempt = CreateAttempt(name=self._instance_name(), server_tags=self._tags())

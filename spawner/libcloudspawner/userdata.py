@@ -215,8 +215,9 @@ def home_unit_file(*, username: str, homedir: str, volume_id: str) -> str:
     )
 
 
-def load_template(path: str | None = None) -> str:
-    """The template text: ``path`` if given (an administrator's override), else the packaged default.
+def load_template(path: str | None = None, name: str = DEFAULT_TEMPLATE) -> str:
+    """The template text: ``path`` if given (an administrator's override), else the packaged file ``name``
+    (default: the user server's template).
 
     The packaged template is ``libcloudspawner/cloudinit/`` in the wheel, or the repository's
     ``cloudinit/`` when running from a source tree.
@@ -226,21 +227,33 @@ def load_template(path: str | None = None) -> str:
             return Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise UserDataError(f"cannot read the cloud-init template {path}: {e}") from e
-    return _packaged_template()
+    return _packaged_template(name)
 
 
-@functools.lru_cache(maxsize=1)
-def _packaged_template() -> str:
-    packaged = resources.files("libcloudspawner").joinpath("cloudinit", DEFAULT_TEMPLATE)
+@functools.lru_cache(maxsize=4)
+def _packaged_template(name: str = DEFAULT_TEMPLATE) -> str:
+    packaged = resources.files("libcloudspawner").joinpath("cloudinit", name)
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    source_tree = Path(__file__).resolve().parents[2] / "cloudinit" / DEFAULT_TEMPLATE
+    source_tree = Path(__file__).resolve().parents[2] / "cloudinit" / name
     if source_tree.is_file():
         return source_tree.read_text(encoding="utf-8")
     raise UserDataError(
-        f"the cloud-init template {DEFAULT_TEMPLATE} is missing from the installation; reinstall"
+        f"the cloud-init file {name} is missing from the installation; reinstall"
         " jupyter-libcloudspawner or set LibcloudSpawner.cloudinit_template"
     )
+
+
+def environment() -> jinja2.Environment:
+    """The Jinja2 environment of every cloud-config template (StrictUndefined, ``tojson`` quoting for YAML)."""
+    return _environment()
+
+
+def check_username(username: object) -> str:
+    """``username`` if it is a Linux account name the templates accept; else ``UserDataError``."""
+    if not isinstance(username, str) or not _LINUX_USER_RE.match(username):
+        raise UserDataError(f"{username!r} is not a valid Linux username ([a-z_][a-z0-9_-]{{0,31}})")
+    return username
 
 
 def _environment() -> jinja2.Environment:
@@ -271,8 +284,7 @@ def render_userdata(
     ``UserDataError`` for an invalid username, environment name or value, or a document over Nova's
     64 KiB limit.
     """
-    if not isinstance(username, str) or not _LINUX_USER_RE.match(username):
-        raise UserDataError(f"{username!r} is not a valid Linux username ([a-z_][a-z0-9_-]{{0,31}})")
+    check_username(username)
     homedir = f"/home/{username}"
     source = load_template() if template is None else template
     home = {}

@@ -50,6 +50,7 @@ async def serve(
         ctl_server = httpserver.HTTPServer(ctl_app)
         ctl_server.add_sockets(sockets)
         ctl_port = sockets[0].getsockname()[1]
+    double.control_url = f"http://{host}:{ctl_port or api_port}"
     log.info("OpenStack API double on http://%s:%s (state %s)", host, api_port, state_dir)
     return double, api_port, ctl_port, ctl_server
 

@@ -22,6 +22,25 @@ from typing import Any
 RECORDINGS = Path(__file__).resolve().parent / "recordings"
 
 
+
+DEFAULT_GROUP_ID = "5a1e0e6c-7d0f-4a43-9a0b-0d5c4b4e7c11"
+
+
+def rule(direction: str, ethertype: str, protocol: str | None = None, port: int | None = None,
+         remote_ip_prefix: str | None = None, remote_group_id: str | None = None) -> dict:
+    """A Neutron security group rule, as ``GET /v2.0/security-groups`` lists it (ids added when served)."""
+    return {"direction": direction, "ethertype": ethertype, "protocol": protocol, "port_range_min": port,
+            "port_range_max": port, "remote_ip_prefix": remote_ip_prefix, "remote_group_id": remote_group_id}
+
+
+#: the rules Neutron gives every new group: any traffic out
+EGRESS_RULES = (rule("egress", "IPv4"), rule("egress", "IPv6"))
+
+
+def member_rules(group_id: str) -> list[dict]:
+    """The project's ``default`` group also lets in anything from its own members (recorded on the dev cloud)."""
+    return [rule("ingress", "IPv4", remote_group_id=group_id), rule("ingress", "IPv6", remote_group_id=group_id)]
+
 def load_recording(name: str) -> dict[str, Any]:
     """One recorded exchange, e.g. ``load_recording("default-driver/005-POST-v2_1_servers-202.json")``."""
     return json.loads((RECORDINGS / name).read_text())
@@ -124,8 +143,8 @@ def default_catalogue() -> dict[str, Any]:
         "flavors": flavors,
         "networks": [_network("flatnet", "7f579703-d174-43d9-93ce-90102ab68207")],
         "security_groups": [
-            {"id": "5a1e0e6c-7d0f-4a43-9a0b-0d5c4b4e7c11", "name": "default",
-             "description": "Default security group"},
+            {"id": DEFAULT_GROUP_ID, "name": "default", "description": "Default security group",
+             "rules": [*EGRESS_RULES, *member_rules(DEFAULT_GROUP_ID)]},
         ],
         "keypairs": [],
         # Cinder's volume types (the dev cloud has only Cinder's own default type)
@@ -199,7 +218,7 @@ def normalise(part: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             base = _network(item["name"])
         elif part == "security_groups":
             base = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"osdouble/sg/{item['name']}")),
-                    "name": item["name"], "description": ""}
+                    "name": item["name"], "description": "", "rules": list(EGRESS_RULES)}
         elif part == "volume_types":
             base = _volume_type(item["name"])
         elif part == "keypairs":

@@ -16,6 +16,7 @@ import gzip
 import posixpath
 import shlex
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -297,6 +298,20 @@ def build_plan(user_data: bytes, *, image_users: tuple[str, ...] = ()) -> BootPl
     for name, action in started.items():
         plan.units.append(_plan_unit(plan, name, action, known_users))
     return plan
+
+
+def plan_from_root(root: Path, users: list[str]) -> BootPlan:
+    """The files a running fake VM holds under ``root`` now, as a plan (for a unit started after boot)."""
+    plan = BootPlan(cloud_config=True, users=list(users))
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        plan.files.append(WrittenFile(path="/" + path.relative_to(root).as_posix(), content=path.read_bytes(),
+                                      mode=path.stat().st_mode & 0o7777, owner="root:root", encoding="text/plain"))
+    return plan
+
+
+def plan_unit(plan: BootPlan, name: str, action: str, known_users: set[str]) -> UnitPlan:
+    """What systemd would run for ``systemctl <action> <name>`` given ``plan``'s files and users."""
+    return _plan_unit(plan, _unit_name(name), action, known_users)
 
 
 def _find_unit(plan: BootPlan, name: str) -> tuple[str | None, list[str], dict[str, str]]:

@@ -183,7 +183,14 @@ class CtlServer(ControlHandler):
     async def post(self, server_id: str, what: str | None = None) -> None:
         s = self.get_rec(server_id)
         data = self.body()
-        if what == "error":
+        if what in ("systemctl", "useradd"):
+            # a fake VM's root process ran one of these (testkit/osdouble/vmbin): do it to the fake VM
+            argv = data.get("argv")
+            if s.host is None or not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise web.HTTPError(400, "an instance that booted and an 'argv' list of strings are needed")
+            status, message = await (s.host.systemctl(argv) if what == "systemctl" else s.host.useradd(argv))
+            self.reply({"status": status, "message": message})
+        elif what == "error":
             fault = {"code": int(data.get("code", 500)), "message": data.get("message", "No valid host was found. ")}
             if s.task is not None and not s.task.done():
                 s.task.cancel()
@@ -292,7 +299,7 @@ ROUTES = [
     (r"/_double/faults/(\d+)", CtlFault),
     (r"/_double/servers", CtlServers),
     (r"/_double/servers/([^/]+)", CtlServer),
-    (r"/_double/servers/([^/]+)/(boot|env|log|user_data|error|kill|shutoff)", CtlServer),
+    (r"/_double/servers/([^/]+)/(boot|env|log|user_data|error|kill|shutoff|systemctl|useradd)", CtlServer),
     (r"/_double/volumes", CtlVolumes),
     (r"/_double/volumes/([^/]+)", CtlVolume),
     (r"/_double/volumes/([^/]+)/(status)", CtlVolume),

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tornado import httpserver, netutil, web
 
 from . import systemd
-from .cloudconfig import BootPlan, UnitPlan
+from .cloudconfig import BASE_USERS, BootPlan, UnitPlan, plan_from_root, plan_unit
 
 log = logging.getLogger("osdouble.instances")
 
@@ -40,6 +40,8 @@ BIND_OPTIONS = ("--ip", "--bind", "--ServerApp.ip", "--SingleUserNotebookApp.ip"
 ANY_ADDRESS = "0.0.0.0"
 START_LIMIT_BURST = 5  # systemd's DefaultStartLimitBurst / DefaultStartLimitIntervalSec
 START_LIMIT_INTERVAL_S = 10.0
+#: what a fake VM's root processes find first on their PATH: systemctl and useradd acting on the fake VM
+VM_BIN = Path(__file__).resolve().parent / "vmbin"
 
 
 def substitute_bind(argv: list[str], env: dict[str, str], address: str) -> tuple[list[str], dict[str, str]]:
@@ -138,6 +140,8 @@ class InstanceHost:
     stopping: bool = False
     root_shim: bool = False
     on_pids_changed: Callable[[], None] | None = None
+    control_url: str | None = None
+    added_users: list[str] = field(default_factory=list)
 
     @property
     def root(self) -> Path:
@@ -212,34 +216,78 @@ class InstanceHost:
         if self.no_run:
             await self._start_standin()
             return
-        double_path = os.environ.get("PATH", os.defpath)
         self._root_shim(runnable)
         for u in runnable:
-            argv, env = substitute_bind(u.argv, u.env, self.address)
-            base_env = {
-                "PATH": double_path,
-                "HOME": str(self.home),
-                "USER": u.user or "root",
-                "LOGNAME": u.user or "root",
-                "SHELL": "/bin/sh",
-                "LANG": "C.UTF-8",
-                "INVOCATION_ID": uuid.uuid4().hex,
-            }
-            base_env.update(env)
-            run = RunningUnit(unit=u, argv=argv, env=base_env)
-            self.units.append(run)
-            exe, note = self._resolve_executable(argv[0], base_env["PATH"])
-            run.exec_note = note
-            if note:
-                self.note(note)
-            if exe is None:
-                run.returncode = 203
-                self.note(f"unit {u.name} failed: {note}")
-                continue
-            await self._start(run, exe)
+            await self._launch(u)
         self.status = "running" if any(r.pid for r in self.units) else "not-started"
         if self.status == "not-started":
             self.reason = "no unit could be executed"
+
+    async def _launch(self, u: UnitPlan) -> bool:
+        argv, env = substitute_bind(u.argv, u.env, self.address)
+        path = os.environ.get("PATH", os.defpath)
+        base_env = {
+            "PATH": path,
+            "HOME": str(self.home),
+            "USER": u.user or "root",
+            "LOGNAME": u.user or "root",
+            "SHELL": "/bin/sh",
+            "LANG": "C.UTF-8",
+            "INVOCATION_ID": uuid.uuid4().hex,
+        }
+        if (u.user or "root") == "root" and self.control_url:
+            # a root process of the VM: its systemctl and useradd act on this fake VM, never on the host
+            base_env.update(PATH=f"{VM_BIN}{os.pathsep}{path}", OSDOUBLE_CONTROL_URL=self.control_url,
+                            OSDOUBLE_SERVER_ID=self.instance_id)  # fmt: skip
+        base_env.update(env)
+        run = RunningUnit(unit=u, argv=argv, env=base_env)
+        self.units.append(run)
+        exe, note = self._resolve_executable(argv[0], base_env["PATH"])
+        run.exec_note = note
+        if note:
+            self.note(note)
+        if exe is None:
+            run.returncode = 203
+            self.note(f"unit {u.name} failed: {note}")
+            return False
+        await self._start(run, exe)
+        return True
+
+    # ------------------------------------------------------------------ after boot (a root process asks)
+
+    async def useradd(self, argv: list[str]) -> tuple[int, str]:
+        """``useradd ... NAME``: the account exists on this VM from now on (exit 9 if it did already)."""
+        names = [a for a in argv if not a.startswith("-")]
+        if not names:
+            return 2, "useradd: no user name"
+        name = names[-1]
+        if name in BASE_USERS or name in self.plan.users or name in self.added_users:
+            return 9, f"useradd: user '{name}' already exists"
+        self.added_users.append(name)
+        self.note(f"useradd {name}")
+        return 0, ""
+
+    async def systemctl(self, argv: list[str]) -> tuple[int, str]:
+        """``systemctl`` after boot: start (or ``enable --now``) a unit from the files the VM holds now."""
+        words = [a for a in argv if not a.startswith("-")]
+        if not words:
+            return 1, "systemctl: no verb"
+        verb, names = words[0], words[1:]
+        starting = verb in ("start", "restart") or (verb == "enable" and "--now" in argv)
+        if not starting:
+            self.note(f"systemctl {' '.join(argv)}: nothing to do in the double")
+            return 0, ""
+        plan = plan_from_root(self.root, [*self.plan.users, *self.added_users])
+        known = set(BASE_USERS) | set(plan.users)
+        for name in names:
+            unit = plan_unit(plan, name, verb, known)
+            if not unit.runnable:
+                self.note(f"systemctl {verb} {name}: not started: {unit.reason}")
+                return 5, unit.reason
+            self._root_shim([unit])
+            if not await self._launch(unit):
+                return 1, f"{name} failed to start"
+        return 0, ""
 
     def _root_shim(self, runnable: list[UnitPlan]) -> None:
         """The process cannot switch to ``User=``; when the double runs as root that would make Jupyter

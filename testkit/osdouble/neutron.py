@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from .base import BaseHandler
@@ -30,6 +31,14 @@ class NeutronNetworksHandler(NeutronHandler):
                                  f"Network {network_id} could not be found.")
 
 
+def _rule(group_id: str, index: int, rule: dict, project: str) -> dict:
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"osdouble/sg-rule/{group_id}/{index}")),
+            "security_group_id": group_id, "tenant_id": project, "project_id": project, "description": "",
+            "normalized_cidr": rule.get("remote_ip_prefix"), "remote_address_group_id": None, "tags": [],
+            "created_at": "2026-11-25T20:18:34Z", "updated_at": "2026-11-25T20:18:34Z", "revision_number": 0,
+            **rule}
+
+
 class NeutronSecurityGroupsHandler(NeutronHandler):
     route = "/v2.0/security-groups"
 
@@ -37,7 +46,9 @@ class NeutronSecurityGroupsHandler(NeutronHandler):
         _, project = self.token_identity()
         groups = [
             {"id": g["id"], "name": g["name"], "description": g.get("description", ""), "tenant_id": project,
-             "project_id": project, "security_group_rules": [], "tags": [], "stateful": True,
+             "project_id": project, "security_group_rules": [_rule(g["id"], i, r, project)
+                                                            for i, r in enumerate(g.get("rules", ()))],
+             "tags": [], "stateful": True,
              "created_at": "2026-11-25T20:18:34Z", "updated_at": "2026-11-25T20:18:34Z", "revision_number": 1}
             for g in self.double.catalogue["security_groups"]
         ]

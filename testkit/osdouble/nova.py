@@ -226,6 +226,20 @@ class ServerHandler(NovaHandler):
         if s is not None:
             self.send_json(200, {"server": self.server_view(s)})
 
+    async def put(self, server_id: str) -> None:
+        """Nova's update: only ``name`` (what a rename sends)."""
+        s = self.get_server(server_id)
+        if s is None:
+            return
+        body = self.json_body()
+        server = body.get("server") if isinstance(body, dict) else None
+        name = server.get("name") if isinstance(server, dict) else None
+        if not isinstance(name, str) or not name.strip() or len(name) > 255 or set(server) - {"name"}:
+            self.nova_error(400, f"Invalid input for field/attribute server. Value: {server}.")
+            return
+        s.name, s.updated = name, time.time()
+        self.send_json(200, {"server": self.server_view(s)})
+
     async def delete(self, server_id: str) -> None:
         s = self.get_server(server_id)
         if s is None:

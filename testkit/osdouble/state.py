@@ -214,6 +214,7 @@ class Double(ApiPort):
         self.api_server: httpserver.HTTPServer | None = None
         self.api_app: web.Application | None = None
         self._restart_task: asyncio.Task[None] | None = None
+        self.control_url: str | None = None  # what a fake VM's systemctl and useradd report to
         (state_dir / "instances").mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ calls & rules
@@ -538,6 +539,7 @@ class Double(ApiPort):
                 no_run=rec.no_run,
                 standin_port=self.config.standin_port,
                 on_pids_changed=self._write_pidfile,
+                control_url=self.control_url,
             )
             await rec.host.boot()
             (rec.host.directory / "boot.json").write_text(json.dumps(rec.host.report(), indent=1))

@@ -120,6 +120,9 @@ def ssh_key(tmp_path_factory, nova):
 def hub(tmp_path_factory, facts, image, nova, artifacts, ssh_key):
     hub_id = new_hub_id()
     host = facts["host_ip"]
+    group = facts.get("server_security_group")
+    if not group:
+        pytest.fail("devcloud/out/state.json names no server security group: run `invoke devcloud up`", pytrace=False)
     port = hub_bind_port(host)
     extra = f"""
 import sys
@@ -127,6 +130,7 @@ import sys
 c.JupyterHub.hub_bind_url = 'http://{host}:{port}'
 c.JupyterHub.hub_connect_url = 'http://{host}:{port}'
 c.LibcloudSpawner.port = 8000  # the port the dev cloud's security group opens to the host
+c.LibcloudSpawner.security_groups = [{group!r}]  # ... and to nothing else: not to other users' VMs
 c.LibcloudSpawner.hub_id = {hub_id!r}
 c.LibcloudSpawner.image_manifest = {str(MANIFEST_PATH)!r}
 c.LibcloudSpawner.image_manifest_cloud = 'devcloud'

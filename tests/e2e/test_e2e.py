@@ -9,11 +9,12 @@ order (each scenario builds on the VMs the previous ones started):
    submits the form with the `blank` image: the spawn page shows the progress, then a clear failure, and
    Nova holds no VM of that user; then nova-api is stopped mid-spawn (a real cloud fault) until the
    spawner has met the outage, and started again;
-3. two users at once; progress events; a kernel running numpy + matplotlib through the proxy; the named
-   server;
+3. two users at once, neither VM reaching the other's; progress events; a kernel running numpy +
+   matplotlib through the proxy; the named server;
 4. the hub restarts (with the idle culler added, scoped to bob): alice's server is still reached;
 5. the culler stops bob's idle named server and Nova deletes its VM;
-6. alice stops her server: Nova deletes its VM.
+6. alice stops her server: Nova deletes its VM;
+7. a hub user named `debian` (the image's default account) runs as a fresh account that cannot sudo.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 
 import pytest
 
+from libcloudspawner.naming import linux_username
 from testkit.e2e import (
     GUEST_POLL_S,
     Spawn,
@@ -197,6 +199,36 @@ def test_two_users_at_once(hub, nova, spawns):
     assert all(v[0].status == "ACTIVE" for v in vms)
 
 
+PROBE = """
+import os, socket, urllib.parse
+def probe(host, port):
+    try:
+        socket.create_connection((host, port), timeout=8).close()
+        return "open"
+    except socket.timeout:
+        return "filtered"
+    except OSError as e:
+        return type(e).__name__
+api = urllib.parse.urlsplit(os.environ["JUPYTERHUB_API_URL"])
+print("RESULT", probe({other!r}, {port}), probe({other!r}, 22), probe(api.hostname, api.port))
+"""
+
+
+def test_one_users_server_cannot_reach_anothers(hub, nova, spawns):
+    """The documented posture (the dev cloud's server group): the guest ports open to the hub's host only. From
+    alice's kernel, bob's server and SSH are out of reach; the hub API, on the host, answers."""
+    spawns["alice"].wait(SPAWN_DEADLINE_S)
+    spawns["lab"].wait(SPAWN_DEADLINE_S)
+    (bob_vm,) = servers_of(nova, hub.hub_id, CULLED_USER, "lab")
+    (other,) = [a["addr"] for net in bob_vm.addresses.values() for a in net if a.get("version", 4) == 4]
+    result = run_in_kernel(hub, "alice", PROBE.format(other=other, port=8000), timeout_s=400)
+    assert result["status"] == "ok", result
+    line = next(line for line in result["stdout"].splitlines() if line.startswith("RESULT"))
+    _, to_server, to_ssh, to_hub = line.split()
+    assert to_hub == "open", f"alice's VM cannot reach the hub API: {line}"
+    assert (to_server, to_ssh) == ("filtered", "filtered"), f"alice's VM reaches bob's VM {other}: {line}"
+
+
 def test_progress_events_follow_the_real_phases(spawns):
     spawns["alice"].wait(SPAWN_DEADLINE_S)
     events = spawns["alice"].events
@@ -302,3 +334,35 @@ def test_stop_deletes_the_vm(hub, nova, spawns):
     wait_no_server(nova, hub.hub_id, "alice", timeout_s=120)
     r = hub.through_proxy("alice", path="api/status")
     assert r.status_code != 200
+
+
+# ------------------------------------------------------------------------------------------------ 7. accounts
+ACCOUNT_PROBE = """
+import getpass, os, pwd, subprocess
+sudo = subprocess.run(["sudo", "-n", "true"], capture_output=True, timeout=60)
+try:
+    image_account = pwd.getpwnam("debian").pw_uid
+except KeyError:
+    image_account = -1
+print("RESULT", getpass.getuser(), os.getuid(), image_account, sudo.returncode)
+"""
+
+
+def test_a_hub_user_named_like_the_images_account_gets_a_fresh_one_without_sudo(hub, nova):
+    """A hub user called `debian`, the image's default account (passwordless sudo; on the VM here, since a key
+    pair is configured): the server runs as a fresh, re-mapped account, which cannot use sudo."""
+    user = "debian"
+    spawn = Spawn(hub, user).start()
+    try:
+        spawn.wait(SPAWN_DEADLINE_S)
+        result = run_in_kernel(hub, user, ACCOUNT_PROBE, timeout_s=400)
+        assert result["status"] == "ok", result
+        line = next(line for line in result["stdout"].splitlines() if line.startswith("RESULT"))
+        _, account, uid, image_uid, sudo = line.split()
+        assert account == linux_username(user) != user, line
+        assert uid != image_uid, f"the server runs as the image's account: {line}"
+        assert sudo != "0", f"the server's account can sudo: {line}"
+    finally:
+        hub.api("DELETE", hub.server_url(user))
+        hub.wait_gone(user, timeout_s=300)
+        wait_no_server(nova, hub.hub_id, user, timeout_s=120)

@@ -26,11 +26,13 @@ def check(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_documented_configuration_passes(tmp_path, facts, image, ssh_key):
-    config = {**doc_config(facts, image), "userserver_keyname": ssh_key["name"], "security_groups": ["default"]}
+    group = facts["server_security_group"]
+    config = {**doc_config(facts, image), "userserver_keyname": ssh_key["name"], "security_groups": [group]}
     r = check(write_config(tmp_path / "jupyterhub_config.py", config))
     assert r.returncode == 0, r.stdout + r.stderr
     for found in ("size 'j1.small'", f"image {image['image_name']!r}", f"network {facts['network']!r}",
-                  f"key pair {ssh_key['name']!r}", "security group 'default'", "hub URL for VMs"):  # fmt: skip
+                  f"key pair {ssh_key['name']!r}", f"security group {group!r}", f"security group {group!r} posture",
+                  "hub URL for VMs"):  # fmt: skip
         assert f"ok       {found}" in r.stdout, r.stdout
 
 
@@ -39,12 +41,13 @@ def test_the_documented_configuration_passes(tmp_path, facts, image, ssh_key):
     [
         ({"userserver_keyname": "lcs-no-such-key"}, "PROBLEM  key pair 'lcs-no-such-key'"),
         ({"security_groups": ["lcs-no-such-group"]}, "PROBLEM  security group 'lcs-no-such-group'"),
+        ({"security_groups": ["default"]}, "PROBLEM  security group 'default' posture"),
         ({"userserver_sizes": [("Huge", "lcs-no-such-flavor")]}, "PROBLEM  size 'lcs-no-such-flavor'"),
         ({"userserver_net": "lcs-no-such-net"}, "PROBLEM  network 'lcs-no-such-net'"),
         ({"libcloud_provider": "nosuchprovider"}, "PROBLEM  libcloud_provider"),
         ({"instance_name_template": "jupyter-{user}"}, "PROBLEM  instance_name_template"),
     ],
-    ids=["key-pair", "security-group", "flavor", "network", "provider", "template"],
+    ids=["key-pair", "security-group", "default-group-posture", "flavor", "network", "provider", "template"],
 )
 def test_each_mistake_is_found_with_its_fix(tmp_path, facts, image, mistake, shown):
     r = check(write_config(tmp_path / "jupyterhub_config.py", {**doc_config(facts, image), **mistake}))
