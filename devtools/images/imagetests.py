@@ -68,6 +68,7 @@ def booted_tests(c, image: Path, accelerator: str, keep_dir: str = "") -> None:
         ssh_port, su_port = free_port(), free_port()
         args = [
             str(TESTS_DIR / "test_booted.py"),
+            str(TESTS_DIR / "test_booted_security.py"),
             f"--hosts=ssh://lcs-test@127.0.0.1:{ssh_port}",
             f"--ssh-config={ssh_config}",
             f"--ssh-identity-file={key}",
