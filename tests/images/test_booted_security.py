@@ -139,8 +139,8 @@ def test_remapped_account_has_no_sudo_outside_the_sandbox(host, booted):
 
 # --- the metadata service ----------------------------------------------------------------------------------
 # The guest has no metadata service, and no packet may leave the host for 169.254.169.254: the fixture serves
-# a stand-in on the guest's loopback (the address added to `lo`), so every connection below stays in the guest. The rule rejects (a TCP reset):
-# the account's connect() is refused at once instead of waiting for its timeout.
+# a stand-in on the guest's loopback (the address added to `lo`), so every connection below stays in the guest.
+# The rule rejects (a TCP reset): the account's connect() is refused at once instead of waiting for its timeout.
 
 
 @pytest.fixture(scope="module")
