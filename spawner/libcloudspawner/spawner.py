@@ -302,7 +302,11 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
     # ------------------------------------------------------------------------------ helpers
     @property
     def linux_user(self) -> str:
-        return self.forceuser or naming.linux_username(self.user.name)
+        """The account running the server: ``forceuser``, else derived from the hub user's name, never one of
+        the accounts the manifest records for the chosen image."""
+        if self.forceuser:
+            return self.forceuser
+        return naming.linux_username(self.user.name, reserved=self.catalog().image_accounts(self._selection().image))
 
     def _instance_name(self) -> str:
         return naming.instance_name(
