@@ -61,11 +61,14 @@ def http_ok(url: str) -> bool:
 
 @dataclass
 class StubHub:
-    """The part of the hub API a single-user server uses: ``GET /hub/api`` and activity POSTs."""
+    """The part of the hub API a single-user server uses: ``GET /hub/api``, activity POSTs and ``GET
+    /hub/api/user``, which identifies the bearer of ``user_token`` (when set) as ``username`` with the access
+    scopes of that server, so that a test may call the server's own API (kernels) with that token."""
 
     version: str
     token: str
     username: str
+    user_token: str = ""
     port: int = 0
     requests: list[tuple[str, str, int]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -93,6 +96,12 @@ class StubHub:
             def do_GET(self):
                 if self.path.rstrip("/") == "/hub/api":
                     self._reply(200, {"version": hub.version})
+                elif self.path.split("?")[0] == "/hub/api/user":
+                    bearer = self.headers.get("Authorization", "")
+                    if hub.user_token and bearer in {f"token {hub.user_token}", f"Bearer {hub.user_token}"}:
+                        self._reply(200, hub.user_model())
+                    else:
+                        self._reply(403, {"status": 403, "message": "not a token of the stand-in hub's user"})
                 else:
                     self._reply(404, {"status": 404, "message": "not in the stand-in hub"})
 
@@ -108,6 +117,11 @@ class StubHub:
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True, name="stub-hub").start()
         return self
+
+    def user_model(self) -> dict:
+        """The model ``GET /hub/api/user`` returns for the bearer of ``user_token``."""
+        scopes = [f"access:servers!server={self.username}/", f"access:servers!user={self.username}"]
+        return {"kind": "user", "name": self.username, "admin": False, "groups": [], "scopes": scopes}
 
     def stop(self) -> None:
         if self._server is not None:

@@ -91,8 +91,8 @@ def build_image(c, req: BuildRequest) -> str:
     if req.skip_tests:
         print(f"build-image: {image} built, tests skipped: not recorded in the manifest")
         return plan.name
-    versions = test_artifact(c, image, plan, timings)
-    record_build(req, plan, image, versions, sizes)
+    facts = test_artifact(c, image, plan, timings)
+    record_build(req, plan, image, facts, sizes)
     report(plan, image, sizes, timings, time.monotonic() - started)
     return plan.name
 
@@ -349,22 +349,21 @@ def verify_artifact(c, image: Path) -> dict[str, int]:
     return sizes
 
 
-def test_artifact(c, image: Path, plan: BuildPlan, timings: dict[str, float]) -> dict[str, str]:
-    """The image tests (they boot it); the stack's versions read from the image."""
+def test_artifact(c, image: Path, plan: BuildPlan, timings: dict[str, float]) -> dict:
+    """The image tests (they boot it); what was read from the image (stack versions, packages, accounts)."""
     t0 = time.monotonic()
-    versions = run_image_tests(c, image, plan.accelerator)
+    facts = run_image_tests(c, image, plan.accelerator)
     timings["tests"] = time.monotonic() - t0
-    return versions
+    return facts
 
 
-def record_build(
-    req: BuildRequest, plan: BuildPlan, image: Path, versions: dict[str, str], sizes: dict[str, int]
-) -> None:
+def record_build(req: BuildRequest, plan: BuildPlan, image: Path, facts: dict, sizes: dict[str, int]) -> None:
     append_entry(
         manifest_entry(
-            name=plan.name, os_name=req.os_name, versions=versions, date=plan.date,
+            name=plan.name, os_name=req.os_name, versions=facts["versions"], date=plan.date,
             git_commit=plan.commit, builder="qemu", image=image, sizes=sizes, sha256=sha256(image),
-            min_disk_gb=MIN_DISK_GB, min_ram_mb=MIN_RAM_MB,
+            min_disk_gb=MIN_DISK_GB, min_ram_mb=MIN_RAM_MB, packages=facts["packages"],
+            accounts=facts["accounts"], security_upgrades=facts["security_upgrades"],
         )
     )  # fmt: skip
 

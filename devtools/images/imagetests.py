@@ -31,6 +31,97 @@ def image_versions(c, root: Path) -> dict[str, str]:
     return json.loads(r.stdout)
 
 
+#: groups whose members may use sudo on Debian (sudo), Ubuntu (sudo, admin) and others (wheel)
+SUDO_GROUPS = ("sudo", "admin", "wheel")
+SECURITY_STAMP = "var/lib/lcs/security-upgrades"
+
+
+def image_packages(c, root: Path) -> dict[str, str]:
+    """Every installed package of the image and its version, read from its dpkg database."""
+    fmt = "${binary:Package}\\t${Version}\\t${db:Status-Abbrev}\\n"
+    r = c.run(f"dpkg-query --admindir={q(root / 'var/lib/dpkg')} -W -f={q(fmt)}", hide=True, warn=True)
+    if r.failed:
+        raise Exit(f"cannot read the installed packages from the image: {r.stderr.strip()}")
+    packages = {}
+    for line in r.stdout.splitlines():
+        name, version, status = line.split("\t")
+        if status.startswith("ii"):
+            packages[name] = version
+    return dict(sorted(packages.items()))
+
+
+def _sudoers_principals(root: Path) -> set[str]:
+    """The users (``name``) and groups (``%name``) a sudoers rule of the image names."""
+    files = [root / "etc" / "sudoers", *sorted((root / "etc" / "sudoers.d").glob("*"))]
+    names = set()
+    for f in files:
+        if not f.is_file() or "." in f.name or f.name.endswith("~"):  # sudo skips these in sudoers.d
+            continue
+        for line in f.read_text(errors="replace").splitlines():
+            words = line.split()
+            if not words or words[0].startswith(("#", "Defaults", "@")) or words[0].endswith("_Alias"):
+                continue
+            names.add(words[0])
+    return names
+
+
+def _default_user(root: Path) -> dict | None:
+    """cloud-init's default user of the image (``system_info.default_user``; the last file defining it)."""
+    import yaml
+
+    found = None
+    for f in [root / "etc/cloud/cloud.cfg", *sorted((root / "etc/cloud/cloud.cfg.d").glob("*.cfg"))]:
+        try:
+            data = yaml.safe_load(f.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        user = (data.get("system_info") or {}).get("default_user") if isinstance(data, dict) else None
+        if isinstance(user, dict) and user.get("name"):
+            found = user
+    return found
+
+
+def image_accounts(root: Path) -> list[dict]:
+    """The image's accounts: every ``/etc/passwd`` entry and cloud-init's default user, each with whether it
+    may become root through sudo (a sudoers rule naming it or one of its groups, or a member of a sudo group)."""
+    groups: dict[str, tuple[str, set[str]]] = {}  # name -> (gid, members)
+    for line in (root / "etc" / "group").read_text().splitlines():
+        parts = line.split(":")
+        if len(parts) >= 4:
+            groups[parts[0]] = (parts[2], {m for m in parts[3].split(",") if m})
+    principals = _sudoers_principals(root)
+    admin_groups = {g for g in groups if g in SUDO_GROUPS or f"%{g}" in principals}
+
+    def may_sudo(name: str, gid: str | None, extra_groups: set[str] = frozenset()) -> bool:
+        member_of = {g for g, (g_gid, members) in groups.items() if name in members or g_gid == gid} | extra_groups
+        return name in principals or bool(member_of & admin_groups)
+
+    accounts = []
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        parts = line.split(":")
+        if len(parts) >= 4 and parts[0]:
+            uid = int(parts[2])
+            accounts.append({"name": parts[0], "uid": uid, "sudo": uid == 0 or may_sudo(parts[0], parts[3])})
+    default = _default_user(root)
+    if default and default["name"] not in {a["name"] for a in accounts}:
+        extra = default.get("groups") or []
+        extra = set(extra.split(",") if isinstance(extra, str) else extra)
+        sudo = bool(default.get("sudo")) or may_sudo(default["name"], None, {g.strip() for g in extra})
+        accounts.append({"name": default["name"], "uid": None, "sudo": sudo, "source": "cloud-init"})
+    return accounts
+
+
+def image_facts(c, root: Path) -> dict:
+    """What the manifest records about the image: stack versions, packages, accounts, security upgrades."""
+    stamp = root / SECURITY_STAMP
+    return {
+        "versions": image_versions(c, root),
+        "packages": image_packages(c, root),
+        "accounts": image_accounts(root),
+        "security_upgrades": stamp.read_text().strip() if stamp.is_file() else None,
+    }
+
+
 def run_pytest(c, args: list[str], what: str) -> None:
     cmd = f"{q(sys.executable)} -m pytest -p no:cacheprovider -o testpaths= -rA {' '.join(q(a) for a in args)}"
     with c.cd(str(ROOT)):
@@ -47,12 +138,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def offline_tests(c, image: Path) -> dict[str, str]:
+def offline_tests(c, image: Path) -> dict:
+    """The offline tests; the image's facts (:func:`image_facts`)."""
     with disk.mounted(c, image) as mounted:
         root = mounted.root
-        versions = image_versions(c, root)
+        facts = image_facts(c, root)
         run_pytest(c, [str(TESTS_DIR / "test_offline.py"), "--hosts=local://", f"--image-root={root}"], "offline tests")
-    return versions
+    return facts
 
 
 def booted_tests(c, image: Path, accelerator: str, keep_dir: str = "") -> None:
@@ -68,6 +160,7 @@ def booted_tests(c, image: Path, accelerator: str, keep_dir: str = "") -> None:
         ssh_port, su_port = free_port(), free_port()
         args = [
             str(TESTS_DIR / "test_booted.py"),
+            str(TESTS_DIR / "test_booted_security.py"),
             f"--hosts=ssh://lcs-test@127.0.0.1:{ssh_port}",
             f"--ssh-config={ssh_config}",
             f"--ssh-identity-file={key}",
@@ -84,11 +177,12 @@ def booted_tests(c, image: Path, accelerator: str, keep_dir: str = "") -> None:
 
 
 def run_image_tests(c, image: Path, accelerator: str, phase: str = "all", keep_dir: str = "") -> dict | None:
-    versions = None
+    """The tests of ``phase``; the image's facts when the offline phase ran (:func:`image_facts`)."""
+    facts = None
     if phase in ("all", "offline"):
         print(f"=== image tests, offline: {image}", flush=True)
-        versions = offline_tests(c, image)
+        facts = offline_tests(c, image)
     if phase in ("all", "booted"):
         print(f"=== image tests, booted ({accelerator}): {image}", flush=True)
         booted_tests(c, image, accelerator, keep_dir)
-    return versions
+    return facts

@@ -46,8 +46,11 @@ def build_date(date: dt.datetime) -> str:
 def manifest_entry(
     *, name: str, os_name: str, versions: dict, date: dt.datetime, git_commit: str, builder: str,
     image: Path | None, sizes: dict, sha256: str | None, min_disk_gb: int, min_ram_mb: int,
+    packages: dict | None = None, accounts: list | None = None, security_upgrades: str | None = None,
 ) -> dict:  # fmt: skip
-    """One build, in the schema the spawner's catalog reads."""
+    """One build, in the schema the spawner's catalog reads (``packages``, ``accounts`` and
+    ``security_upgrades`` as read from the image, when known)."""
+    known = {"packages": packages, "accounts": accounts, "security_upgrades": security_upgrades}
     pretty = {"debian": "Debian", "ubuntu": "Ubuntu"}
     family, _, release = os_name.partition("-")
     return schema.make_entry(
@@ -66,6 +69,7 @@ def manifest_entry(
         builder=builder,
         min_disk_gb=min_disk_gb,
         min_ram_mb=min_ram_mb,
+        **{k: v for k, v in known.items() if v is not None},
     )
 
 

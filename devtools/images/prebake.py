@@ -17,7 +17,12 @@ from .common import OUTPUT_DIR, PACKER_DIR, ROOT, need, q, sha256
 from .wheelhouse import lock_path
 
 #: the provisioning scripts that also run in the chroot pre-stage (GRUB and cleanup need the booted guest)
-PRESTAGE_SCRIPTS = ("common/10-packages.sh", "{family}/20-os.sh", "common/30-jupyter.sh")
+PRESTAGE_SCRIPTS = (
+    "common/10-packages.sh",
+    "common/15-security-upgrades.sh",
+    "{family}/20-os.sh",
+    "common/30-jupyter.sh",
+)
 #: the build directory inside the chroot, as the scripts expect it (LCS_BUILD_DIR)
 CHROOT_BUILD_DIR = "/tmp/lcs-build"
 

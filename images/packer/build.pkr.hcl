@@ -55,6 +55,7 @@ build {
     scripts = [
       "scripts/common/00-build-ca.sh",
       "scripts/common/10-packages.sh",
+      "scripts/common/15-security-upgrades.sh",
       "scripts/${var.os_family}/20-os.sh",
       "scripts/common/30-jupyter.sh",
       "scripts/common/40-serial-console.sh",

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class Choice:
     display_name: str
     cloud_name: str
     default: bool = False
+    #: the image's accounts as its manifest entry records them (a hub user is never mapped onto one)
+    accounts: frozenset[str] = field(default=frozenset(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,11 @@ class Catalog:
 
     def image(self, cloud_name: str) -> Choice | None:
         return next((c for c in self.images if c.cloud_name == cloud_name), None)
+
+    def image_accounts(self, cloud_name: str) -> frozenset[str]:
+        """The accounts the manifest records for the image ``cloud_name`` (none for a configured image)."""
+        choice = self.image(cloud_name)
+        return choice.accounts if choice is not None else frozenset()
 
 
 def _default(items):
@@ -247,6 +254,7 @@ def manifest_choices(data: Any, cloud: str | None = None, source: str = "manifes
             _check_text(display, f"{source}: images[{index}] display_name", MAX_DISPLAY_LENGTH),
             _check_text(cloud_name, f"{source}: images[{index}] name", MAX_CLOUD_NAME_LENGTH),
             default=default,
+            accounts=frozenset() if packer else manifest.account_names(entry),
         )
         newest.pop(key, None)
         newest[key] = choice
@@ -259,8 +267,14 @@ def build_catalog(
     profiles: Iterable[Profile] = (),
     manifest_images: Iterable[Choice] = (),
 ) -> Catalog:
-    """Merge the configured lists and the manifest (configured entries first; duplicates dropped)."""
-    merged: list[Choice] = list(normalize_choices(images, "userserver_images"))
+    """Merge the configured lists and the manifest (configured entries first; duplicates dropped, a configured
+    image that the manifest lists too keeps the accounts the manifest records for it)."""
+    manifest_images = tuple(manifest_images)
+    accounts = {c.cloud_name: c.accounts for c in manifest_images}
+    merged: list[Choice] = [
+        replace(c, accounts=c.accounts | accounts.get(c.cloud_name, frozenset()))
+        for c in normalize_choices(images, "userserver_images")
+    ]
     seen = {c.cloud_name for c in merged}
     for choice in manifest_images:
         if choice.cloud_name not in seen:

@@ -153,8 +153,11 @@ def render_pool_userdata(material: BootMaterial, *, port: int, default_user: boo
     return rendered
 
 
-def claim_body(*, username: str, env: Mapping[str, str], cmd: Sequence[str]) -> bytes:
-    """What the agent receives: the files a cold boot's user-data would write (``UserDataError`` if invalid)."""
+def claim_body(
+    *, username: str, env: Mapping[str, str], cmd: Sequence[str], metadata_service: bool = False
+) -> bytes:
+    """What the agent receives: the files a cold boot's user-data would write (``UserDataError`` if invalid);
+    ``metadata_service`` as for ``userdata.unit_file``."""
     userdata.check_username(username)
     homedir = f"/home/{username}"
     return json.dumps(
@@ -162,7 +165,9 @@ def claim_body(*, username: str, env: Mapping[str, str], cmd: Sequence[str]) -> 
             "username": username,
             "homedir": homedir,
             "env_file": userdata.env_file(env),
-            "unit_file": userdata.unit_file(username=username, homedir=homedir, cmd=list(cmd)),
+            "unit_file": userdata.unit_file(
+                username=username, homedir=homedir, cmd=list(cmd), metadata_service=metadata_service
+            ),
         }
     ).encode()
 

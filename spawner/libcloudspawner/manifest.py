@@ -13,10 +13,19 @@ images. Schema 1::
                  "default": false,
                  "date": ..., "git_commit": ..., "versions": {...}, "format": "qcow2", "path": ...,
                  "size_bytes": ..., "virtual_size_bytes": ..., "compressed_size_bytes": ..., "sha256": ...,
-                 "builder": "qemu", "min_disk_gb": 8, "min_ram_mb": 1024}]}
+                 "builder": "qemu", "min_disk_gb": 8, "min_ram_mb": 1024,
+                 "security_upgrades": "2026-12-05T07:50:53Z (3 package(s) upgraded)",
+                 "packages": {"openssl": "3.0.22-1~deb12u2", ...},           # every installed package
+                 "accounts": [{"name": "root", "uid": 0, "sudo": true},      # the image's accounts
+                              {"name": "debian", "uid": null, "sudo": true, "source": "cloud-init"}, ...]}]}
 
 ``name``, ``os`` and ``published`` are required; the other fields are optional, but of their type when
-present. Keys this schema does not name are kept (for people), never interpreted.
+present. Keys this schema does not name are kept (for people), never interpreted. ``security_upgrades``,
+``packages`` and ``accounts`` were added to schema 1 as optional fields: entries written before them still
+read, and a reader that does not know them keeps them uninterpreted. ``accounts`` lists the accounts of
+``/etc/passwd`` and the one cloud-init creates as the image's default user (``uid`` null: made at boot);
+``sudo`` says whether the account may become root through sudo. The spawner maps no hub user onto any of
+them (:func:`account_names`).
 
 Packer's own ``manifest`` post-processor output (``{"builds": [{"name", "artifact_id", "custom_data"}]}``)
 is accepted too by ``parse_manifest``: it has no schema of ours, only its shape is checked.
@@ -37,23 +46,26 @@ _NONE = type(None)
 ENTRY_FIELDS = (
     "name", "os", "display_name", "date", "git_commit", "versions", "format", "path", "size_bytes",
     "virtual_size_bytes", "compressed_size_bytes", "sha256", "builder", "min_disk_gb", "min_ram_mb", "default",
-    "published",
+    "security_upgrades", "packages", "accounts", "published",
 )  # fmt: skip
 REQUIRED_FIELDS = ("name", "os", "published")
 #: accepted types -> the fields of that type
 _TYPES: dict[tuple[type, ...], tuple[str, ...]] = {
-    (str,): ("name", "os", "display_name", "date", "git_commit", "format", "builder"),
+    (str,): ("name", "os", "display_name", "date", "git_commit", "format", "builder", "security_upgrades"),
     (str, _NONE): ("path", "sha256"),
     (int, _NONE): ("size_bytes", "virtual_size_bytes", "compressed_size_bytes"),
     (int,): ("min_disk_gb", "min_ram_mb"),
     (bool,): ("default",),
-    (dict,): ("versions", "published"),
+    (dict,): ("versions", "published", "packages"),
+    (list,): ("accounts",),
 }
 ENTRY_TYPES = {name: types for types, names in _TYPES.items() for name in names}
 
 #: one cloud's copy of a build (``published.<cloud>``): every field a string, the image id required
 PUBLISHED_FIELDS = ("image_id", "image_name", "date")
 PUBLISHED_TYPES = dict.fromkeys(PUBLISHED_FIELDS, (str,))
+#: one of the image's accounts (``accounts[i]``): the name required
+ACCOUNT_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "uid": (int, _NONE), "sudo": (bool,), "source": (str,)}
 
 
 class ManifestError(ValueError):
@@ -70,7 +82,8 @@ def empty_manifest() -> dict:
 
 
 def _type_names(types: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", _NONE: "null"}
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", list: "a list",
+             _NONE: "null"}  # fmt: skip
     return " or ".join(names[t] for t in types)
 
 
@@ -98,7 +111,17 @@ def check_entry(entry: Any, where: str = "entry", source: str = "manifest") -> d
     _check_fields(entry, ENTRY_TYPES, REQUIRED_FIELDS, where, source)
     for cloud, record in entry["published"].items():
         _check_fields(record, PUBLISHED_TYPES, ("image_id",), f"{where}.published.{cloud}", source)
+    for package, version in entry.get("packages", {}).items():
+        if not isinstance(version, str):
+            raise ManifestError(source, f"{where}.packages.{package} must be a version string, not {version!r}")
+    for index, account in enumerate(entry.get("accounts", [])):
+        _check_fields(account, ACCOUNT_TYPES, ("name",), f"{where}.accounts[{index}]", source)
     return entry
+
+
+def account_names(entry: Mapping) -> frozenset[str]:
+    """The names of the accounts an entry records (none for entries written before ``accounts``)."""
+    return frozenset(a["name"] for a in entry.get("accounts", ()) if isinstance(a, Mapping) and a.get("name"))
 
 
 def check_entries(entries: Any, source: str = "manifest") -> list:

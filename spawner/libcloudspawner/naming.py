@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 #: Nova accepts 255 characters, but the name becomes the guest's hostname: one DNS label.
 MAX_INSTANCE_NAME_LENGTH = 63
@@ -265,13 +265,18 @@ def _render(template: str, *, username: str, servername: str, hub_id: str, max_l
     return name
 
 
-def linux_username(hub_username: str) -> str:
+def linux_username(hub_username: str, reserved: Iterable[str] = ()) -> str:
     """A safe Linux account name ``[a-z_][a-z0-9_-]{0,31}`` for a hub user.
 
-    Used unchanged when it already is one and is not a system account; otherwise escaped and hashed
-    (``<prefix>_<hash>``), so that two hub users never share an account.
+    Used unchanged when it already is one and is neither a system account nor one of ``reserved`` (the
+    accounts the image's manifest entry records); otherwise escaped and hashed (``<prefix>_<hash>``), so that
+    two hub users never share an account.
     """
-    if _LINUX_USER_RE.match(hub_username) and not _is_reserved_linux_user(hub_username):
+    if (
+        _LINUX_USER_RE.match(hub_username)
+        and not _is_reserved_linux_user(hub_username)
+        and hub_username not in frozenset(reserved)
+    ):
         return hub_username
     digest = _hash(hub_username, length=10)
     prefix = re.sub(r"[^a-z0-9_]+", "_", hub_username.lower()).strip("_-")

@@ -295,7 +295,8 @@ async def start_from_pool(spawner: Any, selection: Any, provisioner: Provisioner
         return None
     try:
         body = handoff.claim_body(username=spawner.linux_user, env=spawner.get_env(),
-                                  cmd=[*spawner.cmd, *spawner.get_args()])  # fmt: skip
+                                  cmd=[*spawner.cmd, *spawner.get_args()],
+                                  metadata_service=spawner.metadata_service_for_server)  # fmt: skip
     except userdata.UserDataError:
         return None  # the cold path renders the same files and reports the problem to the user
     emit = provisioner.emit

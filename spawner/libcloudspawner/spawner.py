@@ -148,6 +148,19 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
         config=True
     )
 
+    metadata_service_for_server = Bool(
+        False,
+        help="""
+        Let the single-user server's account reach the cloud's metadata service (169.254.169.254,
+        fe80::a9fe:a9fe). Off by default: the metadata service hands out the instance's user-data, the server's
+        API token included, to any process that asks, so an nftables rule, installed by the server's unit before
+        it starts, rejects the account's packets to it (a connection is refused at once). Root keeps access
+        (cloud-init uses it when there is no config drive). Needs `nft` in the image (the project's images have
+        it; without it the server does not start); set True for images without it or when users' code needs
+        the metadata service.
+        """,
+    ).tag(config=True)
+
     address_type = Enum(
         ["private_first", "public_first", "private", "public"],
         default_value="private_first",
@@ -298,7 +311,11 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
     # ------------------------------------------------------------------------------ helpers
     @property
     def linux_user(self) -> str:
-        return self.forceuser or naming.linux_username(self.user.name)
+        """The account running the server: ``forceuser``, else derived from the hub user's name, never one of
+        the accounts the manifest records for the chosen image."""
+        if self.forceuser:
+            return self.forceuser
+        return naming.linux_username(self.user.name, reserved=self.catalog().image_accounts(self._selection().image))
 
     def _instance_name(self) -> str:
         return naming.instance_name(
@@ -370,6 +387,7 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
                 template=template,
                 default_user=bool(self.userserver_keyname),
                 home_volume_id=self.volume_id if self.home_volume_size_gib else None,
+                metadata_service=self.metadata_service_for_server,
             )
         except userdata.InvalidEnvironmentValue as e:
             raise errors.invalid_environment(e.key, f"LibcloudSpawner cannot start {self._log_name}: {e}") from None

@@ -10,7 +10,9 @@ would):
   ``EnvironmentFile=`` syntax: ``KEY="value"``, with ``"`` ``\\`` `````` ``$`` backslash-escaped;
 - ``/etc/systemd/system/jupyterhub-singleuser.service`` (``root:root``, ``0644``) runs
   ``ExecStart=`` cmd + args, each argument double-quoted for systemd (C escapes, ``%%``, ``$$``),
-  as ``User=<user>`` in ``WorkingDirectory=/home/<user>``, with ``Restart=on-failure``; no secret in it;
+  as ``User=<user>`` in ``WorkingDirectory=/home/<user>``, with ``Restart=on-failure``, sandboxed
+  (:data:`SANDBOX`, the home writable by path) and, unless ``metadata_service`` is set, with the cloud's
+  metadata service closed to the user's account (:func:`metadata_block`); no secret in it;
 - ``runcmd: [[systemctl, daemon-reload], [systemctl, enable, --now, jupyterhub-singleuser.service]]``;
 - with a home volume: ``/usr/local/sbin/lcs-home-mount`` (``0755``) and ``lcs-home.service`` (a oneshot the
   server's unit ``Requires=`` and is ordered ``After=``) find the disk by its serial
@@ -84,6 +86,42 @@ _SYSTEMD_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": 
 
 # control characters systemd refuses in an environment value (all but newline): it drops the whole variable
 _SYSTEMD_ENV_DROPPED = re.compile("[\x01-\x09\x0b-\x1f\x7f]")
+
+
+#: systemd's sandbox for the server and every kernel it starts, checked in the booted image (``systemd-analyze
+#: security``). Left out, because a notebook server needs them: ``PrivateNetwork`` and ``IPAddressDeny=any``
+#: (it serves on the network), ``MemoryDenyWriteExecute`` (JIT compilers: numba, JAX, PyPy), ``ProcSubset=pid``
+#: (``/proc/meminfo``, ``/proc/cpuinfo``), ``PrivateUsers`` (files of other accounts would show as nobody).
+SANDBOX = (
+    ("NoNewPrivileges", "yes"),
+    ("ProtectSystem", "strict"),
+    ("ProtectHome", "read-only"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("ProtectProc", "invisible"),
+    ("RestrictSUIDSGID", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6 AF_NETLINK"),
+    ("LockPersonality", "yes"),
+    ("RemoveIPC", "yes"),
+    ("SystemCallArchitectures", "native"),
+    ("SystemCallFilter", "@system-service"),
+    ("SystemCallFilter", "~@privileged"),
+    ("SystemCallErrorNumber", "EPERM"),
+    ("CapabilityBoundingSet", ""),
+    ("AmbientCapabilities", ""),
+)
+#: the cloud's metadata service (OpenStack, EC2 and others), over IPv4 and IPv6
+METADATA_ADDRESSES = ("169.254.169.254", "fe80::a9fe:a9fe")
+#: the nftables table holding the rule that closes the metadata service to the server's account
+METADATA_NFT_TABLE = "inet jupyterhub_singleuser"
 
 
 class UserDataError(ValueError):
@@ -164,12 +202,41 @@ def systemd_quote(arg: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def unit_file(*, username: str, homedir: str, cmd: Sequence[str], requires: Sequence[str] = ()) -> str:
-    """The systemd unit running ``cmd`` as ``username`` with the environment file, after the ``requires``
-    units (the home volume's mount). No secrets."""
+def metadata_block(username: str) -> str:
+    """The nftables commands (one transaction) that reject ``username``'s packets to the metadata service: a
+    TCP connect is refused at once (a reset), anything else gets ICMP admin-prohibited. Rejected, not dropped:
+    a dropped SYN (as systemd's ``IPAddressDeny=`` drops it) leaves ``connect()`` waiting for its timeout.
+    Idempotent: the table is emptied and filled again."""
+    table = METADATA_NFT_TABLE
+    rules = []
+    for family, address in (("ip", METADATA_ADDRESSES[0]), ("ip6", METADATA_ADDRESSES[1])):
+        match = f'output meta skuid "{username}" {family} daddr {address}'
+        rules.append(f"add rule {table} {match} meta l4proto tcp counter reject with tcp reset")
+        rules.append(f"add rule {table} {match} counter reject with icmpx admin-prohibited")
+    return " ; ".join(
+        [
+            f"add table {table}",
+            f"flush table {table}",
+            f"add chain {table} output {{ type filter hook output priority 0 ; policy accept ; }}",
+            *rules,
+        ]
+    )
+
+
+def unit_file(
+    *, username: str, homedir: str, cmd: Sequence[str], metadata_service: bool = False, requires: Sequence[str] = ()
+) -> str:
+    """The systemd unit running ``cmd`` as ``username`` with the environment file, sandboxed, after the
+    ``requires`` units (the home volume's mount); unless
+    ``metadata_service``, the metadata service is closed to the account (an nftables rule installed as root
+    before every start, ``ExecStartPre=+``, which fails the start where it cannot be installed). No secrets."""
     if not cmd:
         raise UserDataError("the single-user command is empty (set Spawner.cmd)")
     exec_start = " ".join(systemd_quote(str(a)) for a in cmd)
+    closed = ""
+    if not metadata_service:
+        closed = f"ExecStartPre=+/usr/sbin/nft {systemd_quote(metadata_block(username))}\n"
+    sandbox = "".join(f"{key}={value}\n" for key, value in SANDBOX)
     needs = "".join(f"Requires={u}\nAfter={u}\n" for u in requires)
     return (
         "[Unit]\n"
@@ -186,6 +253,9 @@ def unit_file(*, username: str, homedir: str, cmd: Sequence[str], requires: Sequ
         f"ExecStart={exec_start}\n"
         "Restart=on-failure\n"
         "RestartSec=5\n"
+        f"{closed}"
+        f"ReadWritePaths={homedir}\n"
+        f"{sandbox}"
         "\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"
@@ -274,10 +344,12 @@ def render_userdata(
     cmd: Sequence[str],
     template: str | None = None,
     default_user: bool = False,
+    metadata_service: bool = False,
     home_volume_id: str | None = None,
 ) -> str:
     """Render the cloud-config for ``username`` running ``cmd`` with ``env``; ``default_user``: keep the
-    image's default account (only when a key pair lets an administrator log in with it); ``home_volume_id``:
+    image's default account (only when a key pair lets an administrator log in with it);
+    ``metadata_service``: let the server's account reach the cloud's metadata service; ``home_volume_id``:
     the volume attached at boot that is mounted on the user's home before the server starts.
 
     ``template`` is template *text* (``None``: the packaged ``singleuser.yaml.j2``). Raises
@@ -299,8 +371,10 @@ def render_userdata(
                 username=username,
                 homedir=homedir,
                 env_file=env_file(env),
-                unit_file=unit_file(username=username, homedir=homedir, cmd=list(cmd),
-                                    requires=[HOME_UNIT_NAME] if home else []),
+                unit_file=unit_file(
+                    username=username, homedir=homedir, cmd=list(cmd), metadata_service=metadata_service,
+                    requires=[HOME_UNIT_NAME] if home else [],
+                ),
                 env_path=ENV_PATH,
                 unit_path=UNIT_PATH,
                 unit_name=UNIT_NAME,

@@ -6,6 +6,9 @@ Two phases, two files:
 - ``test_booted.py`` checks the image booted like a spawned server: ``--hosts=ssh://lcs-test@127.0.0.1:PORT``
   plus ``--image``, ``--ssh-port`` and ``--singleuser-port`` (the same ports), ``--ssh-identity-file``.
   The session-scoped ``booted`` fixture boots it with the spawner's own user-data and always stops it.
+
+The hub user is ``debian``, the name of the image's default account, which the user-data also creates (as
+when a key pair is configured) with its passwordless sudo: the server must run as a fresh re-mapped account.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from testkit.vm import (
 )
 from testkit.wait import wait_until
 
-TEST_USER = "alice"
+#: the hub user: the image's default account's name (its Linux account is re-mapped by the spawner's naming)
+TEST_HUB_USER = "debian"
 #: generous for software emulation on a busy 2-core machine; the waits end as soon as the VM is ready
 BOOT_DEADLINE_S = 600
 
@@ -61,21 +65,32 @@ def image_root(request) -> Path:
 class Booted:
     vm: VM
     hub: StubHub
-    username: str
+    username: str  # the Linux account running the server
+    hub_user: str
     singleuser_port: int
     seconds_to_ssh: float
     seconds_to_ready: float
 
     @property
     def singleuser_url(self) -> str:
-        return f"http://127.0.0.1:{self.singleuser_port}/user/{self.username}/"
+        return f"http://127.0.0.1:{self.singleuser_port}/user/{self.hub_user}/"
+
+    @property
+    def url(self) -> str:
+        """The server's origin with ``token``: what ``testkit.e2e.run_in_kernel`` takes as its hub."""
+        return f"http://127.0.0.1:{self.singleuser_port}"
+
+    @property
+    def token(self) -> str:
+        return self.hub.user_token
 
 
 @pytest.fixture(scope="session")
 def booted(request):
-    """The image booted with the spawner's slim cloud-config for TEST_USER; always torn down."""
+    """The image booted with the spawner's slim cloud-config for TEST_HUB_USER; always torn down."""
     from jupyterhub import __version__ as hub_version
 
+    from libcloudspawner.naming import linux_username
     from libcloudspawner.userdata import render_userdata
 
     opt = request.config.getoption
@@ -87,9 +102,11 @@ def booted(request):
     workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="lcs-image-test-"))
     workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
-    hub = StubHub(version=hub_version, token=token, username=TEST_USER).start()
+    hub = StubHub(version=hub_version, token=token, username=TEST_HUB_USER, user_token=secrets.token_hex(16)).start()
+    account = linux_username(TEST_HUB_USER)
+    # as the spawner renders it for this hub user when a key pair is configured (the default account kept)
     userdata = render_userdata(
-        username=TEST_USER, env=hub_env(TEST_USER, hub.port, token), cmd=["jupyterhub-singleuser"]
+        username=account, env=hub_env(TEST_HUB_USER, hub.port, token), cmd=["jupyterhub-singleuser"], default_user=True
     )
     pubkey = Path(identity + ".pub").read_text()
     seed = make_seed(
@@ -110,7 +127,7 @@ def booted(request):
         try:
             wait_until(lambda: vm.alive() and ssh_banner(ssh_port), timeout_s=BOOT_DEADLINE_S, interval_s=2, what="SSH")
             to_ssh = vm.elapsed()
-            url = f"http://127.0.0.1:{su_port}/user/{TEST_USER}/api"
+            url = f"http://127.0.0.1:{su_port}/user/{TEST_HUB_USER}/api"
             wait_until(
                 lambda: vm.alive() and http_ok(url),
                 timeout_s=BOOT_DEADLINE_S,
@@ -121,7 +138,7 @@ def booted(request):
         except TimeoutError as e:
             pytest.fail(f"{e} (QEMU alive: {vm.alive()}); console log tail:\n{vm.console_tail()}")
         print(f"\nbooted {image}: SSH after {to_ssh:.0f} s, single-user server after {to_ready:.0f} s")
-        yield Booted(vm, hub, TEST_USER, su_port, to_ssh, to_ready)
+        yield Booted(vm, hub, account, TEST_HUB_USER, su_port, to_ssh, to_ready)
     finally:
         vm.stop()
         hub.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -241,7 +242,7 @@ def test_jupyter_lsp_server_extension_disabled(host, image_root):
     assert all(enabled[e] for e in ("jupyterlab", "jupyter_server_terminals", "notebook_shim", "lcs_startup"))
 
 
-@pytest.mark.parametrize("package", ["cloud-init", "openssh-server", "qemu-guest-agent", "python3-venv"])
+@pytest.mark.parametrize("package", ["cloud-init", "openssh-server", "qemu-guest-agent", "python3-venv", "nftables"])
 def test_package_installed(host, image_root, package):
     out = in_image(host, image_root, f"dpkg-query -W -f='${{Status}}' {package}")
     assert out.stdout == "install ok installed"
@@ -265,3 +266,10 @@ def test_grub_cfg_uses_serial_terminal(host, image_root):
 def test_root_fs_by_label_or_uuid(host, image_root):
     cfg = host.file(f"{image_root}/boot/grub/grub.cfg").content_string
     assert "root=/dev/loop" not in cfg
+
+
+def test_security_upgrades_recorded(image_root):
+    """The build's security upgrade step ran to the end (it stops the build while an upgrade is pending)."""
+    stamp = image_root / "var/lib/lcs/security-upgrades"
+    assert stamp.is_file()
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+ package\(s\) upgraded\)$", stamp.read_text().strip())

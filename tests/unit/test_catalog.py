@@ -155,3 +155,23 @@ def test_defaults_prefer_flagged_entries():
     catalog = Catalog(images=(Choice("a", "a"), Choice("b", "b", default=True)))
     assert catalog.default_image().cloud_name == "b"
     assert Catalog().default_size() is None
+
+
+def test_manifest_choices_carry_the_images_accounts():
+    accounts = [{"name": "root", "uid": 0, "sudo": True}, {"name": "jovyan", "uid": 1000, "sudo": False}]
+    data = {"images": [{**_build("deb-1", "debian-12", {"c": {"image_id": "uuid-1"}}), "accounts": accounts}]}
+    catalog = build_catalog([], [], manifest_images=manifest_choices(data, cloud="c"))
+    assert catalog.image_accounts("uuid-1") == {"root", "jovyan"}
+    assert catalog.image_accounts("not-offered") == frozenset()
+
+
+def test_a_configured_image_keeps_the_accounts_the_manifest_records():
+    recorded = Choice("B", "uuid-1", accounts=frozenset({"x"}))
+    catalog = build_catalog([], [("Mine", "uuid-1")], manifest_images=[recorded])
+    assert [c.display_name for c in catalog.images] == ["Mine"]
+    assert catalog.image_accounts("uuid-1") == {"x"}
+
+
+def test_entries_without_accounts_give_none():
+    data = {"images": [_build("deb-1", "debian-12", {"c": {"image_id": "uuid-1"}})]}
+    assert manifest_choices(data, cloud="c")[0].accounts == frozenset()

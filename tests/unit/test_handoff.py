@@ -3,6 +3,7 @@ keys the hub generated, files written as a cold boot writes them; nothing accept
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -129,3 +130,13 @@ def test_the_pool_vms_user_data_passes_the_real_cloud_init_cli(tmp_path):
     result = validate_with_cli(path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Valid cloud-config" in result.stdout
+
+
+@pytest.mark.parametrize("metadata_service", [False, True])
+def test_a_claimed_vms_unit_is_the_cold_boots_sandbox_and_metadata_rule(metadata_service):
+    sent = json.loads(handoff.claim_body(username="alice", env={"JUPYTERHUB_API_TOKEN": "t"},
+                                         cmd=["jupyterhub-singleuser"], metadata_service=metadata_service))  # fmt: skip
+    cold = userdata.unit_file(username="alice", homedir="/home/alice", cmd=["jupyterhub-singleuser"],
+                              metadata_service=metadata_service)  # fmt: skip
+    assert sent["unit_file"] == cold
+    assert ("ExecStartPre=+/usr/sbin/nft" in cold) is not metadata_service and "NoNewPrivileges=yes" in cold

@@ -11,6 +11,7 @@ from libcloudspawner.catalog import load_manifest as catalog_load_manifest
 from libcloudspawner.manifest import (
     SCHEMA,
     ManifestError,
+    account_names,
     empty_manifest,
     load_manifest,
     make_entry,
@@ -34,11 +35,19 @@ def entry(**changes) -> dict:
     return {k: v for k, v in base.items() if v is not None or k not in changes}
 
 
+#: the optional fields added to schema 1 after its first entries were written
+NEWER_FIELDS = {
+    "security_upgrades": "2026-12-05T10:45:36Z (2 package(s) upgraded)",
+    "packages": {"openssl": "3.0.22-1~deb12u2"},
+    "accounts": [{"name": "root", "uid": 0, "sudo": True}, {"name": "debian", "uid": None, "sudo": True}],
+}
+
 GOOD = [
     ("one full entry", {"schema": SCHEMA, "images": [entry()]}),
     ("no images yet", {"schema": SCHEMA, "images": []}),
     ("only the required fields", {"schema": SCHEMA, "images": [{"name": "n", "os": "o", "published": {}}]}),
     ("a field for people only", {"schema": SCHEMA, "images": [entry(note="rebuilt after the CA change")]}),
+    ("packages, accounts and the security upgrade", {"schema": SCHEMA, "images": [entry(**NEWER_FIELDS)]}),
     ("Packer's own manifest", {"builds": [{"name": "qemu", "artifact_id": "abc"}]}),
 ]
 
@@ -65,6 +74,18 @@ BAD = [
     ("size a string", {"schema": SCHEMA, "images": [entry(size_bytes="1")]}, "size_bytes must be an integer or null"),
     ("min_disk_gb a bool", {"schema": SCHEMA, "images": [entry(min_disk_gb=True)]}, "min_disk_gb must be an integer"),
     ("default not a bool", {"schema": SCHEMA, "images": [entry(default="yes")]}, "default must be true or false"),
+    ("accounts an object", {"schema": SCHEMA, "images": [entry(accounts={})]}, "accounts must be a list"),
+    ("account without name", {"schema": SCHEMA, "images": [entry(accounts=[{"uid": 0}])]}, "accounts[0] lacks"),
+    (
+        "account sudo a string",
+        {"schema": SCHEMA, "images": [entry(accounts=[{"name": "a", "sudo": "no"}])]},
+        "accounts[0].sudo must be true or false",
+    ),
+    (
+        "package version a number",
+        {"schema": SCHEMA, "images": [entry(packages={"bash": 5})]},
+        "packages.bash must be a version string",
+    ),
     (
         "published without image id",
         {"schema": SCHEMA, "images": [entry(published={"devcloud": {"image_name": "x"}})]},
@@ -147,3 +168,22 @@ def test_a_malformed_manifest_is_never_written(tmp_path):
 def test_parse_names_its_source():
     with pytest.raises(ManifestError, match="image manifest from-memory: schema 3"):
         parse_manifest({"schema": 3, "images": []}, "from-memory")
+
+
+def test_an_entry_written_before_packages_and_accounts_still_reads(tmp_path):
+    """Entries of schema 1 without the later optional fields: read as they are, with no accounts."""
+    old = entry()
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"schema": SCHEMA, "images": [old]}))
+    [read] = load_manifest(path)["images"]
+    assert read == old and account_names(read) == frozenset()
+
+
+def test_account_names():
+    accounts = [{"name": "root", "uid": 0, "sudo": True}, {"name": "debian", "uid": None, "sudo": True}]
+    assert account_names(entry(accounts=accounts)) == {"root", "debian"}
+
+
+def test_make_entry_takes_packages_and_accounts():
+    made = make_entry(name="n", os="o", packages={"bash": "5.2"}, accounts=[{"name": "root"}])
+    assert list(made) == ["name", "os", "packages", "accounts", "published"]

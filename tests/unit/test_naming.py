@@ -209,3 +209,14 @@ def test_long_metadata_values_capped_and_distinct():
     a, b = "x" * 300, "x" * 299 + "y"
     assert len(naming.metadata_value(a)) == 255
     assert naming.metadata_value(a) != naming.metadata_value(b)
+
+
+@pytest.mark.parametrize(("hub_user", "reserved"), [("jovyan", {"jovyan"}), ("alice", ["bob", "alice"])])
+def test_an_account_the_image_records_is_remapped(hub_user, reserved):
+    result = naming.linux_username(hub_user, reserved=reserved)
+    assert result != hub_user and result.startswith(hub_user + "_") and LINUX_USER.match(result)
+    assert result not in reserved
+
+
+def test_accounts_of_the_image_do_not_change_other_names():
+    assert naming.linux_username("alice", reserved={"jovyan"}) == "alice"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -602,3 +603,25 @@ async def test_concurrent_starts_count_against_max_instances(spawner, cloud):
         await other.start()
     assert info.value.status_code == 429
     await first
+
+
+def test_the_server_account_avoids_the_accounts_the_manifest_records_for_the_chosen_image(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    entry = {"name": "deb-1", "os": "debian-12", "published": {"c": {"image_id": "uuid-1"}},
+             "accounts": [{"name": "jovyan", "uid": 1000, "sudo": True}]}  # fmt: skip
+    manifest.write_text(json.dumps({"schema": 1, "images": [entry]}))
+    jovyan = SimpleNamespace(name="jovyan", url="/user/jovyan/", escaped_name="jovyan")
+    s = LibcloudSpawner(user=jovyan, userserver_sizes=[("S", "m1.small")], image_manifest=str(manifest))
+    s.user_options = {"size": "m1.small", "image": "uuid-1"}
+    assert s.linux_user != "jovyan" and s.linux_user.startswith("jovyan_")
+    s.forceuser = "jupyter"
+    assert s.linux_user == "jupyter"
+
+
+def test_the_metadata_setting_reaches_the_user_data(spawner):
+    spawner.get_env = lambda: {"JUPYTERHUB_API_TOKEN": "t"}
+    closed = LibcloudSpawner._render_userdata(spawner)
+    spawner.metadata_service_for_server = True
+    opened = LibcloudSpawner._render_userdata(spawner)
+    assert "nft" in closed and "169.254.169.254" in closed
+    assert "nft" not in opened and "169.254.169.254" not in opened

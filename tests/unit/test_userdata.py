@@ -192,3 +192,30 @@ def test_the_images_default_account_only_with_a_key_pair(validator, default_user
     ok, error, parsed = validator.validate(rendered)
     assert ok, error
     assert [u if isinstance(u, str) else u["name"] for u in parsed["users"]] == users
+
+
+@pytest.mark.parametrize(("key", "value"), [pair for pair in userdata.SANDBOX if pair[0] != "SystemCallFilter"])
+def test_unit_is_sandboxed(key, value):
+    _, _, unit = _roundtrip(render_userdata(username="alice", env=ENV, cmd=CMD))
+    assert unit[key] == value
+
+
+def test_unit_home_writable_by_path():
+    _, _, unit = _roundtrip(render_userdata(username="alice", env=ENV, cmd=CMD))
+    assert (unit["ProtectSystem"], unit["ReadWritePaths"]) == ("strict", "/home/alice")
+
+
+def test_unit_closes_the_metadata_service_to_the_account_by_default():
+    _, _, unit = _roundtrip(render_userdata(username="alice", env=ENV, cmd=CMD))
+    argv = split_exec_start(unit["ExecStartPre"].removeprefix("+"))
+    assert argv[0] == "/usr/sbin/nft" and len(argv) == 2
+    rules = [r.strip() for r in argv[1].split(";") if r.strip().startswith("add rule")]
+    assert len(rules) == 4
+    for address in userdata.METADATA_ADDRESSES:
+        assert sum('meta skuid "alice"' in r and f"daddr {address}" in r and " reject" in r for r in rules) == 2
+
+
+def test_metadata_service_open_when_configured():
+    _, _, unit = _roundtrip(render_userdata(username="alice", env=ENV, cmd=CMD, metadata_service=True))
+    assert "ExecStartPre" not in unit
+    assert unit["NoNewPrivileges"] == "yes"  # the sandbox stays

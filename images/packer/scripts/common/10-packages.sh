@@ -4,7 +4,8 @@
 set -eu
 
 export DEBIAN_FRONTEND=noninteractive
-wanted="cloud-init cloud-guest-utils openssh-server qemu-guest-agent python3-venv sudo ca-certificates locales"
+# nftables: the user-data's rule that closes the metadata service to the server's account needs `nft`.
+wanted="cloud-init cloud-guest-utils openssh-server qemu-guest-agent python3-venv sudo ca-certificates locales nftables"
 missing=""
 for p in $wanted; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
