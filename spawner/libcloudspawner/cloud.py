@@ -79,6 +79,7 @@ class Instance:
     metadata: Mapping[str, Any] | None = None
     task_state: str | None = None
     created: str | None = None  # ISO 8601, as the cloud reports it
+    vm_state: str | None = None  # Nova's: active, stopped, shelved_offloaded, error, building...
 
     @property
     def deleting(self) -> bool:
@@ -133,6 +134,7 @@ def _to_instance(node) -> Instance:
         metadata=extra.get("metadata") or {},
         task_state=extra.get("task_state"),
         created=extra.get("created"),
+        vm_state=extra.get("vm_state"),
     )
 
 
@@ -167,6 +169,11 @@ def _update_metadata(driver, node_id: str, metadata: Mapping[str, str]):
         f"/servers/{node_id}/metadata", method="POST", data={"metadata": dict(metadata)}
     )
     return (response.object or {}).get("metadata") or {}
+
+
+def _server_action(driver, node_id: str, action: str):
+    """``POST /servers/{id}/action`` ``{action: null}``: ``os-start``, ``os-stop``, ``shelve``, ``unshelve``."""
+    return driver.connection.request(f"/servers/{node_id}/action", method="POST", data={action: None})
 
 
 def _replace_metadata(driver, node_id: str, metadata: Mapping[str, str]):
@@ -489,6 +496,13 @@ class CloudClient:
         if self.provider != "openstack":
             raise CloudError(f"updating instance metadata is not implemented for provider {self.provider!r}")
         await self.call(_update_metadata, node_id, metadata, what=f"update metadata of instance {node_id}")
+
+    async def server_action(self, node_id: str, action: str) -> None:
+        """Ask Nova to power a server on or off, shelve or unshelve it (202). Not retried: a repeated action
+        is refused (409) while the first runs; after an error the caller reads the server's state."""
+        if self.provider != "openstack":
+            raise CloudError(f"server action {action} is not implemented for provider {self.provider!r}")
+        await self.call(_server_action, node_id, action, retry=False, what=f"{action} instance {node_id}")
 
     async def replace_metadata(self, node_id: str, metadata: Mapping[str, str]) -> None:
         """Set an instance's metadata to exactly ``metadata`` (retried: idempotent)."""

@@ -6,7 +6,11 @@ An instance is this hub's when its metadata carries ``jupyterhub-managed-by: lib
 - the hub's server state names a different instance (or none) for that user and server name, and
 - the instance is older than ``--min-age-seconds`` (a spawn may be between its create and its state save).
 
-Untagged instances and instances of other hubs are never touched. Dry run by default. The reaper fails
+Home volumes (``jupyterhub-volume: home`` and the same tags) are judged too: a volume is an orphan only when
+the hub no longer has its user at all (a volume whose user exists is never deleted: the hub deletes it with
+the user or the named server, through ``delete_forever``); a volume attached to a server is not judged.
+
+Untagged instances and volumes, and those of other hubs, are never touched. Dry run by default. The reaper fails
 closed: when it cannot be sure of the hub's servers (a token without the scopes it needs, an HTTP error, a
 user listed without servers, a partial listing) it deletes nothing and says why (exit status 2), and a run
 that finds more orphans than ``--max-deletions`` (default 10) deletes none unless ``--force`` is given.
@@ -40,7 +44,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import naming
-from .cloud import CloudClient, CloudError, Instance, client_for
+from .cloud import CloudClient, CloudConfigError, CloudError, Instance, Volume, client_for
 from .settings import load_hub_config
 
 log = logging.getLogger("libcloudspawner.reaper")
@@ -65,6 +69,7 @@ class Verdict:
     age_seconds: float | None
     orphan: bool
     reason: str
+    kind: str = "instance"  # or "volume"
 
 
 def _age_seconds(created: str | None, now: dt.datetime) -> float | None:
@@ -129,6 +134,40 @@ def judge(
     return verdicts
 
 
+def judge_volumes(
+    volumes: Iterable[Volume], users: Iterable[str], *, hub_id: str, min_age_seconds: float,
+    now: dt.datetime | None = None,
+) -> list[Verdict]:
+    """Decide, for each home volume of this hub, whether it is an orphan: its user is gone from the hub
+    (``users``: every user name the hub listed). Pure: no cloud, no hub. Other volumes are left out."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    hub_tag = naming.metadata_value(hub_id)
+    known = {naming.metadata_value(u) for u in users}
+    verdicts = []
+    for vol in volumes:
+        meta = vol.metadata or {}
+        if (meta.get(naming.TAG_MANAGED_BY) != naming.MANAGED_BY or meta.get(naming.TAG_HUB_ID) != hub_tag
+                or meta.get(naming.TAG_VOLUME) != naming.HOME_VOLUME):  # fmt: skip
+            continue
+        user, server = str(meta.get(naming.TAG_USER, "")), str(meta.get(naming.TAG_SERVER_NAME, ""))
+        age = _age_seconds(vol.created, now)
+
+        def verdict(orphan: bool, reason: str, vol=vol, user=user, server=server, age=age) -> Verdict:
+            return Verdict(vol.id, vol.name or "", user, server, age, orphan, reason, kind="volume")
+
+        if user in known:
+            verdicts.append(verdict(False, "its user exists; only deleting the user deletes it"))
+        elif vol.attached_to:
+            verdicts.append(verdict(False, f"attached to {', '.join(vol.attached_to)}; not judged"))
+        elif age is None:
+            verdicts.append(verdict(False, "creation time unknown; not judged"))
+        elif age < min_age_seconds:
+            verdicts.append(verdict(False, f"younger than {min_age_seconds:.0f}s; not judged yet"))
+        else:
+            verdicts.append(verdict(True, "its user is gone from the hub"))
+    return verdicts
+
+
 #: what the reaper's token must hold (unfiltered; broader scopes such as admin:users include them)
 REQUIRED_SCOPES = ("list:users", "read:users:name", "read:servers", "admin:server_state")
 PAGE_SIZE = 200
@@ -166,8 +205,11 @@ def check_token_scopes(api_url: str, token: str, *, timeout_seconds: float = 30.
         )
 
 
-def hub_servers_from_api(api_url: str, token: str, *, timeout_seconds: float = 30.0) -> list[HubServer]:
-    """Every running or pending server the hub knows, with its spawner state (paginated REST API).
+def hub_servers_from_api(
+    api_url: str, token: str, *, timeout_seconds: float = 30.0, users: set[str] | None = None
+) -> list[HubServer]:
+    """Every running or pending server the hub knows, with its spawner state (paginated REST API); the name of
+    every user listed is added to ``users`` when given (read only once the whole listing is complete).
 
     Fails closed (:class:`Refusal`): a token without the needed scopes, an HTTP error, a user listed without
     its servers or a server without its state, an answer without pagination, or pages that do not add up to
@@ -191,6 +233,8 @@ def hub_servers_from_api(api_url: str, token: str, *, timeout_seconds: float = 3
                     f"the hub API listed user {user.get('name')!r} without its servers: the reaper's token needs"
                     " the read:servers scope for every user"
                 )
+            if users is not None:
+                users.add(user["name"])
             for name, model in user["servers"].items():
                 state = model.get("state")
                 if state is None:
@@ -221,25 +265,39 @@ async def reap_once(
     delete: bool,
     min_age_seconds: float,
     max_deletions: int | None = None,
+    users: set[str] | None = None,
     warm_pool: bool = True,
 ) -> list[Verdict]:
-    """Judge this hub's instances and, with ``delete``, delete the orphans: none at all (:class:`Refusal`)
-    when there are more than ``max_deletions`` (``None``: no cap)."""
+    """Judge this hub's instances and, given the hub's ``users`` (a complete listing), its home volumes;
+    with ``delete``, delete the orphans: none at all (:class:`Refusal`) when there are more than
+    ``max_deletions`` in all (``None``: no cap). A cloud without block storage has no volumes to judge."""
     verdicts = judge(as_listing(await client.list_nodes()), hub_servers, hub_id=hub_id, min_age_seconds=min_age_seconds,
                      warm_pool=warm_pool)  # fmt: skip
+    if users is not None:
+        try:
+            tags = {naming.TAG_MANAGED_BY: naming.MANAGED_BY, naming.TAG_HUB_ID: naming.metadata_value(hub_id),
+                    naming.TAG_VOLUME: naming.HOME_VOLUME}  # fmt: skip
+            volumes = await client.find_volumes(name=None, tags=tags)
+        except CloudConfigError as e:
+            log.info("No home volumes to judge: %s", e)
+            volumes = []
+        verdicts += judge_volumes(volumes, users, hub_id=hub_id, min_age_seconds=min_age_seconds)
     orphans = sum(v.orphan for v in verdicts)
     if delete and max_deletions is not None and orphans > max_deletions:
         raise Refusal(
-            f"{orphans} orphan instances, more than --max-deletions {max_deletions}: nothing deleted. So many orphans"
+            f"{orphans} orphans, more than --max-deletions {max_deletions}: nothing deleted. So many orphans"
             " may mean that the hub's listing is wrong; check the dry run, then use --force (or raise the cap)"
         )
     for v in verdicts:
         if v.orphan and delete:
-            log.warning("Deleting orphan instance %s (%s) of %s/%s: %s", v.instance_name, v.instance_id,
+            log.warning("Deleting orphan %s %s (%s) of %s/%s: %s", v.kind, v.instance_name, v.instance_id,
                         v.user, v.server, v.reason)  # fmt: skip
-            await client.destroy_node(v.instance_id)
+            if v.kind == "volume":
+                await client.delete_volume(v.instance_id)
+            else:
+                await client.destroy_node(v.instance_id)
         elif v.orphan:
-            log.warning("Orphan instance %s (%s) of %s/%s: %s (dry run: not deleted)", v.instance_name,
+            log.warning("Orphan %s %s (%s) of %s/%s: %s (dry run: not deleted)", v.kind, v.instance_name,
                         v.instance_id, v.user, v.server, v.reason)  # fmt: skip
     return verdicts
 
@@ -295,10 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> int:
         while True:
             try:
-                servers = hub_servers_from_api(api_url, token)
+                users: set[str] = set()
+                servers = hub_servers_from_api(api_url, token, users=users)
                 verdicts = await reap_once(
                     client, hub.hub_id, servers, delete=args.delete, min_age_seconds=args.min_age_seconds,
-                    max_deletions=None if args.force else args.max_deletions, warm_pool=hub.warm_pool,
+                    max_deletions=None if args.force else args.max_deletions, users=users,
+                    warm_pool=hub.warm_pool,
                 )  # fmt: skip
             except Refusal as e:
                 log.error("reaper refused to run, nothing deleted: %s", e)
@@ -309,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                 for v in verdicts:
                     if args.json:
                         print(json.dumps(asdict(v)), flush=True)
-                print(f"hub {hub.hub_id}: {len(verdicts)} instances, {len(orphans)} orphans"
+                print(f"hub {hub.hub_id}: {len(verdicts)} instances and volumes, {len(orphans)} orphans"
                       + (" deleted" if args.delete else " (dry run)"), file=sys.stderr, flush=True)  # fmt: skip
             if args.every_seconds <= 0:
                 return 0

@@ -23,10 +23,13 @@ def create_request(
     config_drive: bool = True,
     key_name: str | None = None,
     security_groups: Sequence[str] = (),
+    volume_ids: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Keyword arguments of ``create_node`` (``image``, ``size`` and ``networks`` are the cloud's objects).
 
     The spawner's tags win over administrator metadata of the same key (the traits refuse such keys anyway).
+    ``volume_ids`` are attached at boot (Nova's ``block_device_mapping_v2``, after the image's own root disk),
+    never deleted with the instance: the disk is there when cloud-init runs.
     """
     request: dict[str, Any] = {
         "name": name,
@@ -41,4 +44,14 @@ def create_request(
         request["ex_keyname"] = key_name
     if security_groups:
         request["security_groups"] = list(security_groups)
+    if volume_ids:
+        image_id = getattr(image, "id", image)
+        root = {"boot_index": 0, "uuid": image_id, "source_type": "image", "destination_type": "local",
+                "delete_on_termination": True}  # fmt: skip
+        volumes = [
+            {"boot_index": -1, "uuid": v, "source_type": "volume", "destination_type": "volume",
+             "delete_on_termination": False}
+            for v in volume_ids
+        ]  # fmt: skip
+        request["ex_blockdevicemappings"] = [root, *volumes]
     return request

@@ -40,6 +40,10 @@ PROFILE_OVERRIDES = (
     "cmd",
     "args",
     "cloudinit_template",
+    "stop_action",
+    "home_volume_size_gib",
+    "home_volume_type",
+    "home_volume_name_template",
 )
 
 
@@ -141,6 +145,9 @@ CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_instances": _between("max_instances", 0, 1_000_000),
     "instance_metadata": _metadata,
     "instance_name_template": naming.validate_instance_name_template,
+    "home_volume_name_template": naming.validate_volume_name_template,
+    "home_volume_size_gib": _between("home_volume_size_gib", 0, 65536),
+    "home_volume_timeout_seconds": _positive("home_volume_timeout_seconds"),
     "forceuser": _forceuser,
     "userserver_sizes": _choices("userserver_sizes"),
     "userserver_images": _choices("userserver_images"),

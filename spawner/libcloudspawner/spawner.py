@@ -1,7 +1,8 @@
 """LibcloudSpawner: every JupyterHub user server in its own cloud VM, through Apache Libcloud.
 
 The Spawner contract only: the traits (their help is the configuration reference), the options form, and
-start / poll / stop / state. The rooms beside it: ``settings`` (the cloud settings, checked once),
+start / poll / stop / state / delete_forever. The rooms beside it: ``settings`` (the cloud settings, checked once),
+``resume`` (VMs kept between stops, the home-volume settings), ``volumes`` (home volumes),
 ``cloud`` (the only module talking to the cloud), ``provision`` (create with recovery, waits, cleanup,
 deletion), ``requests`` (the create request as data), ``errors`` (what the user reads), ``progress``,
 and the pure helpers ``naming``, ``options``, ``catalog`` and ``userdata``.
@@ -19,13 +20,14 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, Unicode, default
 
-from . import deletions, errors, hubstate, limits, naming, options, pool, userdata
+from . import deletions, errors, hubstate, limits, naming, options, pool, resume, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .fleet import UNKNOWN, fleet_for
 from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, SpawnerView, address_of
 from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettings, number, optional_text, seconds
+from .volumes import HomeVolumeError
 
 
 async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
@@ -37,10 +39,11 @@ async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[st
         spawner.select(user_options)
 
 
-class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
+class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, pool.PoolSettings):
     """Start each single-user server in its own cloud instance (OpenStack by default).
 
-    The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`; a wrong
+    The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`, the
+    stop action, home volumes, resuming kept VMs and delete_forever from :class:`resume.KeptServer`; a wrong
     configured value is kept out and recorded in ``config_problems`` (:class:`settings.CheckedConfig`)."""
 
     # ------------------------------------------------------------------------------ what to boot
@@ -198,6 +201,10 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
     instance_id = Unicode(None, allow_none=True)
     instance_name = Unicode(None, allow_none=True)
     instance_address = Unicode(None, allow_none=True)
+    kept = Unicode(None, allow_none=True)  # how the VM was kept at the last stop (see resume)
+    booted_image = Unicode(None, allow_none=True)
+    booted_size = Unicode(None, allow_none=True)
+    volume_id = Unicode(None, allow_none=True)
 
     @default("apply_user_options")
     def _default_apply_user_options(self):
@@ -222,6 +229,8 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
         self._starting = False
         self._settings: CloudSettings | None = None
         self._known_since = 0.0  # an instance from the saved state existed before this process listed anything
+        self._kept_token = ""  # the API token the kept VM's server holds
+        self._fault: str | None = None  # the cloud's reason for an instance found in ERROR
         if self._session() is not None:  # in a hub: its id is known (and logged) from the first spawner on
             self.hub_id  # noqa: B018
         with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
@@ -377,6 +386,7 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
                 cmd=[*self.cmd, *self.get_args()],
                 template=template,
                 default_user=bool(self.userserver_keyname),
+                home_volume_id=self.volume_id if self.home_volume_size_gib else None,
                 metadata_service=self.metadata_service_for_server,
             )
         except userdata.InvalidEnvironmentValue as e:
@@ -403,6 +413,14 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
             state["instance_id"] = self.instance_id
             state["instance_name"] = self.instance_name
             state["address"] = self.instance_address
+            state["image"], state["size"] = self.booted_image, self.booted_size
+        if self.instance_id and self.kept:
+            state["kept"] = self.kept
+            state["api_token"] = self._kept_token
+        if self.volume_id:
+            state["volume_id"] = self.volume_id
+        if self._fault:
+            state["fault"] = self._fault
         return state
 
     def load_state(self, state):
@@ -410,6 +428,12 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
         self.instance_id = state.get("instance_id")
         self.instance_name = state.get("instance_name")
         self.instance_address = state.get("address")
+        self.booted_image, self.booted_size = state.get("image"), state.get("size")
+        self.kept = state.get("kept")
+        self._kept_token = state.get("api_token") or ""
+        self.volume_id = state.get("volume_id")
+        self._fault = state.get("fault")
+        self.will_resume = bool(self.instance_id and self.kept)
 
     def _persist_state(self) -> None:
         """Save the state now, not only after start() returns: a hub that crashes mid-spawn then finds
@@ -435,12 +459,17 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
         # so that an early progress request waits for this start's events instead of replaying old ones
         self._progress.reset()
         self._background.release_late_watch()
-        self._forget_instance()
+        if not self.kept:  # a kept VM (and its token) outlives the server: the next start resumes it
+            self._forget_instance()
 
     def _forget_instance(self) -> None:
         self.instance_id = None
         self.instance_name = None
         self.instance_address = None
+        self.booted_image = self.booted_size = None
+        self.kept = None
+        self._kept_token = ""
+        self.will_resume = False
 
     # ------------------------------------------------------------------------------ start
     async def start(self):
@@ -470,19 +499,37 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
         if self._background.cleaning:
             self._progress.emit(6, "Waiting for the previous attempt's instance to be removed")
             await asyncio.shield(self._background.cleanup)
-        url = await pool.start_from_pool(self, selection, self._provisioner(self._client()))
-        if url is not None:  # a VM from the warm pool (None: boot a new one)
-            return url
-        self._refuse_if_hub_full()
-        user_data = self._render_userdata()
         provisioner = self._provisioner(self._client())
+        try:
+            url = await self._resume_kept(provisioner, selection)  # the server's kept VM first
+            if url is not None:
+                return url
+        except (CloudError, resume.KeepError) as e:  # the kept VM stays as it is
+            if isinstance(e, resume.KeepError):
+                raise errors.cloud_unavailable(
+                    "Your kept virtual machine did not come back; please try again in a few minutes.", str(e)
+                ) from None
+            raise errors.for_user(e, self._log_name) from e
+        # a pool VM is booted without the user's home volume, and the server it is handed is not known to
+        # come back after a power-off or an unshelve: the pool serves only servers without either
+        if not self.home_volume_size_gib and self.stop_action == "delete":
+            url = await pool.start_from_pool(self, selection, provisioner)
+            if url is not None:  # a VM from the warm pool (None: boot a new one)
+                self.booted_image, self.booted_size = selection.image, selection.size
+                return url
+        self._refuse_if_hub_full()
+        try:
+            volume_id = await self._home_volume(provisioner.client)
+        except (CloudError, HomeVolumeError) as e:  # the volume stays as it is
+            raise errors.for_user(e, self._log_name) from e
+        user_data = self._render_userdata()
         attempt = CreateAttempt(name=self._instance_name(), server_tags=self._tags())
         attempt.ignore.update(self._deletions().pending_ids())  # being deleted in the background
         self.instance_name = attempt.name
         self._starting = True
         limits.STARTING.add(self)
         try:
-            return await self._boot(provisioner, selection, user_data, attempt)
+            return await self._boot(provisioner, selection, user_data, attempt, volume_id)
         except BaseException as e:
             self._background.start_cleanup(provisioner.cleanup(attempt))
             self._forget_instance()
@@ -501,7 +548,9 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
                     provisioner, attempt, SpawnerView(starting=lambda: self._starting, in_use=lambda: self.instance_id)
                 )
 
-    async def _boot(self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt) -> str:
+    async def _boot(
+        self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt, volume_id: str | None
+    ) -> str:
         """A fresh VM: look up what to boot, create it (with recovery), wait until it runs and Jupyter answers."""
         emit = self._progress.emit
         emit(10, f"Looking up image {selection.image_display} and size {selection.size_display}")
@@ -515,8 +564,10 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
             config_drive=self.config_drive,
             key_name=self.userserver_keyname,
             security_groups=self.security_groups,
+            volume_ids=[volume_id] if volume_id else [],
         )
         self.instance_id = instance.id
+        self.booted_image, self.booted_size = selection.image, selection.size
         self._known_since = time.monotonic()  # fleet listings older than this may lack it
         self._persist_state()
         self.log.info("Created instance %s (%s) for %s", attempt.name, instance.id, self._log_name)
@@ -577,26 +628,43 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
         if instance is None:
             self.log.info("Instance %s of %s is gone", self.instance_id, self._log_name)
             return 0
-        if instance.state in ("error", "stopped", "terminated") or instance.deleting:
-            # the hub will not call stop() for a server that is not running: remove the broken VM here
-            if not await self._provisioner(client).remove_broken(instance):
-                return None
-            self.clear_state()
-            return 1 if instance.state in ("error", "stopped") else 0
+        if instance.deleting or instance.state == "terminated":
+            self.log.warning("Instance %s of %s is being deleted", self.instance_id, self._log_name)
+            self._forget_instance()
+            return 0
+        if instance.vm_state in resume.WAKE or instance.state == "stopped":
+            # powered off behind the hub's back (a guest shutdown, a host reboot): kept, never deleted here;
+            # will_resume makes the hub keep the state and token through its stop, the next start powers it on
+            if not self.kept:
+                self.log.warning("Instance %s of %s is %s; kept for the next start", self.instance_id,
+                                 self._log_name, instance.vm_state or instance.state)  # fmt: skip
+            self._keep(self.kept or "off")
+            return 1
+        if instance.state == "error":
+            return await self._poll_error(client, instance)
         return None
 
     async def stop(self, now=False):
-        """Delete the instance; idempotent; returns once it is gone (bounded by stop_timeout_seconds). An
-        instance the cloud would not delete is recorded and deleted again in the background: stop() returns,
-        so that JupyterHub revokes the server's token."""
+        """``stop_action`` ``stop``/``shelve``: park the VM and keep it (will_resume). ``delete``: detach the
+        home volume (bounded), delete the instance; idempotent; returns once it is gone (bounded by
+        stop_timeout_seconds). An instance the cloud would not delete is recorded and deleted again in the
+        background: stop() returns, so that JupyterHub revokes the server's token."""
         await self._background.wait_cleanup(self.stop_timeout_seconds, self._log_name)
         self._background.release_late_watch()
         if not self.instance_id:
             return
         client = self._client()
+        if self.stop_action in resume.PARK:
+            try:
+                await self._keeper(client).park(self.instance_id, self.stop_action)
+            except (CloudError, resume.KeepError) as e:
+                self.log.error("Could not %s instance %s of %s (%s); it is kept and the next start resumes it",
+                               self.stop_action, self.instance_id, self._log_name, e)  # fmt: skip
+            self._keep(self.stop_action)
+            return
         name = self.instance_name or self._instance_name()
         try:
-            await self._provisioner(client).delete(self.instance_id, name, self._tags(), wait=not now)
+            await self._drop_vm(self._provisioner(client), wait=not now)
         except CloudError:
             try:
                 self._deletions().record(self.instance_id, name, self._log_name, client, self.log)
@@ -605,4 +673,6 @@ class LibcloudSpawner(CheckedConfig, Spawner, CloudAccess, pool.PoolSettings):
                     "Your server's virtual machine could not be deleted right now; please try again later.",
                     f"Could not record the deletion of instance {self.instance_id} of {self._log_name}: {e}",
                 ) from None
+        self._forget_instance()
         self.clear_state()
+

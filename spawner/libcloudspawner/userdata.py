@@ -13,7 +13,11 @@ would):
   as ``User=<user>`` in ``WorkingDirectory=/home/<user>``, with ``Restart=on-failure``, sandboxed
   (:data:`SANDBOX`, the home writable by path) and, unless ``metadata_service`` is set, with the cloud's
   metadata service closed to the user's account (:func:`metadata_block`); no secret in it;
-- ``runcmd: [[systemctl, daemon-reload], [systemctl, enable, --now, jupyterhub-singleuser.service]]``.
+- ``runcmd: [[systemctl, daemon-reload], [systemctl, enable, --now, jupyterhub-singleuser.service]]``;
+- with a home volume: ``/usr/local/sbin/lcs-home-mount`` (``0755``) and ``lcs-home.service`` (a oneshot the
+  server's unit ``Requires=`` and is ordered ``After=``) find the disk by its serial
+  (``/dev/disk/by-id/virtio-<first 20 characters of the volume id>``), make a filesystem only on a disk that
+  has none (``blkid`` and ``wipefs`` agree), and mount it on the user's home before the server starts.
 """
 
 from __future__ import annotations
@@ -33,6 +37,43 @@ DEFAULT_TEMPLATE = "singleuser.yaml.j2"
 ENV_PATH = "/etc/jupyterhub-singleuser/env"
 UNIT_NAME = "jupyterhub-singleuser.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
+HOME_UNIT_NAME = "lcs-home.service"
+HOME_UNIT_PATH = f"/etc/systemd/system/{HOME_UNIT_NAME}"
+HOME_SCRIPT_PATH = "/usr/local/sbin/lcs-home-mount"
+#: Nova gives a virtio disk the volume id as serial, which the guest truncates to 20 characters
+SERIAL_LENGTH = 20
+_VOLUME_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+#: the mount script: arguments user, serial, home directory. Never formats a disk carrying anything.
+HOME_SCRIPT = """#!/bin/sh
+# jupyter-libcloudspawner: mount the home volume on the user's home (arguments: user serial home).
+set -eu
+user="$1"; serial="$2"; home="$3"
+dev=""
+tries=0
+while [ -z "$dev" ] && [ "$tries" -lt 120 ]; do
+  for candidate in "/dev/disk/by-id/virtio-$serial" /dev/disk/by-id/*"$serial"; do
+    case "$candidate" in *-part*) continue ;; esac
+    if [ -b "$candidate" ]; then dev="$candidate"; break; fi
+  done
+  [ -n "$dev" ] || { tries=$((tries + 1)); sleep 1; }
+done
+[ -n "$dev" ] || { echo "lcs-home: no disk with serial $serial after 120 s" >&2; exit 1; }
+if mountpoint -q "$home"; then exit 0; fi
+fresh=0
+rc=0; blkid -p "$dev" >/dev/null 2>&1 || rc=$?
+if [ "$rc" -eq 2 ] && [ -z "$(wipefs --no-act --noheadings "$dev")" ]; then
+  mkfs.ext4 -q -L jupyter-home "$dev"
+  fresh=1
+elif [ "$rc" -ne 0 ]; then
+  echo "lcs-home: cannot tell whether $dev holds a filesystem (blkid $rc): not formatting it" >&2
+  exit 1
+fi
+mkdir -p "$home"
+mount "$dev" "$home"
+if [ "$fresh" -eq 1 ]; then cp -a /etc/skel/. "$home"/; fi
+if [ "$(stat -c %u "$home")" != "$(id -u "$user")" ]; then chown -R "$user:" "$home"; fi
+"""
 
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LINUX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -182,8 +223,11 @@ def metadata_block(username: str) -> str:
     )
 
 
-def unit_file(*, username: str, homedir: str, cmd: Sequence[str], metadata_service: bool = False) -> str:
-    """The systemd unit running ``cmd`` as ``username`` with the environment file, sandboxed; unless
+def unit_file(
+    *, username: str, homedir: str, cmd: Sequence[str], metadata_service: bool = False, requires: Sequence[str] = ()
+) -> str:
+    """The systemd unit running ``cmd`` as ``username`` with the environment file, sandboxed, after the
+    ``requires`` units (the home volume's mount); unless
     ``metadata_service``, the metadata service is closed to the account (an nftables rule installed as root
     before every start, ``ExecStartPre=+``, which fails the start where it cannot be installed). No secrets."""
     if not cmd:
@@ -193,11 +237,13 @@ def unit_file(*, username: str, homedir: str, cmd: Sequence[str], metadata_servi
     if not metadata_service:
         closed = f"ExecStartPre=+/usr/sbin/nft {systemd_quote(metadata_block(username))}\n"
     sandbox = "".join(f"{key}={value}\n" for key, value in SANDBOX)
+    needs = "".join(f"Requires={u}\nAfter={u}\n" for u in requires)
     return (
         "[Unit]\n"
         "Description=JupyterHub single-user server (started by jupyter-libcloudspawner)\n"
         "Wants=network-online.target\n"
         "After=network-online.target\n"
+        f"{needs}"
         "\n"
         "[Service]\n"
         "Type=simple\n"
@@ -213,6 +259,29 @@ def unit_file(*, username: str, homedir: str, cmd: Sequence[str], metadata_servi
         "\n"
         "[Install]\n"
         "WantedBy=multi-user.target\n"
+    )
+
+
+def volume_serial(volume_id: str) -> str:
+    """The serial a guest sees for a virtio disk of this volume (``/dev/disk/by-id/virtio-<serial>``)."""
+    if not _VOLUME_ID_RE.match(volume_id):
+        raise UserDataError(f"{volume_id!r} is not a volume id")
+    return volume_id[:SERIAL_LENGTH]
+
+
+def home_unit_file(*, username: str, homedir: str, volume_id: str) -> str:
+    """The oneshot unit mounting the home volume before the server's unit starts."""
+    args = " ".join(systemd_quote(a) for a in (HOME_SCRIPT_PATH, username, volume_serial(volume_id), homedir))
+    return (
+        "[Unit]\n"
+        "Description=Home volume of the JupyterHub user (mounted by jupyter-libcloudspawner)\n"
+        f"Before={UNIT_NAME}\n"
+        "\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        "TimeoutStartSec=300\n"
+        f"ExecStart={args}\n"
     )
 
 
@@ -276,10 +345,12 @@ def render_userdata(
     template: str | None = None,
     default_user: bool = False,
     metadata_service: bool = False,
+    home_volume_id: str | None = None,
 ) -> str:
     """Render the cloud-config for ``username`` running ``cmd`` with ``env``; ``default_user``: keep the
     image's default account (only when a key pair lets an administrator log in with it);
-    ``metadata_service``: let the server's account reach the cloud's metadata service.
+    ``metadata_service``: let the server's account reach the cloud's metadata service; ``home_volume_id``:
+    the volume attached at boot that is mounted on the user's home before the server starts.
 
     ``template`` is template *text* (``None``: the packaged ``singleuser.yaml.j2``). Raises
     ``UserDataError`` for an invalid username, environment name or value, or a document over Nova's
@@ -288,6 +359,10 @@ def render_userdata(
     check_username(username)
     homedir = f"/home/{username}"
     source = load_template() if template is None else template
+    home = {}
+    if home_volume_id:
+        home = {"path": HOME_UNIT_PATH, "unit_file": home_unit_file(username=username, homedir=homedir,
+                volume_id=home_volume_id), "script_path": HOME_SCRIPT_PATH, "script": HOME_SCRIPT}  # fmt: skip
     try:
         rendered = (
             _environment()
@@ -297,12 +372,14 @@ def render_userdata(
                 homedir=homedir,
                 env_file=env_file(env),
                 unit_file=unit_file(
-                    username=username, homedir=homedir, cmd=list(cmd), metadata_service=metadata_service
+                    username=username, homedir=homedir, cmd=list(cmd), metadata_service=metadata_service,
+                    requires=[HOME_UNIT_NAME] if home else [],
                 ),
                 env_path=ENV_PATH,
                 unit_path=UNIT_PATH,
                 unit_name=UNIT_NAME,
                 default_user=default_user,
+                home_volume=home,
             )
         )
     except jinja2.TemplateError as e:

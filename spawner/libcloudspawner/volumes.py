@@ -230,7 +230,19 @@ class HomeVolumes:
             )  # fmt: skip
         return volume
 
-    def refuse_if_elsewhere(self, volume: Volume, server_id: str) -> None:
+    async def ready_for_boot(self, volume: Volume) -> Volume:
+        """The volume once it can be attached to a new server at boot (``available``): a volume still
+        attaching or detaching is waited for (bounded); one in error or held by a server is refused."""
+        if volume.status in MOVING:
+            self.say("Waiting for your home volume to be free")
+            volume = await self.wait_for(volume.id, ("available", "in-use"), self.settings.detach_timeout_seconds,
+                                         "waiting for a previous attach or detach")  # fmt: skip
+        if volume.failed:
+            raise self.in_error(volume, "before booting with it")
+        self.refuse_if_elsewhere(volume, None)
+        return volume
+
+    def refuse_if_elsewhere(self, volume: Volume, server_id: str | None) -> None:
         others = attached_elsewhere(volume, server_id)
         if others:
             raise HomeVolumeError(

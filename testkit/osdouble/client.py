@@ -147,6 +147,10 @@ class DoubleClient:
         return self._request("POST", f"/_double/servers/{server_id}/error",
                              {"message": message, "code": code, "kill": kill})
 
+    def power_off(self, server_id: str) -> dict[str, Any]:
+        """The guest shuts down now (as a host reboot leaves it): SHUTOFF, its processes stopped."""
+        return self._request("POST", f"/_double/servers/{server_id}/shutoff", {})
+
     def kill_instance_process(self, server_id: str, signal: str = "SIGKILL") -> list[int]:
         """The service inside the VM gets ``signal``; the instance stays ACTIVE. systemd's Restart= is
         honoured (``on-failure`` restarts after SIGKILL, not after the clean SIGTERM)."""

@@ -63,8 +63,7 @@ class ControlHandler(web.RequestHandler):
         host = s.host
         return {
             "id": s.id, "name": s.name, "phase": s.phase, "deleting": s.deleting, "gone": s.gone,
-            "status": "DELETED" if s.gone else
-            {"scheduling": "BUILD", "spawning": "BUILD", "active": "ACTIVE", "error": "ERROR"}[s.phase],
+            "status": "DELETED" if s.gone else s.status, "task_state": s.task_state,
             "address": s.address, "metadata": s.metadata, "flavor": s.flavor["name"], "image_id": s.image_id,
             "fault": s.fault, "created": s.created, "deleted_at": s.deleted_at, "no_run": s.no_run,
             "boot_status": host.status if host else None, "boot_reason": host.reason if host else None,
@@ -199,6 +198,11 @@ class CtlServer(ControlHandler):
             if s.host is not None and data.get("kill", True):
                 asyncio.get_running_loop().create_task(s.host.stop(self.double.config.kill_timeout_s))
             self.reply(self.server_summary(s))
+        elif what == "shutoff":  # the guest shut down, or its host rebooted: SHUTOFF behind the hub's back
+            if s.phase != "active" or s.deleting:
+                raise web.HTTPError(409, f"server {s.id} is {s.phase}")
+            await self.double.power_off(s)
+            self.reply(self.server_summary(s))
         elif what == "kill":
             sig = getattr(signal, str(data.get("signal", "SIGKILL")), None)
             if not isinstance(sig, signal.Signals):
@@ -295,7 +299,7 @@ ROUTES = [
     (r"/_double/faults/(\d+)", CtlFault),
     (r"/_double/servers", CtlServers),
     (r"/_double/servers/([^/]+)", CtlServer),
-    (r"/_double/servers/([^/]+)/(boot|env|log|user_data|error|kill|systemctl|useradd)", CtlServer),
+    (r"/_double/servers/([^/]+)/(boot|env|log|user_data|error|kill|shutoff|systemctl|useradd)", CtlServer),
     (r"/_double/volumes", CtlVolumes),
     (r"/_double/volumes/([^/]+)", CtlVolume),
     (r"/_double/volumes/([^/]+)/(status)", CtlVolume),

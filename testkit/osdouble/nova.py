@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import BaseHandler, NotFoundMixin
-from .state import ServerRecord, VolumeRecord, iso_micro, iso_z
+from .state import PHASE_STATUS, PHASE_VM_STATE, SERVER_ACTIONS, ServerRecord, VolumeRecord, iso_micro, iso_z
 
 
 class NovaHandler(BaseHandler):
@@ -34,14 +34,13 @@ class NovaHandler(BaseHandler):
         ]
 
     def server_view(self, s: ServerRecord, in_list: bool = False) -> dict[str, Any]:
-        building = s.phase in ("scheduling", "spawning")
-        on_host = s.phase in ("spawning", "active")
-        status = {"scheduling": "BUILD", "spawning": "BUILD", "active": "ACTIVE", "error": "ERROR"}[s.phase]
-        task_state = {"scheduling": "scheduling", "spawning": "spawning"}.get(s.phase)
+        on_host = s.phase in ("spawning", "active", "shutoff")
+        status = PHASE_STATUS[s.phase]
+        task_state = {"scheduling": "scheduling", "spawning": "spawning"}.get(s.phase, s.task_state)
         if s.deleting:
             task_state = "deleting"
         addresses: dict[str, Any] = {}
-        if s.phase == "active" and s.address:
+        if s.phase in ("active", "shutoff", "shelved_offloaded") and s.address:
             for i, net in enumerate(s.networks):
                 if i == 0:
                     addresses[net["name"]] = [{"version": 4, "addr": s.address, "OS-EXT-IPS:type": "fixed",
@@ -81,8 +80,8 @@ class NovaHandler(BaseHandler):
             view["security_groups"] = [{"name": n} for n in s.security_groups]
         view.update({
             "OS-EXT-STS:task_state": task_state,
-            "OS-EXT-STS:vm_state": "building" if building else ("active" if s.phase == "active" else "error"),
-            "OS-EXT-STS:power_state": 1 if s.phase == "active" else 0,
+            "OS-EXT-STS:vm_state": PHASE_VM_STATE[s.phase],
+            "OS-EXT-STS:power_state": {"active": 1, "shutoff": 4, "shelved_offloaded": 4}.get(s.phase, 0),
             "os-extended-volumes:volumes_attached": [{"id": v.id} for v in self.double.attached_volumes(s.id)],
         })
         return view
@@ -250,6 +249,31 @@ class ServerHandler(NovaHandler):
         self.service_headers()
 
 
+class ServerActionHandler(NovaHandler):
+    """``POST /servers/{id}/action``: ``os-stop``, ``os-start``, ``shelve`` and ``unshelve`` (202, no body;
+    409 from a state Nova does not allow the action in). Other actions are not part of the double."""
+
+    route = "/v2.1/servers/{id}/action"
+
+    async def post(self, server_id: str) -> None:
+        s = self.get_server(server_id)
+        if s is None:
+            return
+        body = self.json_body()
+        if not isinstance(body, dict) or len(body) != 1:
+            self.nova_error(400, "Malformed request body")
+            return
+        [action] = body
+        if action not in SERVER_ACTIONS:
+            self.nova_error(400, f"There is no such action: {action}")
+            return
+        refusal = self.double.server_action(s, action)
+        if refusal is not None:
+            self.nova_error(*refusal)
+            return
+        self.send_accepted("application/json")
+
+
 class ServerMetadataHandler(NovaHandler):
     route = "/v2.1/servers/{id}/metadata"
 
@@ -392,6 +416,7 @@ ROUTES = [
     (r"/v2\.1/servers/(detail)", ServersDetailHandler),
     (r"/v2\.1/servers/([^/]+)", ServerHandler),
     (r"/v2\.1/servers/([^/]+)/metadata", ServerMetadataHandler),
+    (r"/v2\.1/servers/([^/]+)/action", ServerActionHandler),
     (r"/v2\.1/servers/([^/]+)/os-volume_attachments", VolumeAttachmentsHandler),
     (r"/v2\.1/servers/([^/]+)/os-volume_attachments/([^/]+)",
      type("VolumeAttachmentHandler", (VolumeAttachmentsHandler,),

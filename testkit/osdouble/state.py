@@ -74,6 +74,7 @@ class Config:
     volume_attaching_s: float = 0.5  # attaching -> in-use
     volume_detaching_s: float = 0.5  # detaching -> available
     volume_deleting_s: float = 0.5  # deleting -> 404
+    power_s: float = 0.5  # os-stop, os-start, shelve, unshelve: how long the task state lasts
 
     def update(self, data: dict[str, Any]) -> None:
         for key, value in data.items():
@@ -118,7 +119,8 @@ class ServerRecord:
     user_id: str
     created: float
     updated: float
-    phase: str = "scheduling"  # scheduling | spawning | active | error
+    phase: str = "scheduling"  # scheduling | spawning | active | error | shutoff | shelved_offloaded
+    task_state: str | None = None  # a server action under way (powering-off, shelving, ...)
     launched: float | None = None
     fault: dict[str, Any] | None = None
     fault_in_list: bool = True
@@ -132,6 +134,27 @@ class ServerRecord:
     plan: BootPlan | None = None
     host: InstanceHost | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def status(self) -> str:
+        return PHASE_STATUS[self.phase]
+
+
+#: Nova's status and vm_state of each phase of a server
+PHASE_STATUS = {"scheduling": "BUILD", "spawning": "BUILD", "active": "ACTIVE", "error": "ERROR",
+                "shutoff": "SHUTOFF", "shelved_offloaded": "SHELVED_OFFLOADED"}
+PHASE_VM_STATE = {"scheduling": "building", "spawning": "building", "active": "active", "error": "error",
+                  "shutoff": "stopped", "shelved_offloaded": "shelved_offloaded"}
+#: server action -> (phases it is allowed from, task state while it runs, phase it ends in), as in Nova's
+#: compute API (``check_instance_state``); an action from another state is a 409
+SERVER_ACTIONS = {
+    "os-stop": (("active", "error"), "powering-off", "shutoff"),
+    "os-start": (("shutoff",), "powering-on", "active"),
+    "shelve": (("active", "shutoff"), "shelving", "shelved_offloaded"),
+    "unshelve": (("shelved_offloaded",), "unshelving", "active"),
+}
+#: Nova's names of the actions in its 409 message
+ACTION_NAMES = {"os-stop": "stop", "os-start": "start", "shelve": "shelve", "unshelve": "unshelve"}
 
 
 @dataclass
@@ -370,6 +393,9 @@ class Double(ApiPort):
         over = self.quota_overs(flavor)
         if over:
             return 403, over
+        volumes = self.boot_volumes(server.get("block_device_mapping_v2"))
+        if isinstance(volumes, tuple):
+            return volumes
         config_drive = server.get("config_drive", "")
         if isinstance(config_drive, bool):
             config_drive = str(config_drive)
@@ -401,9 +427,35 @@ class Double(ApiPort):
         except (binascii.Error, ValueError, OSError, EOFError) as exc:
             rec.plan = BootPlan(reason=f"user-data could not be decoded: {exc}")
         self.servers[rec.id] = rec
+        for vol in volumes:  # reserved for the server now, in-use once it runs
+            vol.attachment = {"server_id": rec.id, "attachment_id": str(uuid.uuid4()),
+                              "device": f"/dev/vd{'bcdefghijklmnop'[len(self.attached_volumes(rec.id))]}",
+                              "attached_at": now}
+            self.volume_transition(vol, "attaching", "in-use",
+                                   self.config.scheduling_s + self.config.spawning_s + 60)
         rec.task = asyncio.get_running_loop().create_task(self._lifecycle(rec))
         log.info("server %s (%s) created: flavor %s image %s", rec.id, rec.name, flavor["name"], image["name"])
         return rec
+
+    def boot_volumes(self, mappings: Any) -> list[VolumeRecord] | tuple[int, str]:
+        """The volumes of a create's ``block_device_mapping_v2`` (``source_type`` and ``destination_type``
+        ``volume``), each available; else Nova's refusal. Image entries are Nova's own (``imageRef``)."""
+        if mappings is None:
+            return []
+        if not isinstance(mappings, list) or not all(isinstance(m, dict) for m in mappings):
+            return 400, f"Invalid input for field/attribute block_device_mapping_v2. Value: {mappings}."
+        found = []
+        for m in mappings:
+            if m.get("source_type") != "volume":
+                continue
+            vol = self.volumes.get(str(m.get("uuid")))
+            if vol is None or vol.gone:
+                return 400, f"Block Device Mapping is Invalid: failed to get volume {m.get('uuid')}."
+            if vol.status != "available" or vol.attachment is not None:
+                return 400, (f"Invalid volume: Volume {vol.id} status must be available or downloading to "
+                             f"reserve, but the current status is {vol.status}.")
+            found.append(vol)
+        return found
 
     def _planned_fault(self, rec: ServerRecord, image: dict[str, Any], flavor: dict[str, Any],
                        build_error: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -444,6 +496,10 @@ class Double(ApiPort):
         rec.fault = {"code": fault.get("code", 500), "created": iso_z(now), "message": fault["message"]}
         rec.fault_in_list = bool(fault.get("in_list", True))
         log.info("server %s went to ERROR: %s", rec.id, fault["message"])
+        if rec.launched is None:  # a failed build gives its volumes back
+            for vol in self.attached_volumes(rec.id):
+                self.volume_transition(vol, "detaching", "available", 0.1,
+                                       done=lambda v: setattr(v, "attachment", None))
 
     async def _lifecycle(self, rec: ServerRecord) -> None:
         try:
@@ -462,7 +518,17 @@ class Double(ApiPort):
             rec.address = self.allocate_address(port)
             now = time.time()
             rec.phase, rec.launched, rec.updated = "active", now, now
+            for vol in self.attached_volumes(rec.id):
+                self.volume_transition(vol, "in-use", "in-use", 0)
             log.info("server %s ACTIVE at %s", rec.id, rec.address)
+            await self._boot_host(rec)
+        except asyncio.CancelledError:
+            raise
+
+    async def _boot_host(self, rec: ServerRecord) -> None:
+        """The guest boots: its files are written and its units start (again, after a power-on)."""
+        assert rec.plan is not None and rec.address is not None
+        try:
             if self.config.boot_delay_s:
                 await asyncio.sleep(self.config.boot_delay_s)
             rec.host = InstanceHost(
@@ -497,6 +563,41 @@ class Double(ApiPort):
             self.volume_transition(vol, "detaching", "available", self.config.delete_linger_s,
                                    done=lambda v: setattr(v, "attachment", None))
         asyncio.get_running_loop().create_task(self._finish_delete(rec))
+
+    def server_action(self, rec: ServerRecord, action: str) -> tuple[int, str] | None:
+        """``POST /servers/{id}/action`` for the power and shelve actions: None once accepted (202), else
+        Nova's refusal. The guest's processes stop when it powers off or is shelved, and its units start
+        again when it powers on or is unshelved; its address (Neutron port) and volume attachments stay."""
+        allowed, task_state, end = SERVER_ACTIONS[action]
+        name = ACTION_NAMES[action]
+        if rec.deleting:
+            return 409, f"Cannot '{name}' instance {rec.id} while it is in task_state deleting"
+        if rec.task_state is not None:
+            return 409, f"Cannot '{name}' instance {rec.id} while it is in task_state {rec.task_state}"
+        if rec.phase not in allowed:
+            return 409, f"Cannot '{name}' instance {rec.id} while it is in vm_state {PHASE_VM_STATE[rec.phase]}"
+        rec.task_state, rec.updated = task_state, time.time()
+        rec.task = asyncio.get_running_loop().create_task(self._finish_action(rec, end))
+        log.info("server %s: %s", rec.id, action)
+        return None
+
+    async def _finish_action(self, rec: ServerRecord, end: str) -> None:
+        await asyncio.sleep(self.config.power_s)
+        if end != "active":
+            await self.power_off(rec)
+        rec.phase, rec.task_state, rec.updated = end, None, time.time()
+        log.info("server %s is %s", rec.id, PHASE_STATUS[end])
+        if end == "active":
+            await self._boot_host(rec)
+
+    async def power_off(self, rec: ServerRecord) -> None:
+        """The guest stops (a shutdown inside it, or a host reboot, leaves it SHUTOFF)."""
+        if rec.host is not None:
+            await rec.host.stop(self.config.kill_timeout_s)
+            rec.host = None
+            self._write_pidfile()
+        if rec.phase == "active":
+            rec.phase, rec.updated = "shutoff", time.time()
 
     async def _finish_delete(self, rec: ServerRecord) -> None:
         started = time.monotonic()

@@ -149,7 +149,8 @@ async def test_start_returns_the_url_and_keeps_state(spawner, cloud):
     url = await spawner.start()
     assert url == "http://10.0.0.9:8000"
     state = spawner.get_state()
-    assert state == {"instance_id": "id-1", "instance_name": "jupyter-alice", "address": "10.0.0.9"}
+    assert state == {"instance_id": "id-1", "instance_name": "jupyter-alice", "address": "10.0.0.9",
+                     "image": "debian-12-jupyter", "size": "m1.small"}  # fmt: skip
     assert cloud.nodes["id-1"].metadata["jupyterhub-hub-id"] == "unit"
     fresh = LibcloudSpawner(user=spawner.user)
     fresh.load_state(state)
