@@ -33,8 +33,8 @@ NET_CIDR = E.get("NET_CIDR", "10.99.0.0/24")
 HOST_IP = E.get("HOST_IP", "10.99.0.1")
 WORK = E.get("WORK", "/var/tmp/devcloud")
 # Ports the host (the hub and its proxy, tests over SSH) reaches on every VM: SSH, the single-user
-# server's port as the spawner configures it (8000), and jupyter's default 8888.
-GUEST_PORTS = [int(p) for p in E.get("DEVCLOUD_GUEST_PORTS", "22 8000 8888").split()]
+# server's port as the spawner configures it (8000), jupyter's default 8888, and the warm pool's agent (9443).
+GUEST_PORTS = [int(p) for p in E.get("DEVCLOUD_GUEST_PORTS", "22 8000 8888 9443").split()]
 PROJECT = "jupyter"
 USER = "jupyter"
 # The group the spawner's VMs get (`security_groups` in the example hub configuration): the guest ports

@@ -20,7 +20,7 @@
 #
 # Settings (environment): DEVCLOUD_PASSWORD (services and admin, default secret),
 # DEVCLOUD_JUPYTER_PASSWORD (user jupyter, default: DEVCLOUD_PASSWORD), DEVCLOUD_VIRT_TYPE (qemu),
-# DEVCLOUD_FIREWALL (auto|noop), DEVCLOUD_GUEST_PORTS ("22 8000 8888"), DEVCLOUD_WORK (/var/tmp/devcloud),
+# DEVCLOUD_FIREWALL (auto|noop), DEVCLOUD_GUEST_PORTS ("22 8000 8888 9443"), DEVCLOUD_WORK (/var/tmp/devcloud),
 # DEVCLOUD_CEPH_GIB (32: the OSD's sparse file, also the jupyter project's volume gigabytes quota).
 set -euo pipefail
 

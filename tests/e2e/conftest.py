@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,13 +119,22 @@ def ssh_key(tmp_path_factory, nova):
 
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory, facts, image, nova, artifacts, ssh_key):
+    with e2e_hub(tmp_path_factory.mktemp("hub"), facts, doc_config(facts, image), nova, artifacts, ssh_key) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def e2e_hub(workdir: Path, facts, spawner_config: dict, nova, artifacts: Path, ssh_key, extra: str = "",
+            name: str = "") -> Iterator[Hub]:  # fmt: skip
+    """A real hub for the dev cloud (its own hub id), stopped at the end with every server and instance gone; its
+    log and timings go to the artifacts (``jupyterhub-NAME.log``, ``timings-NAME.json`` when ``name`` is given)."""
     hub_id = new_hub_id()
     host = facts["host_ip"]
     group = facts.get("server_security_group")
     if not group:
         pytest.fail("devcloud/out/state.json names no server security group: run `invoke devcloud up`", pytrace=False)
     port = hub_bind_port(host)
-    extra = f"""
+    config = f"""
 import sys
 # where the VMs (on {facts["network"]}, no route elsewhere) reach the hub API
 c.JupyterHub.hub_bind_url = 'http://{host}:{port}'
@@ -147,9 +157,8 @@ def _short_start_for_blank(spawner):
         spawner.start_timeout = {BLANK_START_TIMEOUT_S}
 
 c.Spawner.pre_spawn_hook = _short_start_for_blank
-"""
-    workdir = tmp_path_factory.mktemp("hub")
-    h = Hub(workdir, None, doc_config(facts, image), extra)
+""" + extra
+    h = Hub(workdir, None, spawner_config, config)
     h.hub_id = hub_id
     h.ssh_key = ssh_key["path"]
     h.timings = {}
@@ -157,10 +166,10 @@ c.Spawner.pre_spawn_hook = _short_start_for_blank
     try:
         yield h
     finally:
-        _teardown(h, nova, artifacts)
+        _teardown(h, nova, artifacts, f"-{name}" if name else "")
 
 
-def _teardown(h: Hub, nova, artifacts: Path) -> None:
+def _teardown(h: Hub, nova, artifacts: Path, suffix: str = "") -> None:
     """Stop every server through the hub, stop the hub, then make sure Nova holds nothing of this run."""
     with contextlib.suppress(Exception):
         users = h.api("GET", "/users").json()
@@ -171,8 +180,8 @@ def _teardown(h: Hub, nova, artifacts: Path) -> None:
         while time.monotonic() < deadline and any(u.get("servers") for u in h.api("GET", "/users").json()):
             time.sleep(3)
     h.stop()
-    shutil.copy2(h.log_path, artifacts / "jupyterhub.log")
-    (artifacts / "timings.json").write_text(json.dumps(h.timings, indent=2) + "\n")
+    shutil.copy2(h.log_path, artifacts / f"jupyterhub{suffix}.log")
+    (artifacts / f"timings{suffix}.json").write_text(json.dumps(h.timings, indent=2) + "\n")
     leftovers = servers_of(nova, h.hub_id)
     for server in leftovers:
         nova.compute.delete_server(server, ignore_missing=True)
