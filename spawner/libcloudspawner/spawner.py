@@ -434,6 +434,18 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
         self.volume_id = state.get("volume_id")
         self._fault = state.get("fault")
         self.will_resume = bool(self.instance_id and self.kept)
+        if self.instance_id and self.user_options:
+            self._reapply_profile()
+
+    def _reapply_profile(self) -> None:
+        """A restarted hub builds the spawner of a running or kept server from the database: its profile's
+        overrides (``stop_action``, the home volume...) must hold for the stop and the poll that follow, as they
+        did when it started."""
+        try:
+            self.select(self.user_options)
+        except Exception as e:  # a profile removed from the configuration since: the hub-wide settings apply
+            self.log.warning("Server %s: its options %s no longer select a profile (%s); the hub-wide settings apply",
+                             self._log_name, self.user_options, e)  # fmt: skip
 
     def _persist_state(self) -> None:
         """Save the state now, not only after start() returns: a hub that crashes mid-spawn then finds

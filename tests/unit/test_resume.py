@@ -4,6 +4,7 @@ with a home volume, the mount in the user-data, the kept-VM state, and the reape
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -176,3 +177,22 @@ def test_judge_volumes_deletes_only_volumes_of_gone_users():
 def test_the_spawner_deletes_forever_what_it_kept():
     # JupyterHub's Spawner.delete_forever does nothing: the mixin's must come first in the MRO
     assert LibcloudSpawner.delete_forever is resume.KeptServer.delete_forever
+
+
+PROFILES = [{"display_name": "Kept", "slug": "kept", "size": "m1.small", "image": "debian-12-jupyter",
+             "overrides": {"stop_action": "shelve", "home_volume_size_gib": 2}}]  # fmt: skip
+
+
+def test_a_restarted_hub_applies_the_servers_profile_again():
+    """JupyterHub builds the spawner of a running server with its saved ``user_options``, then loads its state:
+    the profile's ``stop_action`` must hold for the stop that follows (the hub-wide default would delete)."""
+    spawner = LibcloudSpawner(user=SimpleNamespace(name="alice"), profiles=PROFILES, user_options={"profile": "kept"})
+    assert spawner.stop_action == "delete"
+    spawner.load_state({"instance_id": "i1", "instance_name": "jupyter-alice", "address": "10.0.0.1"})
+    assert (spawner.stop_action, spawner.home_volume_size_gib) == ("shelve", 2)
+
+
+def test_a_profile_gone_from_the_configuration_leaves_the_hub_wide_settings():
+    spawner = LibcloudSpawner(user=SimpleNamespace(name="alice"), profiles=PROFILES, user_options={"profile": "old"})
+    spawner.load_state({"instance_id": "i1", "instance_name": "jupyter-alice", "address": "10.0.0.1"})
+    assert (spawner.stop_action, spawner.home_volume_size_gib) == ("delete", 0)
