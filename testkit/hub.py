@@ -176,7 +176,8 @@ class Hub:
     # ------------------------------------------------------------------ REST API
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"Authorization": f"token {self.token}", **kwargs.pop("headers", {})}
-        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=30, **kwargs)
+        timeout = kwargs.pop("timeout", 30)
+        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=timeout, **kwargs)
 
     def create_user(self, name: str) -> None:
         r = self.api("POST", f"/users/{name}")
