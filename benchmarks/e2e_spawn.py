@@ -108,7 +108,11 @@ def base_image(conn) -> str:
     return image.id
 
 
-def make_hub(facts, workdir: Path, images: list[tuple[str, str]], template: Path | None = None) -> Hub:
+def make_hub(
+    facts, workdir: Path, images: list[tuple[str, str]], template: Path | None = None, extra_config: str = "",
+    profiles: list[dict] | None = None,
+) -> Hub:  # fmt: skip
+    """A hub on the dev cloud with hub id ``bench-<pid>``; ``extra_config`` lines and ``profiles`` appended."""
     host = facts["host_ip"]
     port = hub_bind_port(host)
     extra = f"""
@@ -124,6 +128,7 @@ c.JupyterHub.log_level = 'INFO'
 """
     if template is not None:
         extra += f"c.LibcloudSpawner.cloudinit_template = {str(template)!r}\n"
+    extra += extra_config
     config = {
         "libcloudparams": {
             "arg_user_id": facts["user"], "arg_key": facts["password"],
@@ -136,6 +141,8 @@ c.JupyterHub.log_level = 'INFO'
         "userserver_sizes": [("2 vCPU, 2 GiB", "j1.small")],
         "userserver_images": images,
     }  # fmt: skip
+    if profiles:
+        config["profiles"] = profiles
     workdir.mkdir(parents=True, exist_ok=True)
     hub = Hub(workdir, None, config, extra)
     hub.start(timeout_s=90)
