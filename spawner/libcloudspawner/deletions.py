@@ -9,14 +9,11 @@ recorded instance again, with exponential backoff, until the cloud says it is go
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from . import hubstate
 from .cloud import CloudClient, CloudError
 
 FILE_NAME = "libcloudspawner-deletions.json"
@@ -36,30 +33,13 @@ class DurableDeletions:
     # ------------------------------------------------------------------------------ the record
     def entries(self) -> list[dict[str, Any]]:
         """The recorded instances (``instance_id``, ``name``, ``server``, ``since``); none if no file."""
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as e:
-            raise OSError(f"the list of pending deletions {self.path} cannot be read: {e}") from e
-        return [e for e in data if isinstance(e, dict) and e.get("instance_id")] if isinstance(data, list) else []
+        return hubstate.read_records(self.path, "the list of pending deletions")
 
     def pending_ids(self) -> set[str]:
         return {str(e["instance_id"]) for e in self.entries()}
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".deletions-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(entries, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        hubstate.write_records(self.path, entries)
 
     def add(self, instance_id: str, name: str, server: str) -> None:
         entries = [e for e in self.entries() if e["instance_id"] != instance_id]

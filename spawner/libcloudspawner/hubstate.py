@@ -10,6 +10,7 @@ The hub's id (the ``jupyterhub-hub-id`` tag of its instances) defaults to one ge
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -75,3 +76,36 @@ def hub_id(directory: Path, log: Any) -> str:
         _HUB_IDS[path], how, path,
     )  # fmt: skip
     return _HUB_IDS[path]
+
+
+def read_records(path: Path, what: str) -> list[dict[str, Any]]:
+    """The entries (dicts naming an ``instance_id``) of a JSON record file beside the hub's database; none if
+    there is no file. ``what`` names the record in the error raised when it cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise OSError(f"{what} {path} cannot be read: {e}") from e
+    return [e for e in data if isinstance(e, dict) and e.get("instance_id")] if isinstance(data, list) else []
+
+
+def write_records(path: Path, entries: list[dict[str, Any]]) -> None:
+    """Replace the record file atomically: written to a temporary file, fsynced, renamed, directory fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(entries, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

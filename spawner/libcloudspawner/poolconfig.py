@@ -9,11 +9,8 @@ is the durable record of claims under way, beside the hub's database.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,7 +19,7 @@ from typing import Any
 
 from traitlets import Dict, Float, HasTraits, Integer, List, TraitError, validate
 
-from . import handoff, naming, userdata
+from . import handoff, hubstate, naming, userdata
 
 CLAIMS_FILE = "libcloudspawner-pool-claims.json"
 KEYS_DIRECTORY = "libcloudspawner-pool"
@@ -171,32 +168,10 @@ class ClaimRecords:
         self.path = path
 
     def entries(self) -> list[dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as e:
-            raise OSError(f"the warm pool's claim records {self.path} cannot be read: {e}") from e
-        return [e for e in data if isinstance(e, dict) and e.get("instance_id")] if isinstance(data, list) else []
+        return hubstate.read_records(self.path, "the warm pool's claim records")
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pool-claims-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(entries, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        hubstate.write_records(self.path, entries)
 
     def add(self, instance_id: str, member: str, server: str) -> None:
         entries = [e for e in self.entries() if e["instance_id"] != instance_id]
