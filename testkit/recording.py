@@ -9,9 +9,11 @@ given.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,14 +26,26 @@ def _headers(headers) -> dict[str, str]:
     return {k: ("<TOKEN>" if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
 
 
-def _body(raw: bytes | str | None) -> dict[str, Any] | None:
+def _body(raw: bytes | str | None, secrets: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     if not raw:
         return None
     text = raw.decode() if isinstance(raw, bytes) else raw
+    for secret, placeholder in (secrets or {}).items():
+        text = text.replace(secret, placeholder)
     try:
-        return {"json": json.loads(text)}
+        data = json.loads(text)
     except ValueError:
         return {"text": text}
+    return {"json": _hide_admin_pass(data)}
+
+
+def _hide_admin_pass(data: Any) -> Any:
+    """Nova's generated ``adminPass`` becomes ``<ADMIN_PASS>``."""
+    if isinstance(data, dict):
+        return {k: ("<ADMIN_PASS>" if k == "adminPass" else _hide_admin_pass(v)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_hide_admin_pass(v) for v in data]
+    return data
 
 
 def file_name(seq: int, method: str, path: str, status: int) -> str:
@@ -46,8 +60,9 @@ def file_name(seq: int, method: str, path: str, status: int) -> str:
 class Recorder:
     """Wraps a keystoneauth adapter call (``conn.block_storage.post`` ...) and keeps what went over the wire."""
 
-    def __init__(self, directory: Path | None):
+    def __init__(self, directory: Path | None, secrets: Mapping[str, str] | None = None):
         self.directory = directory
+        self.secrets = dict(secrets or {})  # text -> placeholder, replaced in request and response bodies
         self.calls: list[dict[str, Any]] = []
         self.seq = 0
 
@@ -75,18 +90,53 @@ class Recorder:
                 "path": url.path,
                 "query": parse_qs(url.query),
                 "headers": _headers(request.headers),
-                "body": _body(request.body),
+                "body": _body(request.body, self.secrets),
             },
             "response": {
                 "status": response.status_code,
                 "reason": response.reason,
                 "headers": _headers(response.headers),
-                "body": _body(response.content),
+                "body": _body(response.content, self.secrets),
                 "elapsed_s": round(response.elapsed.total_seconds(), 3),
             },
             "t": round(started, 3),
         }
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / name).write_text(json.dumps(exchange, indent=1) + "\n")
-        self.calls.append({"call": call, "purpose": purpose, "exchanges": [name]})
+        if self.calls and self.calls[-1]["call"] == call and self.calls[-1]["purpose"] == purpose:
+            self.calls[-1]["exchanges"].append(name)  # one libcloud call, several requests
+        else:
+            self.calls.append({"call": call, "purpose": purpose, "exchanges": [name]})
         (self.directory / "calls.json").write_text(json.dumps(self.calls, indent=1) + "\n")
+
+
+class LibcloudRecorder:
+    """Records every request a libcloud driver sends (``LibcloudConnection.request`` wrapped), labelled with
+    the libcloud call and its purpose given by :meth:`label`, in the format of :class:`Recorder`."""
+
+    def __init__(self, directory: Path | None, secrets: Mapping[str, str] | None = None):
+        self.recorder = Recorder(directory, secrets)
+        self.call, self.purpose = "", ""
+
+    def label(self, call: str, purpose: str) -> None:
+        self.call, self.purpose = call, purpose
+
+    @contextlib.contextmanager
+    def wrapping(self):
+        from libcloud.http import LibcloudConnection
+
+        original = LibcloudConnection.request
+        recorder = self
+
+        def request(conn, *args, **kwargs):
+            started = time.time()
+            result = original(conn, *args, **kwargs)
+            if recorder.recorder.directory is not None:
+                recorder.recorder._write(recorder.call, recorder.purpose, conn.response, started)
+            return result
+
+        LibcloudConnection.request = request
+        try:
+            yield self
+        finally:
+            LibcloudConnection.request = original
