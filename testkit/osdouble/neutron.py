@@ -1,15 +1,67 @@
-"""Neutron v2.0: networks and security groups."""
+"""Neutron v2.0: networks, security groups and ports (the ports' state: ``ports.py``)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 from .base import BaseHandler
+from .ports import CREATE_KEYS, FILTERS, PortRecord, new_port
 
 
 class NeutronHandler(BaseHandler):
     service = "network"
+
+    def neutron_error(self, status: int, kind: str, message: str) -> None:
+        """``{"NeutronError": {"type", "message", "detail": ""}}`` (recorded: ports/023-026)."""
+        self.set_status(status)
+        self.service_headers()
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"NeutronError": {"type": kind, "message": message, "detail": ""}}))
+
+
+class NeutronPortsHandler(NeutronHandler):
+    route = "/v2.0/ports"
+
+    def live_port(self, port_id: str) -> PortRecord | None:
+        port = self.double.ports.get(port_id)
+        if port is None or port.gone:
+            self.neutron_error(404, "PortNotFound", f"Port {port_id} could not be found.")
+            return None
+        return port
+
+    async def get(self, port_id: str | None = None) -> None:
+        if port_id is not None:
+            port = self.live_port(port_id)
+            if port is not None:
+                self.send_json(200, {"port": port.view()})
+            return
+        filters = {k: self.get_query_argument(k) for k in FILTERS if self.get_query_argument(k, None) is not None}
+        _, project = self.token_identity()
+        ports = [p for p in self.double.ports.values() if not p.gone and p.tenant_id == project and p.matches(filters)]
+        self.send_json(200, {"ports": [p.view() for p in sorted(ports, key=lambda p: p.created)]})
+
+    async def post(self, port_id: str | None = None) -> None:
+        if port_id is not None:
+            self.neutron_error(405, "HTTPMethodNotAllowed", "The method POST is not allowed for this resource.")
+            return
+        _, project = self.token_identity()
+        result = new_port(self.json_body(), self.double, project)
+        if isinstance(result, tuple):
+            self.neutron_error(*result)
+            return
+        self.double.ports[result.id] = result
+        self.send_json(201, {"port": result.view(CREATE_KEYS)})
+
+    async def delete(self, port_id: str | None = None) -> None:
+        port = self.live_port(port_id or "")
+        if port is None:
+            return
+        port.gone = True  # a bound port goes too (its server keeps running without it, as with Neutron)
+        self.set_status(204)
+        self.service_headers()
+        self.finish()
 
 
 class NeutronNetworksHandler(NeutronHandler):
@@ -60,4 +112,6 @@ ROUTES = [
     (r"/v2\.0/networks/([^/]+)",
      type("NeutronNetworkHandler", (NeutronNetworksHandler,), {"route": "/v2.0/networks/{id}"})),
     (r"/v2\.0/security-groups", NeutronSecurityGroupsHandler),
+    (r"/v2\.0/ports", NeutronPortsHandler),
+    (r"/v2\.0/ports/([^/]+)", type("NeutronPortHandler", (NeutronPortsHandler,), {"route": "/v2.0/ports/{id}"})),
 ]

@@ -179,7 +179,9 @@ class ServersHandler(NovaHandler):
         self.set_header("location", f"{self.base_url}/v2.1/servers/{s.id}")
         self.send_json(202, {"server": {
             "id": s.id, "links": self.links("servers", s.id), "OS-DCF:diskConfig": "MANUAL",
-            "security_groups": [{"name": n} for n in s.security_groups], "adminPass": s.admin_pass,
+            # booted on a port, the answer still names "default" (recorded: ports/010); the server shows the port's
+            "security_groups": [{"name": n} for n in (["default"] if s.port_id else s.security_groups)],
+            "adminPass": s.admin_pass,
         }})
 
     def filtered(self) -> list[ServerRecord]:

@@ -29,6 +29,7 @@ from .apiport import ApiPort
 from .cloudconfig import BootPlan, build_plan, decode_user_data
 from .faults import Rule
 from .instances import InstanceHost, service_port
+from .ports import PortRecord
 
 log = logging.getLogger("osdouble")
 
@@ -130,6 +131,7 @@ class ServerRecord:
     gone: bool = False
     address: str | None = None
     mac: str = ""
+    port_id: str | None = None  # booted on a port created first (Neutron): its address, kept after delete
     no_run: bool = False
     plan: BootPlan | None = None
     host: InstanceHost | None = None
@@ -203,6 +205,7 @@ class Double(ApiPort):
         self.catalogue = catalogue
         self.servers: dict[str, ServerRecord] = {}
         self.volumes: dict[str, VolumeRecord] = {}
+        self.ports: dict[str, PortRecord] = {}
         self.tokens: dict[str, Token] = {}
         self.rules: list[Rule] = []
         self.rule_seq = 0
@@ -286,12 +289,18 @@ class Double(ApiPort):
     def live_servers(self) -> list[ServerRecord]:
         return [s for s in self.servers.values() if not s.gone]
 
-    def allocate_address(self, port: int) -> str:
+    def allocate_address(self, port: int | None) -> str:
+        """The lowest free ``127.0.0.N`` (servers' and ports' addresses are taken); with a service ``port``,
+        one whose ``addr:port`` no other process holds (a Neutron port's address is chosen before its
+        server says which port it serves on: no probe)."""
         used = {s.address for s in self.live_servers() if s.address}
+        used |= {p.address for p in self.ports.values() if not p.gone}
         for host in ipaddress.ip_network(self.config.subnet).hosts():
             addr = str(host)
             if addr == "127.0.0.1" or addr in used:
                 continue
+            if port is None:
+                return addr
             # another process (another double, a stale server) may hold addr:port: skip it
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 # like the servers that will bind it (tornado, http.server): TIME_WAIT does not count
@@ -380,11 +389,20 @@ class Double(ApiPort):
             if not isinstance(networks_req, list):
                 return 400, f"Invalid input for field/attribute networks. Value: {networks_req}."
             for n in networks_req:
+                if isinstance(n, dict) and "port" in n:
+                    port = self.ports.get(str(n["port"]))
+                    if port is None or port.gone:
+                        return 400, f"Port id {n['port']} could not be found."
+                    if port.device_id:
+                        return 409, f"Port {port.id} is still in use."
+                    networks.append(port.network)
+                    continue
                 nid = n.get("uuid") if isinstance(n, dict) else None
                 net = self.find("networks", str(nid))
                 if net is None:
                     return 400, f"Network {nid} could not be found."
                 networks.append(net)
+        port_ids = [str(n["port"]) for n in networks_req or () if isinstance(n, dict) and "port" in n]
         sgs = [sg.get("name") for sg in server.get("security_groups", []) or [] if isinstance(sg, dict)]
         sgs = sgs or ["default"]
         for sg in sgs:
@@ -421,6 +439,12 @@ class Double(ApiPort):
             ),
         )
         rec.mac = "fa:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        if port_ids:  # the server takes the port's address, MAC and security groups
+            port = self.ports[port_ids[0]]
+            rec.port_id, rec.mac = port.id, port.mac
+            rec.security_groups = [g["name"] for g in self.catalogue["security_groups"]
+                                   if g["id"] in port.security_groups]  # fmt: skip
+            port.bind(rec.id)
         rec.planned_fault = self._planned_fault(rec, image, flavor, build_error)
         try:
             rec.plan = build_plan(decode_user_data(user_data), image_users=tuple(image.get("users", ())))
@@ -515,7 +539,10 @@ class Double(ApiPort):
                 return
             assert rec.plan is not None
             port = service_port(rec.plan, self.config.standin_port)
-            rec.address = self.allocate_address(port)
+            booted_on = self.ports.get(rec.port_id or "")
+            rec.address = booted_on.address if booted_on is not None else self.allocate_address(port)
+            if booted_on is not None:
+                booted_on.set_active(True)
             now = time.time()
             rec.phase, rec.launched, rec.updated = "active", now, now
             for vol in self.attached_volumes(rec.id):
@@ -605,6 +632,9 @@ class Double(ApiPort):
             await rec.host.stop(self.config.kill_timeout_s)
         await asyncio.sleep(max(0.0, self.config.delete_linger_s - (time.monotonic() - started)))
         rec.gone = True
+        port = self.ports.get(rec.port_id or "")
+        if port is not None and port.device_id == rec.id:
+            port.unbind()  # Nova did not create it: it keeps it
         self._write_pidfile()
         log.info("server %s deleted", rec.id)
 
@@ -668,6 +698,7 @@ class Double(ApiPort):
             if v.task is not None and not v.task.done():
                 v.task.cancel()
         self.volumes.clear()
+        self.ports.clear()
         self.rules.clear()
         self.calls.clear()
         self.tokens.clear()
