@@ -145,8 +145,15 @@ def _destroy(driver, node_id: str):
     return driver.destroy_node(node)
 
 
-def _create(driver, *, security_groups: Iterable[str] = (), **kwargs):
-    """``create_node`` taking security groups by name (no lookup call: Nova takes names)."""
+def _create(driver, *, security_groups: Iterable[str] = (), port_id: str | None = None, **kwargs):
+    """``create_node`` taking security groups by name (no lookup call: Nova takes names); with ``port_id``, on
+    that Neutron port (its own groups apply): libcloud's ``create_node`` sends only ``networks: [{"uuid"}]``, so
+    its request is built by the driver and sent with ``[{"port": id}]``, then the server read, as it does."""
+    if port_id:
+        params = driver._create_args_to_params(None, **kwargs)
+        params["networks"] = [{"port": port_id}]
+        created = driver.connection.request("/servers", method="POST", data={"server": params}).object["server"]
+        return driver._to_node(driver.connection.request(f"/servers/{created['id']}").object["server"])
     groups = list(security_groups)
     if groups:
         from libcloud.compute.drivers.openstack import OpenStackSecurityGroup

@@ -154,22 +154,30 @@ def render_pool_userdata(material: BootMaterial, *, port: int, default_user: boo
 
 
 def claim_body(
-    *, username: str, env: Mapping[str, str], cmd: Sequence[str], metadata_service: bool = False
+    *,
+    username: str,
+    env: Mapping[str, str],
+    cmd: Sequence[str],
+    metadata_service: bool = False,
+    tls: Mapping[str, str] | None = None,
 ) -> bytes:
     """What the agent receives: the files a cold boot's user-data would write (``UserDataError`` if invalid);
-    ``metadata_service`` as for ``userdata.unit_file``."""
+    ``metadata_service`` as for ``userdata.unit_file``; ``tls``: the server's internal_ssl ``key``, ``cert`` and
+    ``ca`` (PEM), written to ``userdata.TLS_PATHS``, the key given to the account by the unit."""
     userdata.check_username(username)
     homedir = f"/home/{username}"
-    return json.dumps(
-        {
-            "username": username,
-            "homedir": homedir,
-            "env_file": userdata.env_file(env),
-            "unit_file": userdata.unit_file(
-                username=username, homedir=homedir, cmd=list(cmd), metadata_service=metadata_service
-            ),
-        }
-    ).encode()
+    owned = [userdata.TLS_PATHS["keyfile"]] if tls else []
+    body = {
+        "username": username,
+        "homedir": homedir,
+        "env_file": userdata.env_file(env),
+        "unit_file": userdata.unit_file(
+            username=username, homedir=homedir, cmd=list(cmd), metadata_service=metadata_service, owned_files=owned
+        ),
+    }
+    if tls:
+        body["tls"] = {k: tls[k] for k in ("key", "cert", "ca")}
+    return json.dumps(body).encode()
 
 
 def client_context(directory: Path) -> ssl.SSLContext:

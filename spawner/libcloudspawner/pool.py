@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import deletions, handoff, limits, naming, userdata
+from . import deletions, handoff, internal_tls, limits, naming, userdata
 from .cloud import CloudClient, CloudError, CreateOutcomeUnknown, Instance
 from .fleet import fleet_for
 from .poolconfig import (
@@ -324,6 +324,11 @@ async def start_from_pool(spawner: Any, selection: Any, provisioner: Provisioner
         await pool.client.replace_metadata(instance.id, {**spawner.instance_metadata, **tags})
         await pool.client.rename_node(instance.id, name)
         emit(30, f"Took VM {name} from the warm pool; handing it your server")
+        if spawner.internal_ssl:  # its address is known: the server's certificate names it
+            tls = await internal_tls.issue(spawner, [address])
+            body = handoff.claim_body(username=spawner.linux_user, env=spawner.get_env(), tls=tls.claim(),
+                                      cmd=[*spawner.cmd, *spawner.get_args()],
+                                      metadata_service=spawner.metadata_service_for_server)  # fmt: skip
         await handoff.hand_over(pool.keys / member, address, spawner.pool_agent_port, body,
                                 timeout_seconds=spawner.pool_handoff_timeout_seconds)  # fmt: skip
         spawner.instance_id, spawner.instance_name, spawner.instance_address = instance.id, name, address
@@ -332,10 +337,11 @@ async def start_from_pool(spawner: Any, selection: Any, provisioner: Provisioner
         with contextlib.suppress(OSError):  # a restarted hub finds the VM in the database and keeps it
             pool.records.remove(instance.id)
         handoff.forget_material(pool.keys / member)
-        url = f"http://{address}:{spawner.port}"
+        url = f"{internal_tls.scheme(spawner)}://{address}:{spawner.port}"
         emit(60, f"Your server is starting on the VM from the warm pool at {address}; waiting for Jupyter to answer")
         base_url = spawner.server.base_url if spawner.server is not None else f"/user/{spawner.user.name}/"
-        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api")
+        tls_client = internal_tls.client_context(spawner)
+        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api", tls_client)
     except asyncio.CancelledError:
         if spawner.instance_id != instance.id:
             pool.discard_later(instance.id, member, server)

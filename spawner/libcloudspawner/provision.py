@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from . import errors, naming
+from . import errors, naming, ports
 from .cloud import CloudClient, CloudError, CreateOutcomeUnknown, Instance, settle_create
 from .requests import create_request
 
@@ -71,6 +72,7 @@ class CreateAttempt:
         self.instance_id: str | None = None
         self.pending: Any = None  # concurrent.futures.Future of the create request, while it runs
         self.ignore: set[str] = set()  # leftovers being deleted: not this attempt's
+        self.port_sent = False  # a Neutron port was asked for (internal_ssl): the cleanup deletes it
 
     def track(self, pending: Any) -> None:
         self.pending = pending
@@ -149,6 +151,7 @@ class Provisioner:
         poll_interval_seconds: float,
         stop_timeout_seconds: float,
         emit: Emit | None = None,
+        ports: bool = False,
     ) -> None:
         self.client = client
         self.log = log
@@ -156,6 +159,7 @@ class Provisioner:
         self.poll_interval_seconds = poll_interval_seconds
         self.stop_timeout_seconds = stop_timeout_seconds
         self.emit: Emit = emit or (lambda progress, message: None)
+        self.ports = ports  # the server's VMs boot on ports the spawner creates (internal_ssl): delete those too
 
     # ------------------------------------------------------------------------------ create
     async def remove_leftovers(self, attempt: CreateAttempt) -> None:
@@ -304,18 +308,27 @@ class Provisioner:
                 reported_at = now
             instance = latest
 
-    async def wait_http(self, instance_id: str, api_url: str) -> None:
-        """Poll the server's API until it answers below 500; every fifth miss, check the VM still exists."""
+    async def wait_http(self, instance_id: str, api_url: str, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Poll the server's API until it answers below 500; every fifth miss, check the VM still exists.
+        ``ssl_context``: over https, as the hub (its internal_ssl client certificate); a certificate that does not
+        verify fails the start at once."""
         http = AsyncHTTPClient()
         started = time.monotonic()
         checks = 0
         while True:
             try:
-                response = await http.fetch(
-                    HTTPRequest(api_url, connect_timeout=5, request_timeout=10, follow_redirects=False),
-                    raise_error=False,
+                request = HTTPRequest(
+                    api_url, connect_timeout=5, request_timeout=10, follow_redirects=False, ssl_options=ssl_context
                 )
+                response = await http.fetch(request, raise_error=False)
                 code = response.code
+            except ssl.SSLCertVerificationError as e:
+                raise errors.configuration(
+                    "Your server's TLS certificate was refused by the hub",
+                    f"internal_ssl: the server of {self.log_name} at {api_url} presents a certificate the hub does"
+                    f" not accept: {e.verify_message}",
+                    reason="internal-tls",
+                ) from None
             except (OSError, HTTPClientError) as e:
                 code = getattr(e, "code", 599)
             if code != 599 and code < 500:
@@ -366,6 +379,20 @@ class Provisioner:
                 self.log.error(
                     "Could not delete instance %s (%s) after a failed start: %s", attempt.name, instance_id, e
                 )
+        if attempt.port_sent:
+            await self.remove_ports(attempt.name, attempt.server_tags.get(naming.TAG_HUB_ID, ""), gone=ids)
+
+    async def remove_ports(self, name: str, hub_id: str, *, gone=frozenset()) -> None:
+        """Delete this hub's ports named ``name`` that no server uses (or whose server, in ``gone``, was
+        deleted): Nova keeps the ports it did not create. Best effort: the reaper finds what is left."""
+        try:
+            for port in await ports.find_ports(self.client, hub_id=hub_id, name=name):
+                if port.bound and port.device_id not in gone:
+                    continue
+                self.log.info("Deleting port %s (%s) of %s", port.name, port.id, self.log_name)
+                await ports.delete_port(self.client, port.id)
+        except CloudError as e:
+            self.log.error("Could not delete the port of %s (%s); the reaper will find it", self.log_name, e)
 
     async def remove_broken(self, instance: Instance) -> bool:
         """Delete an instance found in ERROR, stopped or deleted behind the hub's back; False if that failed."""
@@ -399,7 +426,9 @@ class Provisioner:
         # the same server's other instances (a create that landed after its request timed out): one lookup
         await self.remove_duplicates(name, tags, keep=None)
         if wait:
-            await self.wait_gone(instance_id)
+            gone = await self.wait_gone(instance_id)
+            if self.ports and gone:
+                await self.remove_ports(name, tags.get(naming.TAG_HUB_ID, ""), gone={instance_id})
 
     async def delete_until_deadline(self, instance_id: str) -> None:
         """DELETE (a 404 counts as deleted, and wait_gone checks it). JupyterHub forgets the server whatever

@@ -24,12 +24,15 @@ def create_request(
     key_name: str | None = None,
     security_groups: Sequence[str] = (),
     volume_ids: Sequence[str] = (),
+    port_id: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments of ``create_node`` (``image``, ``size`` and ``networks`` are the cloud's objects).
 
     The spawner's tags win over administrator metadata of the same key (the traits refuse such keys anyway).
     ``volume_ids`` are attached at boot (Nova's ``block_device_mapping_v2``, after the image's own root disk),
-    never deleted with the instance: the disk is there when cloud-init runs.
+    never deleted with the instance: the disk is there when cloud-init runs. With ``port_id`` (a Neutron port
+    created first) the instance is booted on that port: no network and no security group of its own (the
+    port's apply).
     """
     request: dict[str, Any] = {
         "name": name,
@@ -42,7 +45,10 @@ def create_request(
     }
     if key_name:
         request["ex_keyname"] = key_name
-    if security_groups:
+    if port_id:
+        request["port_id"] = port_id
+        request["networks"] = []
+    elif security_groups:
         request["security_groups"] = list(security_groups)
     if volume_ids:
         image_id = getattr(image, "id", image)

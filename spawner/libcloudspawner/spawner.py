@@ -20,7 +20,7 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, Unicode, default
 
-from . import deletions, errors, hubstate, limits, naming, options, pool, resume, userdata
+from . import deletions, errors, hubstate, internal_tls, limits, naming, options, pool, resume, userdata
 from .catalog import Catalog, CatalogError, cached_catalog
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .fleet import UNKNOWN, fleet_for
@@ -375,9 +375,14 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
             poll_interval_seconds=self.startup_poll_interval_seconds,
             stop_timeout_seconds=self.stop_timeout_seconds,
             emit=self._progress.emit,
+            ports=bool(self.internal_ssl),
         )
 
-    def _render_userdata(self) -> str:
+    async def move_certs(self, paths):
+        """internal_ssl: the server's key and certificate go to its VM (see ``internal_tls``)."""
+        return internal_tls.move_certs(self, paths)
+
+    def _render_userdata(self, tls_files=()) -> str:
         template = userdata.load_template(self.cloudinit_template) if self.cloudinit_template else None
         try:
             return userdata.render_userdata(
@@ -388,6 +393,7 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
                 default_user=bool(self.userserver_keyname),
                 home_volume_id=self.volume_id if self.home_volume_size_gib else None,
                 metadata_service=self.metadata_service_for_server,
+                tls_files=tls_files,
             )
         except userdata.InvalidEnvironmentValue as e:
             raise errors.invalid_environment(e.key, f"LibcloudSpawner cannot start {self._log_name}: {e}") from None
@@ -462,7 +468,7 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
     async def get_url(self):
         """The server's URL from the saved instance address (a restarted hub checks it against its DB)."""
         if self.instance_address and self.server is not None:
-            return f"http://{self.instance_address}:{self.port}{self.server.base_url}"
+            return f"{internal_tls.scheme(self)}://{self.instance_address}:{self.port}{self.server.base_url}"
         return await super().get_url()
 
     def clear_state(self):
@@ -566,6 +572,9 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
         """A fresh VM: look up what to boot, create it (with recovery), wait until it runs and Jupyter answers."""
         emit = self._progress.emit
         emit(10, f"Looking up image {selection.image_display} and size {selection.size_display}")
+        port = None
+        if self.internal_ssl:  # the certificate names the VM's address: its port first, the user-data carries it
+            port, user_data = await internal_tls.cold_boot(self, provisioner, attempt)
         instance = await provisioner.create_fresh(
             attempt,
             image=selection.image,
@@ -577,6 +586,7 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
             key_name=self.userserver_keyname,
             security_groups=self.security_groups,
             volume_ids=[volume_id] if volume_id else [],
+            port_id=port.id if port else None,
         )
         self.instance_id = instance.id
         self.booted_image, self.booted_size = selection.image, selection.size
@@ -588,10 +598,10 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
         instance = await provisioner.wait_running(instance, lambda i: bool(self._address(i)))
         self.instance_address = self._address(instance)
         self._persist_state()
-        url = f"http://{self.instance_address}:{self.port}"
+        url = f"{internal_tls.scheme(self)}://{self.instance_address}:{self.port}"
         emit(60, f"Virtual machine running at {self.instance_address}; waiting for Jupyter to answer")
         base_url = self.server.base_url if self.server is not None else f"/user/{self.user.name}/"
-        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api")
+        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api", internal_tls.client_context(self))
         if attempt.doubtful:
             # a create whose answer was lost may still have landed late, next to the one in use
             await provisioner.remove_duplicates(attempt.name, attempt.tags, keep=instance.id)

@@ -40,6 +40,9 @@ UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}"
 HOME_UNIT_NAME = "lcs-home.service"
 HOME_UNIT_PATH = f"/etc/systemd/system/{HOME_UNIT_NAME}"
 HOME_SCRIPT_PATH = "/usr/local/sbin/lcs-home-mount"
+#: the server's internal_ssl files on the VM (``JUPYTERHUB_SSL_KEYFILE``, ``_CERTFILE``, ``_CLIENT_CA``)
+TLS_DIR = "/etc/jupyterhub-singleuser/ssl"
+TLS_PATHS = {"keyfile": f"{TLS_DIR}/server.key", "certfile": f"{TLS_DIR}/server.crt", "cafile": f"{TLS_DIR}/ca.crt"}
 #: Nova gives a virtio disk the volume id as serial, which the guest truncates to 20 characters
 SERIAL_LENGTH = 20
 _VOLUME_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -224,18 +227,27 @@ def metadata_block(username: str) -> str:
 
 
 def unit_file(
-    *, username: str, homedir: str, cmd: Sequence[str], metadata_service: bool = False, requires: Sequence[str] = ()
+    *,
+    username: str,
+    homedir: str,
+    cmd: Sequence[str],
+    metadata_service: bool = False,
+    requires: Sequence[str] = (),
+    owned_files: Sequence[str] = (),
 ) -> str:
     """The systemd unit running ``cmd`` as ``username`` with the environment file, sandboxed, after the
     ``requires`` units (the home volume's mount); unless
     ``metadata_service``, the metadata service is closed to the account (an nftables rule installed as root
-    before every start, ``ExecStartPre=+``, which fails the start where it cannot be installed). No secrets."""
+    before every start, ``ExecStartPre=+``, which fails the start where it cannot be installed). The
+    ``owned_files`` (the server's TLS key) are given to the account as root before every start: cloud-init writes
+    files before it creates users, so ``write_files`` cannot name the account as owner. No secrets."""
     if not cmd:
         raise UserDataError("the single-user command is empty (set Spawner.cmd)")
     exec_start = " ".join(systemd_quote(str(a)) for a in cmd)
     closed = ""
     if not metadata_service:
         closed = f"ExecStartPre=+/usr/sbin/nft {systemd_quote(metadata_block(username))}\n"
+    closed += "".join(f"ExecStartPre=+/bin/chown {systemd_quote(username)} {systemd_quote(f)}\n" for f in owned_files)
     sandbox = "".join(f"{key}={value}\n" for key, value in SANDBOX)
     needs = "".join(f"Requires={u}\nAfter={u}\n" for u in requires)
     return (
@@ -346,8 +358,11 @@ def render_userdata(
     default_user: bool = False,
     metadata_service: bool = False,
     home_volume_id: str | None = None,
+    tls_files: Sequence[Mapping[str, str]] = (),
 ) -> str:
-    """Render the cloud-config for ``username`` running ``cmd`` with ``env``; ``default_user``: keep the
+    """Render the cloud-config for ``username`` running ``cmd`` with ``env``; ``tls_files``: the server's
+    internal_ssl key, certificate and CA (``path``, ``permissions``, ``content``; ``owner`` ``user`` for the key,
+    given to the account by the unit); ``default_user``: keep the
     image's default account (only when a key pair lets an administrator log in with it);
     ``metadata_service``: let the server's account reach the cloud's metadata service; ``home_volume_id``:
     the volume attached at boot that is mounted on the user's home before the server starts.
@@ -374,12 +389,14 @@ def render_userdata(
                 unit_file=unit_file(
                     username=username, homedir=homedir, cmd=list(cmd), metadata_service=metadata_service,
                     requires=[HOME_UNIT_NAME] if home else [],
+                    owned_files=[f["path"] for f in tls_files if f.get("owner") == "user"],
                 ),
                 env_path=ENV_PATH,
                 unit_path=UNIT_PATH,
                 unit_name=UNIT_NAME,
                 default_user=default_user,
                 home_volume=home,
+                tls_files=[{k: f[k] for k in ("path", "permissions", "content")} for f in tls_files],
             )
         )
     except jinja2.TemplateError as e:

@@ -125,6 +125,10 @@ class DoubleClient:
     def servers(self, deleted: bool = False) -> list[dict[str, Any]]:
         return self._request("GET", f"/_double/servers?deleted={'1' if deleted else '0'}")
 
+    def ports(self) -> list[dict[str, Any]]:
+        """Neutron ports not deleted (as ``GET /v2.0/ports/{id}`` shows them)."""
+        return self._request("GET", "/_double/ports")
+
     def server(self, server_id: str) -> dict[str, Any]:
         return self._request("GET", f"/_double/servers/{server_id}")
 

@@ -150,6 +150,13 @@ class CtlServers(ControlHandler):
         self.reply([self.server_summary(s) for s in sorted(servers, key=lambda s: s.created)])
 
 
+class CtlPorts(ControlHandler):
+    async def get(self) -> None:
+        """Neutron ports not deleted (their API view), oldest first."""
+        ports = sorted((p for p in self.double.ports.values() if not p.gone), key=lambda p: p.created)
+        self.reply([p.view() for p in ports])
+
+
 class CtlServer(ControlHandler):
     def get_rec(self, server_id: str) -> ServerRecord:
         return self.record(self.double.servers, server_id, "server")
@@ -298,6 +305,7 @@ ROUTES = [
     (r"/_double/faults", CtlFaults),
     (r"/_double/faults/(\d+)", CtlFault),
     (r"/_double/servers", CtlServers),
+    (r"/_double/ports", CtlPorts),
     (r"/_double/servers/([^/]+)", CtlServer),
     (r"/_double/servers/([^/]+)/(boot|env|log|user_data|error|kill|shutoff|systemctl|useradd)", CtlServer),
     (r"/_double/volumes", CtlVolumes),

@@ -9,7 +9,8 @@ stderr in ``<instance dir>/console.log``.
 The one network emulation: a VM's ``0.0.0.0`` is its own address. Where the bind address ``0.0.0.0``
 appears in ``JUPYTERHUB_SERVICE_URL`` or in a bind option (``--ip``, ``--bind``, ``--ServerApp.ip``,
 ``--SingleUserNotebookApp.ip``; ``--opt=0.0.0.0`` or ``--opt 0.0.0.0``), it becomes the instance's
-``127.0.0.N``.
+``127.0.0.N``. And the files: an environment value that is the absolute path of a file the VM holds (written by
+cloud-init or by a root unit, e.g. ``JUPYTERHUB_SSL_KEYFILE``) becomes that file's path under ``root/``.
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ class InstanceHost:
 
     async def _launch(self, u: UnitPlan) -> bool:
         argv, env = substitute_bind(u.argv, u.env, self.address)
+        env = {k: (str(self.local_path(v)) if v.startswith("/") and self.local_path(v).is_file() else v)
+               for k, v in env.items()}  # fmt: skip
         path = os.environ.get("PATH", os.defpath)
         base_env = {
             "PATH": path,
