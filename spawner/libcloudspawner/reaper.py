@@ -10,6 +10,10 @@ Home volumes (``jupyterhub-volume: home`` and the same tags) are judged too: a v
 the hub no longer has its user at all (a volume whose user exists is never deleted: the hub deletes it with
 the user or the named server, through ``delete_forever``); a volume attached to a server is not judged.
 
+Neutron ports this hub created before their VMs (``internal_ssl``: named like the instance, described with
+``jupyterhub-managed-by=libcloudspawner jupyterhub-hub-id=<hub_id>``) are judged too: a port no server is
+bound to, older than ``--min-age-seconds``, is an orphan (a bound port goes with its instance).
+
 Untagged instances and volumes, and those of other hubs, are never touched. Dry run by default. The reaper fails
 closed: when it cannot be sure of the hub's servers (a token without the scopes it needs, an HTTP error, a
 user listed without servers, a partial listing) it deletes nothing and says why (exit status 2), and a run
@@ -43,7 +47,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import naming
+from . import naming, ports
 from .cloud import CloudClient, CloudConfigError, CloudError, Instance, Volume, client_for
 from .settings import load_hub_config
 
@@ -69,7 +73,7 @@ class Verdict:
     age_seconds: float | None
     orphan: bool
     reason: str
-    kind: str = "instance"  # or "volume"
+    kind: str = "instance"  # or "volume", "port"
 
 
 def _age_seconds(created: str | None, now: dt.datetime) -> float | None:
@@ -177,6 +181,27 @@ class Refusal(RuntimeError):
     """The reaper cannot be sure of what the hub runs: it deletes nothing and says why."""
 
 
+def judge_ports(
+    found: Iterable[ports.Port], *, hub_id: str, min_age_seconds: float, now: dt.datetime | None = None
+) -> list[Verdict]:
+    """Decide, for each port of this hub, whether it is an orphan: no server is bound to it and it is older
+    than ``min_age_seconds`` (a start creates the port before its VM). Pure: no cloud, no hub."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    verdicts = []
+    for port in found:
+        if port.description != ports.description(hub_id):
+            continue
+        age = _age_seconds(port.created, now)
+        if port.bound:
+            orphan, reason = False, f"bound to instance {port.device_id} (judged with it)"
+        elif age is None or age < min_age_seconds:
+            orphan, reason = False, "unbound but recent (a start may be about to boot its VM on it)"
+        else:
+            orphan, reason = True, "no server is bound to it"
+        verdicts.append(Verdict(port.id, port.name, "", "", age, orphan, reason, kind="port"))
+    return verdicts
+
+
 def _get(api_url: str, path: str, token: str, timeout_seconds: float, **params: Any) -> Any:
     import requests
 
@@ -282,6 +307,11 @@ async def reap_once(
             log.info("No home volumes to judge: %s", e)
             volumes = []
         verdicts += judge_volumes(volumes, users, hub_id=hub_id, min_age_seconds=min_age_seconds)
+    try:
+        verdicts += judge_ports(await ports.find_ports(client, hub_id=hub_id), hub_id=hub_id,
+                                min_age_seconds=min_age_seconds)  # fmt: skip
+    except CloudConfigError as e:
+        log.info("No ports to judge: %s", e)
     orphans = sum(v.orphan for v in verdicts)
     if delete and max_deletions is not None and orphans > max_deletions:
         raise Refusal(
@@ -294,6 +324,8 @@ async def reap_once(
                         v.user, v.server, v.reason)  # fmt: skip
             if v.kind == "volume":
                 await client.delete_volume(v.instance_id)
+            elif v.kind == "port":
+                await ports.delete_port(client, v.instance_id)
             else:
                 await client.destroy_node(v.instance_id)
         elif v.orphan:
@@ -369,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 for v in verdicts:
                     if args.json:
                         print(json.dumps(asdict(v)), flush=True)
-                print(f"hub {hub.hub_id}: {len(verdicts)} instances and volumes, {len(orphans)} orphans"
+                print(f"hub {hub.hub_id}: {len(verdicts)} instances, volumes and ports, {len(orphans)} orphans"
                       + (" deleted" if args.delete else " (dry run)"), file=sys.stderr, flush=True)  # fmt: skip
             if args.every_seconds <= 0:
                 return 0

@@ -140,3 +140,19 @@ def test_a_claimed_vms_unit_is_the_cold_boots_sandbox_and_metadata_rule(metadata
                               metadata_service=metadata_service)  # fmt: skip
     assert sent["unit_file"] == cold
     assert ("ExecStartPre=+/usr/sbin/nft" in cold) is not metadata_service and "NoNewPrivileges=yes" in cold
+
+
+async def test_internal_ssl_files_go_over_the_hand_over(vm):
+    tls = {"key": "-----BEGIN PRIVATE KEY-----\nk\n", "cert": "CERT\n", "ca": "CA\n"}
+    claim = handoff.claim_body(username="alice", env={"JUPYTERHUB_API_TOKEN": "t0ken"}, cmd=["jupyterhub-singleuser"],
+                               tls=tls)  # fmt: skip
+    await handoff.hand_over(vm["hub"], "127.0.0.1", vm["port"], claim, timeout_seconds=20)
+    modes = {}
+    for name, path in (("key", "keyfile"), ("cert", "certfile"), ("ca", "cafile")):
+        written = vm["root"] / userdata.TLS_PATHS[path].lstrip("/")
+        assert written.read_text() == tls[name]
+        modes[name] = stat.S_IMODE(written.stat().st_mode)
+    assert modes == {"key": 0o600, "cert": 0o644, "ca": 0o644}
+    unit = (vm["root"] / userdata.UNIT_PATH.lstrip("/")).read_text()
+    assert f'ExecStartPre=+/bin/chown "alice" "{userdata.TLS_PATHS["keyfile"]}"' in unit
+    assert "BEGIN PRIVATE" not in vm["agent"].stderr.read()

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from libcloudspawner import naming
-from libcloudspawner.reaper import HubServer, judge
+from libcloudspawner import naming, ports
+from libcloudspawner.reaper import HubServer, judge, judge_ports
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 OLD = "2026-11-25T10:00:00Z"  # 2 h before NOW
@@ -58,3 +58,26 @@ def test_every_verdict_says_why():
     verdicts = judge([inst("i1"), inst("i2", created=YOUNG)], [], hub_id=HUB, min_age_seconds=900, now=NOW)
     assert all(v.reason for v in verdicts)
     assert [v.user for v in verdicts] == ["alice", "alice"]
+
+
+def port(pid, hub=HUB, device="", created=OLD):
+    return ports.Port(id=pid, name="jupyter-alice", description=ports.description(hub), addresses=("10.99.0.9",),
+                      device_id=device, created=created)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("found", "orphan"),
+    [
+        (port("p1"), True),  # unbound and old: its server is gone (or never came)
+        (port("p2", device="i1"), False),  # bound: it goes with its instance
+        (port("p3", created=YOUNG), False),  # a start may be about to boot its VM on it
+    ],
+    ids=["unbound-old", "bound", "unbound-young"],
+)
+def test_ports_of_this_hub(found, orphan):
+    [verdict] = judge_ports([found], hub_id=HUB, min_age_seconds=900, now=NOW)
+    assert (verdict.kind, verdict.orphan) == ("port", orphan)
+
+
+def test_other_hubs_ports_are_never_judged():
+    assert judge_ports([port("p1", hub="hub-b")], hub_id=HUB, min_age_seconds=900, now=NOW) == []
