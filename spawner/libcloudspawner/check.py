@@ -17,6 +17,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -203,6 +204,40 @@ def hub_url_findings(hub: Mapping[str, Any]) -> list[Finding]:
     return [Finding("hub URL for VMs", True, str(host))]
 
 
+def internal_ssl_findings(hub: Mapping[str, Any], spawner: Any) -> list[Finding]:
+    """With ``internal_ssl``: the VMs reach the hub over https at an address its certificate names
+    (``trusted_alt_names``; JupyterHub adds only localhost and the host's FQDN), and the VMs' ports can be made
+    first (OpenStack, the 2.0 driver, ``userserver_net``)."""
+    if not hub.get("internal_ssl"):
+        return []
+    url = str(hub.get("hub_connect_url") or "")
+    host = urlparse(url).hostname if url else (hub.get("hub_connect_ip") or hub.get("hub_ip") or "127.0.0.1")
+    try:
+        wanted = f"IP:{ipaddress.ip_address(host)}"
+    except ValueError:
+        wanted = f"DNS:{host}"
+    findings = []
+    if url and urlparse(url).scheme != "https":
+        findings.append(_problem("internal_ssl", f"hub_connect_url {url} is not https",
+                                 "with internal_ssl the hub serves https: use https:// in it"))  # fmt: skip
+    names = [str(n) for n in hub.get("trusted_alt_names") or ()]
+    if wanted in names or wanted == f"DNS:{socket.getfqdn()}":
+        findings.append(Finding("trusted_alt_names", True, f"the hub's certificate names {host}"))
+    else:
+        findings.append(_problem(
+            "trusted_alt_names", f"internal_ssl: the hub's certificate does not name {host}, where the VMs reach it",
+            f"add {wanted!r} to c.JupyterHub.trusted_alt_names (an existing hub certificate is kept: set"
+            " c.JupyterHub.recreate_internal_certs = True once)",
+        ))  # fmt: skip
+    if spawner.libcloud_provider.lower() != "openstack" or str(spawner.openstack_api_version).startswith("1"):
+        findings.append(_problem("internal_ssl", "needs OpenStack's Neutron ports (provider openstack, api 2.0)",
+                                 "use the OpenStack provider with openstack_api_version '2.0'"))  # fmt: skip
+    if not spawner.userserver_net:
+        findings.append(_problem("internal_ssl", "needs userserver_net (each VM's port is created on it first)",
+                                 "set c.LibcloudSpawner.userserver_net"))  # fmt: skip
+    return findings
+
+
 def stop_unless_valid(config: Any) -> None:
     """For the end of ``jupyterhub_config.py``: ``stop_unless_valid(c)``. The hub does not start while a
     LibcloudSpawner setting is wrong: each problem is printed with its fix, then the process exits (status 1).
@@ -248,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, TraitError, ValueError) as e:
         _print([_problem("setting", e)])
         return 1
-    findings = offline_findings(spawner) + hub_url_findings(dict(config.get("JupyterHub", {})))
+    hub = dict(config.get("JupyterHub", {}))
+    findings = offline_findings(spawner) + hub_url_findings(hub) + internal_ssl_findings(hub, spawner)
     if not args.offline and all(f.ok for f in findings if f.what in ("credentials", "libcloud_provider")):
         findings += asyncio.run(cloud_findings(spawner))
     _print(findings)
