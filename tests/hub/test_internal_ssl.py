@@ -15,6 +15,7 @@ import requests
 from cryptography import x509
 
 from testkit.hub import Hub, cloud_servers, original_config, spawn_ready
+from testkit.localhost import free_port
 from testkit.wait import wait_until
 
 HUB_ID = "hubtier"  # testkit.hub sets it
@@ -159,3 +160,55 @@ def test_a_failed_start_leaves_no_port(hub, double, fault):
         assert r.status_code == 503, r.text
     assert wait_until(lambda: not hub_ports(double), timeout_s=30, what="no port of the failed start")
     assert not cloud_servers(double, user=user)
+
+
+# ---------------------------------------------------------------------------------------------- the warm pool
+POOL_USER = "tls-pooled"
+
+
+@pytest.fixture(scope="module")
+def pool_hub(hub, tmp_path_factory, double):
+    """A second hub (its own id) with a pool of one: a claim gets its certificate over the hand-over."""
+    workdir = tmp_path_factory.mktemp("tlspool") / "hub"
+    workdir.mkdir()
+    h = Hub(workdir, double, original_config(double.url))
+    entry = {"image": "debian-12-jupyter", "size": "m1.small", "min": 1, "max": 1}
+    h.extra_config = (
+        tls_config(h)
+        + f"""
+c.LibcloudSpawner.hub_id = 'hubtier-tls-pool'
+c.LibcloudSpawner.warm_pool = [{entry!r}]
+c.LibcloudSpawner.pool_agent_port = {free_port()}
+c.LibcloudSpawner.pool_create_interval_seconds = 0.2
+c.LibcloudSpawner.pool_handoff_timeout_seconds = 10
+c.LibcloudSpawner.fleet_refresh_seconds = 1
+from libcloudspawner.pool import warm_at_hub_start
+warm_at_hub_start(c)
+"""
+    )
+    h.write_config()
+    h.start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def test_a_pool_claim_gets_a_certificate_for_the_pool_vms_address(pool_hub, double):
+    def ready_pool_vm():
+        vms = [s for s in cloud_servers(double) if "jupyterhub-pool" in (s.get("metadata") or {})]
+        return vms if vms and double.client.boot_report(vms[0]["id"]).get("status") == "running" else None
+
+    wait_until(ready_pool_vm, timeout_s=90, interval_s=0.5, what="a pool VM with its agent")
+    server = spawn_ready(pool_hub, double, POOL_USER)
+    assert f"{POOL_USER}: Took VM" in pool_hub.log_text()
+    assert pool_hub.through_proxy(POOL_USER).status_code == 200
+    report = double.client.boot_report(server["id"])
+    root = Path(report["root"])
+    assert f"IP:{report['address']}" in san((root / CERT.lstrip("/")).read_bytes())
+    assert oct((root / KEY.lstrip("/")).stat().st_mode & 0o777) == "0o600"
+    descriptions = {p["description"] for p in double.client.ports()}
+    assert not any("hubtier-tls-pool" in d for d in descriptions)  # a pool VM keeps Nova's own port
+    assert pool_hub.api("DELETE", f"/users/{POOL_USER}/server").status_code in (202, 204)
+    pool_hub.wait_gone(POOL_USER)
+    assert not cloud_servers(double, user=POOL_USER)
