@@ -4,6 +4,7 @@ calls (``ports.py``, ``cloud.py``'s create on a port) with the REAL libcloud Ope
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from libcloud.common.exceptions import BaseHTTPError
 
 from libcloudspawner import ports
 from libcloudspawner.cloud import CloudClient, make_driver_factory
+from libcloudspawner.naming import TAG_HUB_ID
+from libcloudspawner.provision import Provisioner
 from libcloudspawner.settings import CloudSettings
 from testkit.osdouble.fixture import DoubleHandle
 from tests.unit.test_volumes_double import arguments
@@ -119,3 +122,24 @@ async def test_refusals_are_neutrons(client, recording, change):
     want = recorded(recording)
     expected = json.loads(json.dumps(want["body"]["json"]).replace("8ba3c867-adb0-4ccb-bdfb-9ced5724e40d", ident))
     assert (status, body) == (want["status"], expected)
+
+
+def provisioner(client: CloudClient, with_ports: bool) -> Provisioner:
+    return Provisioner(client, log=logging.getLogger("test"), log_name="alice", poll_interval_seconds=0.1,
+                       stop_timeout_seconds=20, ports=with_ports)  # fmt: skip
+
+
+@pytest.mark.parametrize("internal_ssl", [False, True])
+async def test_a_stop_deletes_the_port_only_with_internal_ssl_and_calls_neutron_only_then(
+    client, volume_cloud, internal_ssl
+):
+    port = await new_port(client) if internal_ssl else None
+    size, image = await client.size("m1.small"), await client.image("debian-12-jupyter")
+    request = {"name": "jupyter-alice", "size": size, "image": image, "port_id": port.id if port else None}
+    instance = await client.create_node(request)
+    volume_cloud.client.wait_for_server(instance.id, status="ACTIVE", timeout_s=20)
+    before = len(volume_cloud.client.calls())
+    await provisioner(client, internal_ssl).delete(instance.id, "jupyter-alice", {TAG_HUB_ID: HUB})
+    port_calls = [c for c in volume_cloud.client.calls()[before:] if c["path"].startswith("/v2.0/ports")]
+    assert bool(port_calls) == internal_ssl
+    assert await ports.find_ports(client, hub_id=HUB) == []
