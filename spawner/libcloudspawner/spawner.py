@@ -1,45 +1,38 @@
 """LibcloudSpawner: every JupyterHub user server in its own cloud VM, through Apache Libcloud.
 
-The Spawner contract only: the traits (their help is the configuration reference), the options form, and
-start / poll / stop / state / delete_forever. The rooms beside it: ``settings`` (the cloud settings, checked once),
-``resume`` (VMs kept between stops, the home-volume settings), ``volumes`` (home volumes),
-``cloud`` (the only module talking to the cloud), ``provision`` (create with recovery, waits, cleanup,
-deletion), ``requests`` (the create request as data), ``errors`` (what the user reads), ``progress``,
-and the pure helpers ``naming``, ``options``, ``catalog`` and ``userdata``.
+The Spawner contract only: the traits (their help is the configuration reference) and start / poll / stop /
+rename, with the choice of the start's path (the server's kept VM, a warm-pool VM, or a fresh boot). The rooms
+beside it, mixed in: ``choices`` (the options form, one validation, the kept selection), ``serverstate``
+(get_state / load_state, the hub's records beside its database), ``freshboot`` (the fresh-boot path),
+``resume`` (VMs kept between stops, home volumes, delete_forever), ``settings`` (the cloud settings, checked
+once) and ``pool`` (the warm pool's settings). Below them: ``cloud`` (the only module talking to the cloud),
+``provision`` (create with recovery, waits, cleanup, deletion), ``requests`` (the create request as data),
+``errors`` (what the user reads), ``progress``, and the pure helpers ``naming``, ``options``, ``catalog`` and
+``userdata``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import time
-from collections.abc import Mapping
-from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Enum, List, Unicode, default
 
-from . import deletions, errors, hubstate, internal_tls, limits, naming, options, pool, resume, userdata
-from .catalog import Catalog, CatalogError, cached_catalog
+from . import choices, errors, hubstate, internal_tls, naming, options, pool, resume
+from .choices import UserChoices
 from .cloud import CloudClient, CloudError, Instance, client_for
 from .fleet import UNKNOWN, fleet_for
+from .freshboot import FreshBoot
 from .progress import ProgressLog
-from .provision import CLEANUP_WAIT_SECONDS, Background, CreateAttempt, Provisioner, SpawnerView, address_of
+from .provision import CLEANUP_WAIT_SECONDS, Background, Provisioner, address_of
+from .serverstate import ServerState
 from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettings, number, optional_text, seconds
-from .volumes import HomeVolumeError
 
 
-async def _apply_user_options(spawner: LibcloudSpawner, user_options: Mapping[str, Any]) -> None:
-    """Default ``apply_user_options``: validate strictly (HTTP 400 on anything not offered), keep the
-    selection for ``start()``, and apply the chosen profile's overrides now, so that the hub's own start
-    deadline sees its ``start_timeout``. A misconfigured hub is refused by ``start()`` instead (JupyterHub logs a
-    traceback for any error raised here)."""
-    if not spawner.config_problems:
-        spawner.select(user_options)
-
-
-class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, pool.PoolSettings):
+class LibcloudSpawner(
+    CheckedConfig, UserChoices, ServerState, FreshBoot, resume.KeptServer, Spawner, CloudAccess, pool.PoolSettings
+):
     """Start each single-user server in its own cloud instance (OpenStack by default).
 
     The cloud-access traits (credentials, region, API timeouts) come from :class:`settings.CloudAccess`, the
@@ -197,126 +190,34 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
         """,
     )
 
-    # ------------------------------------------------------------------------------ state
-    instance_id = Unicode(None, allow_none=True)
-    instance_name = Unicode(None, allow_none=True)
-    instance_address = Unicode(None, allow_none=True)
-    kept = Unicode(None, allow_none=True)  # how the VM was kept at the last stop (see resume)
-    booted_image = Unicode(None, allow_none=True)
-    booted_size = Unicode(None, allow_none=True)
-    volume_id = Unicode(None, allow_none=True)
-
     @default("apply_user_options")
     def _default_apply_user_options(self):
-        return _apply_user_options
+        return choices.apply_user_options
 
     @default("options_form")
     def _default_options_form(self):
-        return LibcloudSpawner._render_options_form
+        return UserChoices._render_options_form
 
     @default("options_from_form")
     def _default_options_from_form(self):
-        return LibcloudSpawner._options_from_form
+        return UserChoices._options_from_form
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.config_problems:
             self.log.error("LibcloudSpawner configuration: %s", "; ".join(self.config_problems.values()))
-        self._selected: tuple[str, options.Selection] | None = None  # (the options it was made from, selection)
-        self._profile_saved: dict[str, Any] = {}
         self._progress = ProgressLog(self.log)
         self._background = Background(self.log)
         self._starting = False
         self._settings: CloudSettings | None = None
         self._known_since = 0.0  # an instance from the saved state existed before this process listed anything
-        self._kept_token = ""  # the API token the kept VM's server holds
-        self._fault: str | None = None  # the cloud's reason for an instance found in ERROR
         if self._session() is not None:  # in a hub: its id is known (and logged) from the first spawner on
             self.hub_id  # noqa: B018
         with contextlib.suppress(RuntimeError):  # a hub process: retry the deletions an earlier one recorded
             asyncio.get_running_loop().call_soon(self._resume_deletions)
             asyncio.get_running_loop().call_soon(lambda: self._session() is not None and pool.for_spawner(self))
 
-    # ------------------------------------------------------------------------------ configuration
-    def _refuse_if_misconfigured(self) -> None:
-        if self.config_problems:
-            raise errors.configuration(
-                "This hub's server settings have a problem",
-                "LibcloudSpawner configuration: " + "; ".join(self.config_problems.values()),
-            )
-
-    # ------------------------------------------------------------------------------ options
-    def catalog(self) -> Catalog:
-        """What users may choose; built once per configuration and manifest version."""
-        return cached_catalog(
-            self.userserver_sizes,
-            self.userserver_images,
-            self.profiles,
-            PROFILE_OVERRIDES,
-            manifest_path=self.image_manifest,
-            manifest_cloud=self.image_manifest_cloud,
-        )
-
-    @staticmethod
-    def _render_options_form(spawner: LibcloudSpawner) -> str:
-        spawner._refuse_if_misconfigured()
-        try:
-            catalog = spawner.catalog()
-        except CatalogError as e:
-            raise errors.configuration("This hub's server choices are misconfigured", f"LibcloudSpawner: {e}") from None
-        if not catalog.profiles and len(catalog.sizes) <= 1 and len(catalog.images) <= 1:
-            return ""  # nothing to choose: no form
-        previous = spawner.orm_spawner.user_options if spawner.orm_spawner is not None else None
-        return options.render_form(catalog, previous or spawner.user_options)
-
-    @staticmethod
-    def _options_from_form(form_data) -> dict[str, str]:
-        """The form only converts; ``apply_user_options`` judges what was sent."""
-        try:
-            return options.options_from_form(form_data)
-        except options.InvalidUserOptions as e:
-            raise errors.UserFacingSpawnError(str(e), reason="options", status_code=400) from None
-
-    def validate_options(self, user_options: Any) -> options.Selection:
-        """The validated selection for ``user_options``; ``SpawnException`` (HTTP 400) if not offered."""
-        try:
-            return options.validate_user_options(user_options, self.catalog())
-        except options.InvalidUserOptions as e:
-            raise errors.invalid_options(str(e)) from None
-        except (LookupError, CatalogError) as e:
-            raise errors.configuration(
-                "This hub's server choices are misconfigured", f"LibcloudSpawner configuration error: {e}"
-            ) from None
-
-    def select(self, user_options: Any) -> options.Selection:
-        """Validate ``user_options``, keep the selection for ``start()`` and apply its profile's overrides."""
-        selection = self.validate_options(user_options)
-        self._selected = (json.dumps(user_options, sort_keys=True, default=repr), selection)
-        for key, value in self._profile_saved.items():
-            setattr(self, key, value)
-        self._profile_saved = {}
-        for key, value in (selection.profile.overrides if selection.profile else {}).items():
-            self._profile_saved[key] = getattr(self, key)
-            setattr(self, key, value)
-        return selection
-
-    def _selection(self) -> options.Selection:
-        """The selection ``apply_user_options`` made for the current ``user_options`` (made now if it did not
-        run, e.g. when an administrator replaced it)."""
-        current = json.dumps(self.user_options, sort_keys=True, default=repr)
-        if self._selected is not None and self._selected[0] == current:
-            return self._selected[1]
-        return self.select(self.user_options)
-
     # ------------------------------------------------------------------------------ helpers
-    @property
-    def linux_user(self) -> str:
-        """The account running the server: ``forceuser``, else derived from the hub user's name, never one of
-        the accounts the manifest records for the chosen image."""
-        if self.forceuser:
-            return self.forceuser
-        return naming.linux_username(self.user.name, reserved=self.catalog().image_accounts(self._selection().image))
-
     def _instance_name(self) -> str:
         return naming.instance_name(
             self.instance_name_template, username=self.user.name, servername=self.name or "", hub_id=self.hub_id
@@ -337,36 +238,6 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
                 f"LibcloudSpawner cloud configuration error: {e}",
             ) from None
 
-    def _session(self):
-        """The hub's database session: the one given to this spawner, else the session of its server's record
-        (reading JupyterHub's deprecated ``Spawner.db`` default logs a deprecation warning each time)."""
-        if self.trait_has_value("db"):
-            return self.db
-        if self.orm_spawner is None:
-            return None
-        from sqlalchemy.orm import object_session
-
-        return object_session(self.orm_spawner)
-
-    def _state_directory(self):
-        bind = getattr(self._session(), "bind", None)
-        return hubstate.state_directory(bind.url if bind is not None else None)
-
-    def _deletions(self) -> deletions.DurableDeletions:
-        """The hub's record of deletions to retry (beside its database)."""
-        return deletions.for_directory(self._state_directory())
-
-    def _resume_deletions(self) -> None:
-        try:
-            self._deletions().resume(self._client(), self.log)
-        except SpawnException as e:
-            self.log.error("Cannot retry recorded deletions: %s", e.log_message or e)
-
-    def _refuse_if_hub_full(self) -> None:
-        in_pool = pooled.instance_ids() if (pooled := pool.for_spawner(self)) else set()
-        if limits.over_cap(self.max_instances, self._session(), self._deletions().pending_ids() | in_pool, self):
-            raise errors.hub_full(self.max_instances)
-
     def _provisioner(self, client: CloudClient) -> Provisioner:
         return Provisioner(
             client,
@@ -382,28 +253,6 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
         """internal_ssl: the server's key and certificate go to its VM (see ``internal_tls``)."""
         return internal_tls.move_certs(self, paths)
 
-    def _render_userdata(self, tls_files=()) -> str:
-        template = userdata.load_template(self.cloudinit_template) if self.cloudinit_template else None
-        try:
-            return userdata.render_userdata(
-                username=self.linux_user,
-                env=self.get_env(),
-                cmd=[*self.cmd, *self.get_args()],
-                template=template,
-                default_user=bool(self.userserver_keyname),
-                home_volume_id=self.volume_id if self.home_volume_size_gib else None,
-                metadata_service=self.metadata_service_for_server,
-                tls_files=tls_files,
-            )
-        except userdata.InvalidEnvironmentValue as e:
-            raise errors.invalid_environment(e.key, f"LibcloudSpawner cannot start {self._log_name}: {e}") from None
-        except userdata.UserDataError as e:
-            raise errors.configuration(
-                "The server's start-up script could not be prepared",
-                f"LibcloudSpawner cannot render the user-data for {self._log_name}: {e}",
-                reason="userdata",
-            ) from None
-
     def _address(self, instance: Instance) -> str | None:
         return address_of(instance, self.address_type)
 
@@ -411,59 +260,6 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
         """The start's real phases, with percentages (JupyterHub streams these to the spawn page)."""
         async for event in self._progress.stream():
             yield event
-
-    # ------------------------------------------------------------------------------ state
-    def get_state(self):
-        state = super().get_state()
-        if self.instance_id:
-            state["instance_id"] = self.instance_id
-            state["instance_name"] = self.instance_name
-            state["address"] = self.instance_address
-            state["image"], state["size"] = self.booted_image, self.booted_size
-        if self.instance_id and self.kept:
-            state["kept"] = self.kept
-            state["api_token"] = self._kept_token
-        if self.volume_id:
-            state["volume_id"] = self.volume_id
-        if self._fault:
-            state["fault"] = self._fault
-        return state
-
-    def load_state(self, state):
-        super().load_state(state)
-        self.instance_id = state.get("instance_id")
-        self.instance_name = state.get("instance_name")
-        self.instance_address = state.get("address")
-        self.booted_image, self.booted_size = state.get("image"), state.get("size")
-        self.kept = state.get("kept")
-        self._kept_token = state.get("api_token") or ""
-        self.volume_id = state.get("volume_id")
-        self._fault = state.get("fault")
-        self.will_resume = bool(self.instance_id and self.kept)
-        if self.instance_id and self.user_options:
-            self._reapply_profile()
-
-    def _reapply_profile(self) -> None:
-        """A restarted hub builds the spawner of a running or kept server from the database: its profile's
-        overrides (``stop_action``, the home volume...) must hold for the stop and the poll that follow, as they
-        did when it started."""
-        try:
-            self.select(self.user_options)
-        except Exception as e:  # a profile removed from the configuration since: the hub-wide settings apply
-            self.log.warning("Server %s: its options %s no longer select a profile (%s); the hub-wide settings apply",
-                             self._log_name, self.user_options, e)  # fmt: skip
-
-    def _persist_state(self) -> None:
-        """Save the state now, not only after start() returns: a hub that crashes mid-spawn then finds
-        the instance at restart (poll/get_url), adopts it if it answers, and stops it otherwise."""
-        session = self._session()
-        if self.orm_spawner is None or session is None:
-            return
-        try:
-            self.orm_spawner.state = self.get_state()
-            session.commit()
-        except Exception:
-            self.log.exception("Could not save the state of %s early", self._log_name)
 
     async def get_url(self):
         """The server's URL from the saved instance address (a restarted hub checks it against its DB)."""
@@ -479,15 +275,6 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
         self._background.release_late_watch()
         if not self.kept:  # a kept VM (and its token) outlives the server: the next start resumes it
             self._forget_instance()
-
-    def _forget_instance(self) -> None:
-        self.instance_id = None
-        self.instance_name = None
-        self.instance_address = None
-        self.booted_image = self.booted_size = None
-        self.kept = None
-        self._kept_token = ""
-        self.will_resume = False
 
     # ------------------------------------------------------------------------------ start
     async def start(self):
@@ -535,78 +322,7 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
             if url is not None:  # a VM from the warm pool (None: boot a new one)
                 self.booted_image, self.booted_size = selection.image, selection.size
                 return url
-        self._refuse_if_hub_full()
-        try:
-            volume_id = await self._home_volume(provisioner.client)
-        except (CloudError, HomeVolumeError) as e:  # the volume stays as it is
-            raise errors.for_user(e, self._log_name) from e
-        user_data = self._render_userdata()
-        attempt = CreateAttempt(name=self._instance_name(), server_tags=self._tags())
-        attempt.ignore.update(self._deletions().pending_ids())  # being deleted in the background
-        self.instance_name = attempt.name
-        self._starting = True
-        limits.STARTING.add(self)
-        try:
-            return await self._boot(provisioner, selection, user_data, attempt, volume_id)
-        except BaseException as e:
-            self._background.start_cleanup(provisioner.cleanup(attempt))
-            self._forget_instance()
-            if isinstance(e, asyncio.CancelledError):
-                self.log.warning("Start of %s cancelled (timeout?); removing its instance", self._log_name)
-                raise
-            # the user's message must reach the hub before its own start_timeout cancels start(): a few
-            # seconds for the cleanup, then it goes on in the background (stop() and the next start wait for it)
-            await self._background.wait_cleanup(CLEANUP_WAIT_SECONDS, self._log_name)
-            raise errors.for_user(e, self._log_name) from e
-        finally:
-            self._starting = False
-            limits.STARTING.discard(self)
-            if attempt.doubtful:
-                self._background.start_late_watch(
-                    provisioner, attempt, SpawnerView(starting=lambda: self._starting, in_use=lambda: self.instance_id)
-                )
-
-    async def _boot(
-        self, provisioner: Provisioner, selection, user_data: str, attempt: CreateAttempt, volume_id: str | None
-    ) -> str:
-        """A fresh VM: look up what to boot, create it (with recovery), wait until it runs and Jupyter answers."""
-        emit = self._progress.emit
-        emit(10, f"Looking up image {selection.image_display} and size {selection.size_display}")
-        port = None
-        if self.internal_ssl:  # the certificate names the VM's address: its port first, the user-data carries it
-            port, user_data = await internal_tls.cold_boot(self, provisioner, attempt)
-        instance = await provisioner.create_fresh(
-            attempt,
-            image=selection.image,
-            size=selection.size,
-            network=self.userserver_net,
-            user_data=user_data,
-            extra_metadata=self.instance_metadata,
-            config_drive=self.config_drive,
-            key_name=self.userserver_keyname,
-            security_groups=self.security_groups,
-            volume_ids=[volume_id] if volume_id else [],
-            port_id=port.id if port else None,
-        )
-        self.instance_id = instance.id
-        self.booted_image, self.booted_size = selection.image, selection.size
-        self._known_since = time.monotonic()  # fleet listings older than this may lack it
-        self._persist_state()
-        self.log.info("Created instance %s (%s) for %s", attempt.name, instance.id, self._log_name)
-
-        emit(30, "Virtual machine created; the cloud is booting it")
-        instance = await provisioner.wait_running(instance, lambda i: bool(self._address(i)))
-        self.instance_address = self._address(instance)
-        self._persist_state()
-        url = f"{internal_tls.scheme(self)}://{self.instance_address}:{self.port}"
-        emit(60, f"Virtual machine running at {self.instance_address}; waiting for Jupyter to answer")
-        base_url = self.server.base_url if self.server is not None else f"/user/{self.user.name}/"
-        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api", internal_tls.client_context(self))
-        if attempt.doubtful:
-            # a create whose answer was lost may still have landed late, next to the one in use
-            await provisioner.remove_duplicates(attempt.name, attempt.tags, keep=instance.id)
-        emit(95, "Jupyter is answering")
-        return url
+        return await self._start_fresh(provisioner, selection)
 
     async def rename(self, old_name, new_name):
         """A named server is renamed (JupyterHub 6): retag its instance, so that the reaper and the
@@ -697,4 +413,3 @@ class LibcloudSpawner(CheckedConfig, resume.KeptServer, Spawner, CloudAccess, po
                 ) from None
         self._forget_instance()
         self.clear_state()
-

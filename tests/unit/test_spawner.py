@@ -426,7 +426,7 @@ async def test_an_unusable_image_name_is_an_administrator_problem(spawner, cloud
 
 
 async def test_profile_overrides_are_applied_before_the_hub_deadline_and_restored():
-    from libcloudspawner.spawner import _apply_user_options
+    from libcloudspawner.choices import apply_user_options
 
     s = LibcloudSpawner(
         user=SimpleNamespace(name="alice"),
@@ -436,12 +436,12 @@ async def test_profile_overrides_are_applied_before_the_hub_deadline_and_restore
              "overrides": {"start_timeout": 1200, "userserver_net": "big-net"}},
         ],
     )  # fmt: skip
-    await _apply_user_options(s, {"profile": "big"})
+    await apply_user_options(s, {"profile": "big"})
     assert (s.start_timeout, s.userserver_net) == (1200, "big-net")
-    await _apply_user_options(s, {"profile": "small"})
+    await apply_user_options(s, {"profile": "small"})
     assert (s.start_timeout, s.userserver_net) == (900, None)
     with pytest.raises(SpawnException) as info:
-        await _apply_user_options(s, {"profile": "huge"})
+        await apply_user_options(s, {"profile": "huge"})
     assert info.value.status_code == 400
 
 
