@@ -16,7 +16,9 @@ is not known then, so:
 - a warm-pool claim (``pool.start_from_pool``) knows the pool VM's address: the certificate is issued for it
   and key, certificate and CA go over the pool agent's mutual-TLS hand-over.
 
-The server's key is removed from the hub's disk once it was read for the VM. A certificate names the VM's
+A VM kept by ``stop_action`` keeps its key and certificate when it is resumed (same port, same address, same
+CA). The server's key is removed from the hub's disk once it was read for the VM, and the one JupyterHub makes
+before every start at once. A certificate names the VM's
 addresses, ``DNS:localhost`` and ``IP:127.0.0.1`` (JupyterHub's ``ssl_alt_names_include_local``) and the
 configured ``ssl_alt_names`` except the hub's own names (``trusted_alt_names``, JupyterHub's default for
 ``ssl_alt_names``): a user, who can read the key, never holds a certificate valid for the hub's address.
@@ -71,7 +73,10 @@ def scheme(spawner: Any) -> str:
 
 def move_certs(spawner: Any, paths: dict[str, str]) -> dict[str, str]:
     """JupyterHub's ``move_certs``: the paths the server reads on its VM (the files go with the user-data or
-    the hand-over, once the VM's address is known)."""
+    the hand-over, once the VM's address is known). The key JupyterHub just made is removed: a fresh or pooled
+    VM gets a key issued for its address (:func:`issue`), a resumed VM keeps the one it has."""
+    with contextlib.suppress(OSError, KeyError, TypeError):
+        os.unlink(paths["keyfile"])
     return dict(userdata.TLS_PATHS)
 
 

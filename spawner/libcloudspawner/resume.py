@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from traitlets import Enum, Float, HasTraits, Integer, Unicode
 
-from . import errors
+from . import errors, internal_tls
 from .cloud import CloudClient, CloudError, Instance
 from .naming import DEFAULT_VOLUME_NAME_TEMPLATE
 from .volumes import HomeVolumeError, HomeVolumeRef, HomeVolumes, HomeVolumeSettings, home_volume_ref
@@ -231,10 +231,10 @@ class KeptServer(KeepTraits):
         await self._keeper(provisioner.client).wake(instance)
         instance = await provisioner.wait_running(instance, lambda i: bool(self._address(i)))
         self.instance_address = self._address(instance)
-        url = f"http://{self.instance_address}:{self.port}"
+        url = f"{internal_tls.scheme(self)}://{self.instance_address}:{self.port}"  # a kept VM keeps its certificate
         self._progress.emit(60, f"Virtual machine running at {self.instance_address}; waiting for Jupyter to answer")
         base_url = self.server.base_url if self.server is not None else f"/user/{self.user.name}/"
-        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api")
+        await provisioner.wait_http(instance.id, url + base_url.rstrip("/") + "/api", internal_tls.client_context(self))
         if self._kept_token:
             self.api_token = self._kept_token  # the server holds it: JupyterHub kept it (will_resume)
         self.kept, self._kept_token, self._fault = None, "", None

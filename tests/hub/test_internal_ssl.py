@@ -212,3 +212,36 @@ def test_a_pool_claim_gets_a_certificate_for_the_pool_vms_address(pool_hub, doub
     assert pool_hub.api("DELETE", f"/users/{POOL_USER}/server").status_code in (202, 204)
     pool_hub.wait_gone(POOL_USER)
     assert not cloud_servers(double, user=POOL_USER)
+
+
+# ---------------------------------------------------------------------------------------------- a kept VM
+KEPT_USER = "tls-kept"
+
+
+@pytest.fixture(scope="module")
+def kept_hub(pool_hub, tmp_path_factory, double):
+    """A third hub (its own id) whose stops power the VM off and keep it."""
+    workdir = tmp_path_factory.mktemp("tlskept") / "hub"
+    workdir.mkdir()
+    h = Hub(workdir, double, {**original_config(double.url), "stop_action": "stop"})
+    h.extra_config = tls_config(h) + "\nc.LibcloudSpawner.hub_id = 'hubtier-tls-kept'\n"
+    h.write_config()
+    h.start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def test_a_kept_vm_keeps_its_port_and_is_resumed_over_https(kept_hub, double):
+    described = "jupyterhub-managed-by=libcloudspawner jupyterhub-hub-id=hubtier-tls-kept"
+    first = spawn_ready(kept_hub, double, KEPT_USER)
+    assert kept_hub.api("DELETE", f"/users/{KEPT_USER}/server").status_code in (202, 204)
+    kept_hub.wait_gone(KEPT_USER)
+    [port] = [p for p in double.client.ports() if p["description"] == described]
+    assert port["device_id"] == first["id"]  # powered off, kept: its port too
+    assert kept_hub.api("POST", f"/users/{KEPT_USER}/server", json={}).status_code in (201, 202)
+    kept_hub.wait_ready(KEPT_USER)
+    [again] = cloud_servers(double, user=KEPT_USER)
+    assert again["id"] == first["id"]
+    assert kept_hub.through_proxy(KEPT_USER).status_code == 200

@@ -40,8 +40,11 @@ def test_an_address_that_is_not_one_is_refused():
         internal_tls.alt_names(["jupyter-alice"], [], [])
 
 
-def test_the_server_reads_the_files_on_its_vm():
-    assert internal_tls.move_certs(None, {"keyfile": "/hub/k"}) == userdata.TLS_PATHS
+def test_the_server_reads_the_files_on_its_vm_and_the_hubs_copy_of_the_key_goes(tmp_path):
+    key = tmp_path / "user-alice.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    assert internal_tls.move_certs(None, {"keyfile": str(key)}) == userdata.TLS_PATHS
+    assert not key.exists()
     assert set(userdata.TLS_PATHS.values()) == {
         f"{userdata.TLS_DIR}/server.key",
         f"{userdata.TLS_DIR}/server.crt",

@@ -138,7 +138,7 @@ def spawner(cloud, monkeypatch, tmp_path):
     s.http_ready = asyncio.Event()
     s.http_ready.set()
 
-    async def wait_http(provisioner, instance_id, url):
+    async def wait_http(provisioner, instance_id, url, ssl_context=None):
         await s.http_ready.wait()
 
     monkeypatch.setattr(Provisioner, "wait_http", wait_http)
