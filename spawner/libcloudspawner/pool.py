@@ -111,6 +111,8 @@ class WarmPool:
                 delay = min(await self.refill_once(), self.period)
                 self.failures = 0
                 if self.off and self.drained == 0:
+                    listed = fleet_for(self.client, self.hub_id, self.period, self.log).instances.values()
+                    self._forget_orphan_keys(listed, older_than=0.0)  # no create of this process can land
                     self.log.info("Warm pool: off; no idle pool VM of this hub is left")
                     return
             except Exception as e:  # the refiller survives anything; it says so and backs off
@@ -204,15 +206,16 @@ class WarmPool:
         self.created[instance.id] = (f"{target.key}|{target.fingerprint}", time.monotonic())
         self.log.info("Warm pool: created VM jupyter-pool-%s (%s) for %s", member, instance.id, target.key)
 
-    def _forget_orphan_keys(self, listed) -> None:
-        """Key directories of VMs that no longer exist (deleted, or a create that failed or never landed)."""
+    def _forget_orphan_keys(self, listed, older_than: float = KEYS_ORPHAN_SECONDS) -> None:
+        """Key directories of VMs that no longer exist (deleted, or a create that failed or never landed), kept
+        ``older_than`` seconds (a create under way may not be listed yet)."""
         if not self.keys.is_dir():
             return
         members = {str((i.metadata or {}).get(naming.TAG_POOL_MEMBER)) for i in listed}
         members |= {str(e.get("member")) for e in self.records.entries()}
         for directory in self.keys.iterdir():
             with contextlib.suppress(OSError):
-                if directory.name not in members and time.time() - directory.stat().st_mtime > KEYS_ORPHAN_SECONDS:
+                if directory.name not in members and time.time() - directory.stat().st_mtime >= older_than:
                     shutil.rmtree(directory, ignore_errors=True)
 
     # ------------------------------------------------------------------------------ claims
@@ -282,6 +285,8 @@ def for_spawner(spawner: Any) -> WarmPool | None:
     directory = spawner._state_directory().resolve()
     key = (directory, spawner.hub_id)
     if key not in _pools:
+        if not spawner.warm_pool and not _pool_state_left(directory):
+            return None  # this hub kept no pool VM's keys nor claims: it has no pool VM to drain
         config = _BaseConfig(spawner)
         try:
             _pools[key] = WarmPool(spawner._client(), spawner.hub_id, directory, config, spawner._session, spawner.log)
@@ -296,6 +301,18 @@ def for_spawner(spawner: Any) -> WarmPool | None:
         return None
     pool.start()
     return pool
+
+
+def _pool_state_left(directory: Path) -> bool:
+    """Whether a pool ran beside this database: the keys of a pool VM, or a claim record, are still there."""
+    keys = directory / KEYS_DIRECTORY
+    with contextlib.suppress(OSError):
+        if keys.is_dir() and any(keys.iterdir()):
+            return True
+    try:
+        return bool(ClaimRecords(directory / CLAIMS_FILE).entries())
+    except OSError:
+        return True  # an unreadable record: let the pool's recovery report it
 
 
 class _BaseConfig:

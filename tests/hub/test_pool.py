@@ -205,6 +205,7 @@ def test_a_pool_switched_off_drains_its_idle_vms_and_keeps_the_served_one(hub, d
     assert not idle & {s["id"] for s in cloud_servers(double)}
     wait_until(lambda: hub.log_text().count("Warm pool: off; no idle pool VM of this hub is left") > drained_before,
                timeout_s=30, what="the drain to end")  # fmt: skip
+    assert not any((hub.workdir / "libcloudspawner-pool").iterdir())  # the drained VMs' keys are gone
     assert server_of(double, "sol")["id"] == served  # the served VM is kept, and still serves
     assert hub.spawner_model("sol")["ready"]
     assert hub.through_proxy("sol").status_code == 200
