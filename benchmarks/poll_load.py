@@ -15,18 +15,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
-from libcloudspawner import naming
-from libcloudspawner.spawner import LibcloudSpawner
-from testkit.hub import PASSWORD, original_config
-from testkit.osdouble.fixture import by_name, libcloud_driver, running_double
+from testkit.fleetscale import (
+    create_servers,
+    loaded_spawners,
+    poll_periodically,
+    route_counts,
+    routes_since,
+    scale_double,
+    spawner_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_ID = "pollbench"
@@ -37,44 +39,12 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))] if values else float("nan")
 
 
-def create_servers(double, n: int) -> list[dict]:
-    """N ACTIVE servers tagged as this hub's (created through the Nova API, 16 at a time)."""
-    driver = libcloud_driver(double, "2.0", key=PASSWORD)
-    size, image = by_name(driver.list_sizes(), "m1.small"), by_name(driver.list_images(), "debian-12-jupyter")
-    have = len(double.client.servers())
-
-    def create(i: int) -> dict:
-        user = f"u{have + i}"
-        tags = naming.instance_tags(hub_id=HUB_ID, username=user, servername="")
-        node = driver.create_node(name=f"jupyter-{user}", size=size, image=image, ex_metadata=tags)
-        return {"user": user, "id": node.id, "name": node.name}
-
-    with ThreadPoolExecutor(16) as pool:
-        made = list(pool.map(create, range(n)))
-    deadline = time.monotonic() + 600
-    while sum(s["status"] == "ACTIVE" for s in double.client.servers()) < have + n:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the double's servers did not all become ACTIVE within 600 s")
-        time.sleep(1)
-    return made
-
-
 async def measure(double, mode: str, servers: list[dict], config: dict, poll_interval: float, window: float) -> dict:
-    spawners = []
-    for s in servers:
-        sp = LibcloudSpawner(user=SimpleNamespace(name=s["user"]), hub_id=HUB_ID, **config)
-        sp.load_state({"instance_id": s["id"], "instance_name": s["name"], "address": "127.0.0.1"})
-        spawners.append(sp)
+    spawners = loaded_spawners(servers, config, HUB_ID)
     client = spawners[0]._client()
 
-    async def poll_one(sp: LibcloudSpawner) -> None:
-        await asyncio.sleep(random.uniform(0, poll_interval))  # JupyterHub's pollers start at different times
-        while True:
-            if mode == "per-server":
-                await client.get_node(sp.instance_id, retries=1)
-            else:
-                await sp.poll()
-            await asyncio.sleep(poll_interval)
+    async def direct(sp) -> None:  # how poll() worked before the fleet view
+        await client.get_node(sp.instance_id, retries=1)
 
     lags: list[float] = []
 
@@ -84,15 +54,13 @@ async def measure(double, mode: str, servers: list[dict], config: dict, poll_int
             await asyncio.sleep(0.01)
             lags.append((time.perf_counter() - t0 - 0.01) * 1000)
 
-    before, routes_before = client.calls.copy(), double.client.call_counts()["by_route"]
-    tasks = [asyncio.ensure_future(poll_one(sp)) for sp in spawners] + [asyncio.ensure_future(probe())]
-    await asyncio.sleep(window)
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    before, routes_before = client.calls.copy(), route_counts(double)
+    prober = asyncio.ensure_future(probe())
+    await poll_periodically(spawners, poll_interval, window, direct if mode == "per-server" else None)
+    prober.cancel()
+    await asyncio.gather(prober, return_exceptions=True)
     calls = {k: v - before.get(k, 0) for k, v in client.calls.items() if v - before.get(k, 0)}
-    routes = {k: v - routes_before.get(k, 0) for k, v in double.client.call_counts()["by_route"].items()}
-    routes = {k: v for k, v in routes.items() if v}  # what the cloud received (a paginated listing may be several)
+    routes = routes_since(double, routes_before)  # what the cloud received (a paginated listing may be several)
     requests = sum(routes.values())
     return {
         "mode": mode,
@@ -118,20 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with (
         tempfile.TemporaryDirectory(prefix="lcs-pollbench-") as tmp,
-        running_double(Path(tmp), no_run=True, scheduling_s=0.0, spawning_s=0.0) as double,
+        scale_double(Path(tmp)) as double,
     ):
-        identity = double.client.catalogue()["identity"]
-        identity["user"]["password"] = PASSWORD
-        quotas = {"instances": 5000, "cores": 50000, "ram": 100_000_000}
-        double.client.set_catalogue(
-            identity=identity, quotas=quotas, host={"ram": 10**8, "vcpus": 10**6, "disk": 10**7}
-        )
-        double.client.set_config(subnet="127.0.0.0/16")  # a /24 holds 253 instances: room for thousands
-        config = {**original_config(double.url), "fleet_refresh_seconds": args.fleet_refresh, "api_max_workers": 8}
+        config = spawner_config(double, fleet_refresh_seconds=args.fleet_refresh, api_max_workers=8)
         servers: list[dict] = []
         for n in counts:
             print(f"--- {n} servers: creating {n - len(servers)} more in the double", flush=True)
-            servers += create_servers(double, n - len(servers))
+            servers += create_servers(double, n - len(servers), HUB_ID)
             for mode in ("per-server", "fleet"):
                 res = asyncio.run(measure(double, mode, servers[:n], config, args.poll_interval, args.window))
                 print(json.dumps(res), flush=True)

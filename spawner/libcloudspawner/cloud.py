@@ -250,6 +250,12 @@ def _detach_volume(driver, server_id: str, volume_id: str):
     return driver.connection.request(f"/servers/{server_id}/os-volume_attachments/{volume_id}", method="DELETE")
 
 
+def _update_volume(driver, volume_id: str, name: str, metadata: Mapping[str, str]):
+    """``PUT /volumes/{id}``: a new name, and ``metadata`` as the volume's whole metadata (Cinder replaces it)."""
+    body = {"volume": {"name": name, "metadata": dict(metadata)}}
+    return driver._to_volume(_cinder(driver).request(f"/volumes/{volume_id}", method="PUT", data=body).object)
+
+
 def _delete_volume(driver, volume_id: str):
     return _cinder(driver).request(f"/volumes/{volume_id}", method="DELETE")
 
@@ -570,6 +576,10 @@ class CloudClient:
         found = await self.call(_detach_volume, server_id, volume_id, retry=False, on_404=None,
                                 what=f"detach volume {volume_id} from instance {server_id}")  # fmt: skip
         return found is not None
+
+    async def update_volume(self, volume_id: str, name: str, metadata: Mapping[str, str]) -> Volume:
+        """Rename a volume and set its whole metadata (idempotent: retried)."""
+        return _to_volume(await self.call(_update_volume, volume_id, name, metadata, what=f"update volume {volume_id}"))
 
     async def delete_volume(self, volume_id: str) -> None:
         """Delete a volume (retried); a volume already gone (404) or already being deleted is fine."""

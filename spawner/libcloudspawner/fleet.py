@@ -4,7 +4,8 @@ which every server's ``poll()`` is answered by a lookup (KubeSpawner's reflector
 Polling each server with its own ``GET /servers/{id}`` costs the cloud one request per server and poll
 interval; the fleet view costs one listing (``GET /servers/detail``, paginated) per refresh period, whatever
 the number of servers. The listing is made on demand by the first poll that finds the view older than the
-period; concurrent polls share that one request.
+period; concurrent polls share that one request. A listing that fails is not tried again before a period has
+passed since it started: an outage costs the cloud one listing (and its retries) per period, not one per poll.
 
 What the view says is judged conservatively, so that a stale or failed listing never stops a running server:
 an instance in the view is reported as listed; an instance missing from a listing that started after the
@@ -37,6 +38,7 @@ class Fleet:
     instances: dict[str, Instance] = field(default_factory=dict)
     listed_at: float | None = None  # time.monotonic() when the current view's listing started
     listings: int = 0
+    attempted_at: float | None = None  # time.monotonic() when the last listing (failed or not) started
     _refreshing: asyncio.Future | None = None
 
     def _fresh(self) -> bool:
@@ -60,10 +62,14 @@ class Fleet:
 
     async def refresh(self) -> None:
         """Make sure the view is no older than the period: one listing at a time, shared by every caller.
-        A failed or slow listing keeps the previous view (logged)."""
+        A failed or slow listing keeps the previous view (logged) until a period after it started."""
         if self._fresh():
             return
         if self._refreshing is None or self._refreshing.done():
+            now = time.monotonic()
+            if self.attempted_at is not None and now - self.attempted_at < self.refresh_seconds:
+                return  # the last listing failed less than a period ago: the view answers as it is
+            self.attempted_at = now
             self._refreshing = asyncio.ensure_future(self._list())
         try:
             await asyncio.wait_for(asyncio.shield(self._refreshing), self.client.timeout_seconds * 2)

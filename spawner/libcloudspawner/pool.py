@@ -66,7 +66,7 @@ class WarmPool:
         self.keys = directory / KEYS_DIRECTORY
         self.deletions = deletions.for_directory(directory)
         self.config = config
-        self.targets: list[Target] = targets(config, config.catalog())
+        self.targets: list[Target] = targets(config, config.catalog()) if config.warm_pool else []
         self.claimed: set[str] = set()  # handed to a user (or being), by this process or an earlier one
         self.created: dict[str, tuple[str, float]] = {}  # id -> (key|fingerprint, when), until listed
         self.recovered = asyncio.Event()
@@ -74,7 +74,14 @@ class WarmPool:
         self.task: asyncio.Future | None = None
         self.failures = 0
         self.next_create = 0.0
+        self.drained: int | None = None  # VMs the last round deleted (None: it had no usable listing)
+        self.drain_started = False
         self._background: set[asyncio.Future] = set()
+
+    @property
+    def off(self) -> bool:
+        """No target: the pool only drains what an earlier configuration left, then its task ends."""
+        return not self.targets
 
     @property
     def period(self) -> float:
@@ -103,6 +110,11 @@ class WarmPool:
             try:
                 delay = min(await self.refill_once(), self.period)
                 self.failures = 0
+                if self.off and self.drained == 0:
+                    listed = fleet_for(self.client, self.hub_id, self.period, self.log).instances.values()
+                    self._forget_orphan_keys(listed, older_than=0.0)  # no create of this process can land
+                    self.log.info("Warm pool: off; no idle pool VM of this hub is left")
+                    return
             except Exception as e:  # the refiller survives anything; it says so and backs off
                 self.failures += 1
                 delay = min(self.period * 2**self.failures, BACKOFF_MAX_SECONDS)
@@ -113,6 +125,7 @@ class WarmPool:
 
     async def refill_once(self) -> float:
         """One round: drain, then create at most one VM; the seconds until the next round is useful."""
+        self.drained = None
         fleet = fleet_for(self.client, self.hub_id, self.period, self.log)
         await fleet.refresh()
         if not fleet._usable() or fleet.listed_at is None:
@@ -130,10 +143,18 @@ class WarmPool:
         for instance_id, (key, _) in self.created.items():
             idle.setdefault(key, []).append(instance_id)
         grow, drain = plan(idle, {}, self.targets)
+        served = limits.instances_in_database(self._session()) if drain else set()
         for instance_id in drain:
+            if instance_id in served or instance_id in self.claimed:  # a server owns it: never drained
+                continue
             self.log.info("Warm pool: deleting VM %s (not wanted by the configuration, or surplus)", instance_id)
             self.created.pop(instance_id, None)
             await self.client.destroy_node(instance_id)
+            listed = fleet.instances.get(instance_id)
+            member = str(((listed.metadata if listed else None) or {}).get(naming.TAG_POOL_MEMBER, ""))
+            if member:
+                handoff.forget_material(self.keys / member)
+        self.drained = len([i for i in drain if i not in served and i not in self.claimed])
         self._forget_orphan_keys(fleet.instances.values())
         if not grow:
             return self.period
@@ -185,15 +206,16 @@ class WarmPool:
         self.created[instance.id] = (f"{target.key}|{target.fingerprint}", time.monotonic())
         self.log.info("Warm pool: created VM jupyter-pool-%s (%s) for %s", member, instance.id, target.key)
 
-    def _forget_orphan_keys(self, listed) -> None:
-        """Key directories of VMs that no longer exist (deleted, or a create that failed or never landed)."""
+    def _forget_orphan_keys(self, listed, older_than: float = KEYS_ORPHAN_SECONDS) -> None:
+        """Key directories of VMs that no longer exist (deleted, or a create that failed or never landed), kept
+        ``older_than`` seconds (a create under way may not be listed yet)."""
         if not self.keys.is_dir():
             return
         members = {str((i.metadata or {}).get(naming.TAG_POOL_MEMBER)) for i in listed}
         members |= {str(e.get("member")) for e in self.records.entries()}
         for directory in self.keys.iterdir():
             with contextlib.suppress(OSError):
-                if directory.name not in members and time.time() - directory.stat().st_mtime > KEYS_ORPHAN_SECONDS:
+                if directory.name not in members and time.time() - directory.stat().st_mtime >= older_than:
                     shutil.rmtree(directory, ignore_errors=True)
 
     # ------------------------------------------------------------------------------ claims
@@ -255,13 +277,16 @@ _pools: dict[tuple[Path, str], WarmPool] = {}
 
 
 def for_spawner(spawner: Any) -> WarmPool | None:
-    """The process's warm pool of ``spawner``'s hub, started on first use; None when ``warm_pool`` is empty.
-    The configuration is read without a profile's overrides (those the spawner may carry for its start)."""
-    if not spawner.warm_pool or spawner.config_problems:
+    """The process's warm pool of ``spawner``'s hub, started on first use; None when ``warm_pool`` is empty
+    (then, in a hub process, the pool's task drains this hub's idle pool VMs once and ends). The configuration
+    is read without a profile's overrides (those the spawner may carry for its start)."""
+    if spawner.config_problems or not (spawner.warm_pool or spawner._session() is not None):
         return None
     directory = spawner._state_directory().resolve()
     key = (directory, spawner.hub_id)
     if key not in _pools:
+        if not spawner.warm_pool and not _pool_state_left(directory):
+            return None  # this hub kept no pool VM's keys nor claims: it has no pool VM to drain
         config = _BaseConfig(spawner)
         try:
             _pools[key] = WarmPool(spawner._client(), spawner.hub_id, directory, config, spawner._session, spawner.log)
@@ -269,8 +294,25 @@ def for_spawner(spawner: Any) -> WarmPool | None:
             spawner.log.error("Warm pool: configuration problem, no pool: %s", getattr(e, "log_message", None) or e)
             return None
     pool = _pools[key]
+    if pool.off:
+        if not pool.drain_started:  # once per process: the drain's task ends when nothing is left
+            pool.drain_started = True
+            pool.start()
+        return None
     pool.start()
     return pool
+
+
+def _pool_state_left(directory: Path) -> bool:
+    """Whether a pool ran beside this database: the keys of a pool VM, or a claim record, are still there."""
+    keys = directory / KEYS_DIRECTORY
+    with contextlib.suppress(OSError):
+        if keys.is_dir() and any(keys.iterdir()):
+            return True
+    try:
+        return bool(ClaimRecords(directory / CLAIMS_FILE).entries())
+    except OSError:
+        return True  # an unreadable record: let the pool's recovery report it
 
 
 class _BaseConfig:

@@ -186,6 +186,17 @@ class KeptServer(KeepTraits):
             self.home_volume_name_template, hub_id=self.hub_id, username=self.user.name, servername=self.name or ""
         )
 
+    async def _rename_home_volume(self, client: CloudClient, old_name: str, new_name: str) -> str | None:
+        """A named server with its own home volume is renamed: the volume takes the new name and tags, so that
+        the next start finds the user's files (None: the server has no volume of its own)."""
+        template = self.home_volume_name_template
+        if "{servername}" not in template or not (self.home_volume_size_gib or self.volume_id):
+            return None
+        refs = [home_volume_ref(template, hub_id=self.hub_id, username=self.user.name, servername=name)
+                for name in (old_name, new_name)]  # fmt: skip
+        volume = await self._homes(client).rename(*refs)
+        return volume.id if volume is not None else None
+
     def _homes(self, client: CloudClient) -> HomeVolumes:
         return HomeVolumes(client, self.home_volume_settings(), self.log, self._log_name,
                            report=lambda message: self._progress.emit(15, message))  # fmt: skip

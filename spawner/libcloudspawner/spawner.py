@@ -28,6 +28,7 @@ from .progress import ProgressLog
 from .provision import CLEANUP_WAIT_SECONDS, Background, Provisioner, address_of
 from .serverstate import ServerState
 from .settings import PROFILE_OVERRIDES, CheckedConfig, CloudAccess, CloudSettings, number, optional_text, seconds
+from .volumes import HomeVolumeError
 
 
 class LibcloudSpawner(
@@ -325,15 +326,28 @@ class LibcloudSpawner(
         return await self._start_fresh(provisioner, selection)
 
     async def rename(self, old_name, new_name):
-        """A named server is renamed (JupyterHub 6): retag its instance, so that the reaper and the
-        recovery of lost creates keep recognising it. The instance keeps its name."""
+        """A named server is renamed (JupyterHub 6, only while it is stopped): its own home volume takes the
+        new name, and its kept instance is retagged, so that the next start, the reaper and the recovery of
+        lost creates keep recognising them. The instance keeps its name. Refused (nothing renamed) when the
+        cloud does not answer."""
+        client = self._client()
+        try:
+            volume_id = await self._rename_home_volume(client, old_name, new_name)
+        except HomeVolumeError as e:
+            raise errors.for_user(e, self._log_name) from e
+        except CloudError as e:
+            raise errors.cloud_unavailable(
+                "The server's home volume could not be renamed; please try again later.",
+                f"Rename of {self._log_name} to {new_name!r}: home volume: {e}",
+            ) from None
         if not self.instance_id:
             return
         try:
-            await self._client().update_metadata(
-                self.instance_id, {naming.TAG_SERVER_NAME: naming.metadata_value(new_name)}
-            )
+            await client.update_metadata(self.instance_id, {naming.TAG_SERVER_NAME: naming.metadata_value(new_name)})
         except CloudError as e:
+            if volume_id is not None:  # put the volume's name back: the server keeps its old name
+                with contextlib.suppress(CloudError, HomeVolumeError):
+                    await self._rename_home_volume(client, new_name, old_name)
             raise errors.cloud_unavailable(
                 "The server's virtual machine could not be relabelled; please try again later.",
                 f"Rename of {self._log_name} to {new_name!r}: {e}",

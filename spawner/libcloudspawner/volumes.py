@@ -2,9 +2,10 @@
 
 :class:`HomeVolumes` does the cloud work for one server: :meth:`~HomeVolumes.ensure` finds the volume by
 name and tags or creates it (never two: a create whose outcome is unknown is looked up before another is
-sent), :meth:`~HomeVolumes.attach` and :meth:`~HomeVolumes.detach` ask Nova and wait, bounded, for Cinder
-to say it is done, and :meth:`~HomeVolumes.delete_forever` removes this hub's volume of that user or server
-and nothing else. It knows nothing of JupyterHub: progress goes to the ``report`` callback, failures are
+sent), :meth:`~HomeVolumes.rename` follows a named server's new name, :meth:`~HomeVolumes.attach` and
+:meth:`~HomeVolumes.detach` ask Nova and wait, bounded, for Cinder to say it is done, and
+:meth:`~HomeVolumes.delete_forever` removes this hub's volume of that user or server and nothing else. It
+knows nothing of JupyterHub: progress goes to the ``report`` callback, failures are
 :class:`HomeVolumeError` (a message for the user, the detail for the log). A volume is never deleted here
 except by ``delete_forever``.
 """
@@ -285,6 +286,22 @@ class HomeVolumes:
         return True
 
     # ------------------------------------------------------------------------------ delete_forever
+    async def rename(self, old: HomeVolumeRef, new: HomeVolumeRef) -> Volume | None:
+        """Give the volume of ``old`` the name and tags of ``new`` (a named server renamed), so that the next
+        start finds it; None when ``old`` has no volume. Refused when ``new`` already has one."""
+        volume = await self.find(old)
+        if volume is None:
+            return None
+        if await self.find(new) is not None:
+            raise HomeVolumeError(
+                "A home volume for the new name already exists; please tell the administrator.",
+                f"{self.log_name}: volume {new.name} exists; volume {volume.id} ({old.name}) not renamed",
+                reason="duplicate", volume_id=volume.id,
+            )  # fmt: skip
+        renamed = await self.client.update_volume(volume.id, new.name, {**volume.metadata, **new.tags})
+        self.log.info("%s: home volume %s (%s) renamed to %s", self.log_name, old.name, volume.id, new.name)
+        return renamed
+
     async def delete_forever(self, ref: HomeVolumeRef) -> list[str]:
         """Delete this hub's home volume(s) of ``ref`` (name and every tag must match: never another hub's,
         user's or server's). A volume still attached is detached first. The ids deleted."""

@@ -1,7 +1,8 @@
-"""Cinder v3 (``volume 3.0``, no microversion header): volumes (create, list, show, delete), as recorded in
-``recordings/cinder/``. The catalog names it like the dev cloud: type ``volumev3``, name ``cinder``,
-``URL/v3/<project id>``. Nova's side of attachments (``os-volume_attachments``) is in ``nova.py``; both
-change a volume's status through :meth:`~testkit.osdouble.state.Double.volume_transition`."""
+"""Cinder v3 (``volume 3.0``, no microversion header): volumes (create, list, show, update, delete), as
+recorded in ``recordings/cinder/`` (the update in ``recordings/cinder/update/``). The catalog names it like the
+dev cloud: type ``volumev3``, name ``cinder``, ``URL/v3/<project id>``. Nova's side of attachments
+(``os-volume_attachments``) is in ``nova.py``; both change a volume's status through
+:meth:`~testkit.osdouble.state.Double.volume_transition`."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def iso_seconds(t: float | None) -> str | None:
     return None if t is None else iso_micro(int(t))
 
 
-def volume_view(base_url: str, v: VolumeRecord, created: bool = False) -> dict[str, Any]:
+def volume_view(base_url: str, v: VolumeRecord, created: bool = False, tenant: bool | None = None) -> dict[str, Any]:
     """A volume as Cinder 3.0 shows it, in the recorded key order (the create answer has microseconds in
-    ``created_at`` and no ``os-vol-tenant-attr:tenant_id``)."""
+    ``created_at``; neither it nor the update answer has ``os-vol-tenant-attr:tenant_id``)."""
     attachments = []
     if v.attachment is not None and v.status in ("in-use", "detaching"):
         a = v.attachment
@@ -47,7 +48,7 @@ def volume_view(base_url: str, v: VolumeRecord, created: bool = False) -> dict[s
         "user_id": v.user_id, "bootable": "false", "encrypted": False, "replication_status": None,
         "consistencygroup_id": None, "multiattach": False, "attachments": attachments,
     }
-    if not created:
+    if not created if tenant is None else tenant:
         view["os-vol-tenant-attr:tenant_id"] = v.tenant_id
     return view
 
@@ -184,6 +185,28 @@ class VolumeHandler(CinderHandler):
         v = self.get_volume(project, volume_id)
         if v is not None:
             self.send_json(200, {"volume": volume_view(self.base_url, v)})
+
+    async def put(self, project: str, volume_id: str) -> None:
+        """Update name, description and metadata; a metadata given replaces the volume's whole metadata."""
+        v = self.get_volume(project, volume_id)
+        if v is None:
+            return
+        body = self.json_body()
+        volume = body.get("volume") if isinstance(body, dict) else None
+        if not isinstance(volume, dict) or not volume:
+            self.send_error_body(400, "Missing required element 'volume' in request body.")
+            return
+        name, metadata = volume.get("name", v.name), volume.get("metadata", v.metadata)
+        if name is not None and (not isinstance(name, str) or len(name) > 255):
+            self.send_error_body(400, f"Invalid input for field/attribute name. Value: {name}.")
+            return
+        if not isinstance(metadata, dict) or any(not isinstance(x, str) or len(x) > 255 for x in metadata.values()):
+            self.send_error_body(400, f"Invalid input for field/attribute metadata. Value: {metadata}.")
+            return
+        v.name, v.metadata = name, dict(metadata)
+        v.description = volume.get("description", v.description)
+        v.updated = time.time()
+        self.send_json(200, {"volume": volume_view(self.base_url, v, tenant=False)})
 
     async def delete(self, project: str, volume_id: str) -> None:
         v = self.get_volume(project, volume_id)

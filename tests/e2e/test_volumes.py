@@ -152,3 +152,35 @@ def _clean_up(nova, server_id: str, volume_id: str | None) -> None:
     )
     nova.block_storage.delete(f"/volumes/{volume_id}")
     wait_volume(nova, volume_id, None, VOLUME_TIMEOUT_S)
+
+
+def test_volume_rename_and_retag(nova):
+    """What a named server's rename does to its home volume: ``PUT /volumes/{id}`` with a new name and the
+    volume's whole metadata (Cinder replaces the metadata with the body's). Recorded under ``update/``."""
+    directory = os.environ.get("LCS_RECORD_DIR")
+    record = Recorder(Path(directory) / "update" if directory else None)
+    volumes = nova.block_storage
+    name = f"lcs-e2e-vol-{uuid.uuid4().hex[:8]}"
+    meta = {"jupyterhub-user": "e2e", "jupyterhub-server-name": "old"}
+    r = volumes.post("/volumes", json={"volume": {"size": VOLUME_GIB, "name": name, "metadata": meta}})
+    assert r.status_code == 202, r.text
+    volume_id = r.json()["volume"]["id"]
+    try:
+        wait_volume(nova, volume_id, "available", VOLUME_TIMEOUT_S)
+        renamed = {"name": name + "-new", "metadata": {"jupyterhub-user": "e2e", "jupyterhub-server-name": "new"}}
+        r = record("update_volume", "Cinder v3: rename and retag", volumes.put, f"/volumes/{volume_id}",
+                   json={"volume": renamed})  # fmt: skip
+        assert r.status_code == 200, r.text
+        r = record("get_volume", "the renamed volume", volumes.get, f"/volumes/{volume_id}")
+        body = r.json()["volume"]
+        assert body["name"] == name + "-new"
+        assert body["metadata"] == renamed["metadata"]
+        r = record(
+            "update_volume", "Cinder v3: metadata without a key drops it", volumes.put, f"/volumes/{volume_id}",
+            json={"volume": {"metadata": {"jupyterhub-user": "e2e"}}},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        assert volumes.get(f"/volumes/{volume_id}").json()["volume"]["metadata"] == {"jupyterhub-user": "e2e"}
+    finally:
+        volumes.delete(f"/volumes/{volume_id}")
+        wait_volume(nova, volume_id, None, VOLUME_TIMEOUT_S)

@@ -44,6 +44,13 @@ def stop_hub(tmp_path_factory, double):
         yield h
 
 
+@pytest.fixture(scope="module")
+def per_server_hub(tmp_path_factory, double):
+    settings = config(double, home_volume_size_gib=1, home_volume_name_template="home-{username}--{servername}")
+    with running_hub(tmp_path_factory.mktemp("homes-per-server"), double, settings, TIMINGS) as h:
+        yield h
+
+
 @pytest.fixture(autouse=True)
 def clean_double(double):
     double.client.clear_faults()
@@ -104,6 +111,42 @@ def test_home_volume_created_once_and_reused(delete_hub, double):
     assert [v["id"] for v in volumes(double, "hana")] == [volume_id]
     assert attached_to(double, "hana") == [second["id"]]
     stop(delete_hub, "hana")
+
+
+def test_a_renamed_named_server_finds_its_own_volume_under_the_new_name(per_server_hub, double):
+    hub = per_server_hub
+    ok, message = start(hub, "rena", server="draft")
+    assert ok, message
+    [volume] = volumes(double, "rena")
+    stop(hub, "rena", "draft")
+    r = hub.api("PATCH", hub.server_url("rena", "draft"), json={"name": "thesis"})
+    assert r.status_code == 200, r.text
+    renamed = double.client.volume(volume["id"])
+    assert renamed["name"] == "home-rena--thesis"
+    assert renamed["metadata"]["jupyterhub-server-name"] == "thesis"
+
+    ok, message = start(hub, "rena", server="thesis")
+    assert ok, message
+    [vm] = cloud_servers(double, user="rena")
+    assert [v["id"] for v in volumes(double, "rena")] == [volume["id"]]  # the same volume, no second one
+    assert attached_to(double, "rena") == [vm["id"]]
+    stop(hub, "rena", "thesis")
+
+
+def test_a_rename_onto_a_name_that_has_a_volume_is_refused(per_server_hub, double):
+    hub = per_server_hub
+    ok, message = start(hub, "rolf", server="one")
+    assert ok, message
+    stop(hub, "rolf", "one")
+    # a volume of the name "two" left behind (e.g. a removal of server "two" that could not delete it)
+    tags = volume_tags(hub_id=HUB_ID, username="rolf", servername="two")
+    double.client.wait_for_volume(asyncio.run(create_volume(double, "home-rolf--two", tags)), "available")
+    r = hub.api("PATCH", hub.server_url("rolf", "one"), json={"name": "two"})
+    assert r.status_code == 409, r.text
+    assert "home volume" in r.json()["message"]
+    assert sorted(v["name"] for v in volumes(double, "rolf")) == ["home-rolf--one", "home-rolf--two"]
+    servers = hub.api("GET", "/users/rolf?include_stopped_servers=1").json()["servers"]
+    assert "one" in servers and "two" not in servers  # not renamed
 
 
 def test_volume_in_error_is_refused_and_kept(delete_hub, double):

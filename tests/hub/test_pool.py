@@ -1,6 +1,7 @@
 """The warm pool with a real hub: pooled spawns through the proxy, refill, fallback to a cold boot (empty
-pool, failed hand-over), no VM shared by two users, a hub SIGKILLed mid-claim leaking nothing, and a
-configuration change draining the old pool VMs. The double's pool VMs run the real pool agent on their own
+pool, failed hand-over), no VM shared by two users, a hub SIGKILLed mid-claim leaking nothing, a
+configuration change draining the old pool VMs, and a pool switched off draining its idle VMs while the
+server on a former pool VM keeps running. The double's pool VMs run the real pool agent on their own
 loopback address; its systemctl and useradd act on the fake VM."""
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def agent_up(double, server_id: str) -> bool:
 def wait_pool(double, count: int, timeout_s: float = 90) -> list[dict]:
     """Until ``count`` pool VMs are ACTIVE with their agent answering; then a little more, for the hub's
     fleet view (refreshed every second) to list them so."""
+
     def ready():
         vms = [s for s in pool_vms(double) if s.get("status") == "ACTIVE" and agent_up(double, s["id"])]
         return vms if len(vms) >= count else None
@@ -181,3 +183,31 @@ def test_a_configuration_change_drains_the_old_pool_vms(hub, double):
     [new] = wait_pool(double, 1)
     assert new["id"] not in old
     assert double.client.server(new["id"])["flavor"] == "m1.medium"
+
+
+def test_a_pool_switched_off_drains_its_idle_vms_and_keeps_the_served_one(hub, double):
+    hub.extra_config = pool_config(count=2)
+    hub.write_config()
+    hub.restart()
+    pooled = {s["id"] for s in wait_pool(double, 2)}
+    spawn(hub, "sol")
+    hub.wait_ready("sol")
+    served = server_of(double, "sol")["id"]
+    assert served in pooled  # a former pool VM, now serving sol
+    idle = {s["id"] for s in wait_pool(double, 2)}  # refilled: two idle pool VMs besides it
+    assert served not in idle
+    drained_before = hub.log_text().count("Warm pool: off; no idle pool VM of this hub is left")
+    # the administrator removes the pool: no warm_pool entry, no warm_at_hub_start line
+    hub.extra_config = "c.LibcloudSpawner.fleet_refresh_seconds = 1\n"
+    hub.write_config()
+    hub.restart()
+    wait_until(lambda: not pool_vms(double), timeout_s=90, what="the idle pool VMs deleted")
+    assert not idle & {s["id"] for s in cloud_servers(double)}
+    wait_until(lambda: hub.log_text().count("Warm pool: off; no idle pool VM of this hub is left") > drained_before,
+               timeout_s=30, what="the drain to end")  # fmt: skip
+    assert not any((hub.workdir / "libcloudspawner-pool").iterdir())  # the drained VMs' keys are gone
+    assert server_of(double, "sol")["id"] == served  # the served VM is kept, and still serves
+    assert hub.spawner_model("sol")["ready"]
+    assert hub.through_proxy("sol").status_code == 200
+    assert not pool_vms(double)  # nothing refilled
+    stop(hub, "sol")

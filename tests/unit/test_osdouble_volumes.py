@@ -10,6 +10,7 @@ and the volume connection must be found by type only (:func:`cinder_driver`). Th
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -33,6 +34,8 @@ ONE_ATTACHMENT = REC + "007-GET-v2_1_servers_ID_os_volume_attachments_ID-200.jso
 DETACH = REC + "008-DELETE-v2_1_servers_ID_os_volume_attachments_ID-202.json"
 DELETE = REC + "011-DELETE-v3_PROJECT_volumes_ID-202.json"
 GONE = REC + "012-GET-v3_PROJECT_volumes_ID-404.json"
+UPDATE = REC + "update/001-PUT-v3_PROJECT_volumes_ID-200.json"
+UPDATE_DROPS_A_KEY = REC + "update/003-PUT-v3_PROJECT_volumes_ID-200.json"
 
 
 @pytest.fixture
@@ -127,6 +130,24 @@ def test_the_1_1_driver_gets_nova_404_for_os_volumes(cloud: DoubleHandle) -> Non
 
 
 # ---------------------------------------------------------------------------------------- shapes
+
+
+def test_update_renames_and_replaces_the_metadata_as_recorded(cloud: DoubleHandle) -> None:
+    drv, vol = available(cloud, "home-old")
+    path = f"/v3/{project(cloud)}/volumes/{vol.id}"
+    sent = load_recording(UPDATE)["request"]["body"]["json"]
+    resp = raw(cloud, "PUT", path, sent)
+    want = recorded(UPDATE)
+    assert resp.status_code == want["status"]
+    assert list(resp.json()["volume"]) == list(want["body"]["json"]["volume"])
+    got = resp.json()["volume"]
+    assert (got["name"], got["metadata"]) == (sent["volume"]["name"], sent["volume"]["metadata"])
+    assert drv.ex_get_volume(vol.id).name == sent["volume"]["name"]
+    dropping = load_recording(UPDATE_DROPS_A_KEY)["request"]["body"]["json"]
+    resp = raw(cloud, "PUT", path, dropping)
+    assert resp.json()["volume"]["metadata"] == recorded(UPDATE_DROPS_A_KEY)["body"]["json"]["volume"]["metadata"]
+    assert raw(cloud, "PUT", path, {"volume": {"name": 7}}).status_code == 400
+    assert raw(cloud, "PUT", f"/v3/{project(cloud)}/volumes/{uuid.uuid4()}", sent).status_code == 404
 
 
 def test_create_answer_has_the_recorded_keys_and_headers(cloud: DoubleHandle) -> None:

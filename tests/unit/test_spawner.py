@@ -536,6 +536,27 @@ async def test_a_failed_listing_never_stops_a_running_server(spawner, cloud):
     assert await spawner.poll() is None
 
 
+async def test_a_failed_listing_is_tried_again_a_period_after_it_started_not_at_every_poll(spawner, cloud):
+    from libcloudspawner.fleet import fleet_for
+
+    await spawner.start()
+    spawner.fleet_refresh_seconds = 60
+    spawner._known_since = 0.0
+    cloud.calls.clear()
+    cloud.get_error = CloudError("list instances failed: 503", transient=True, status=503)
+    for _ in range(5):
+        assert await spawner.poll() is None
+    assert cloud.calls.count("list_nodes") == 1  # one failed listing for five polls
+    view = fleet_for(cloud, "unit", 60)
+    view.attempted_at -= 59
+    assert await spawner.poll() is None
+    assert cloud.calls.count("list_nodes") == 1
+    view.attempted_at -= 2  # a period after the failed listing started: tried again, and it answers
+    cloud.get_error = None
+    assert await spawner.poll() is None
+    assert cloud.calls.count("list_nodes") == 2 and "get_node" not in cloud.calls
+
+
 async def test_a_stopped_servers_late_watch_never_deletes_the_next_spawns_instance(spawner, cloud, monkeypatch):
     """JupyterHub builds a new Spawner after a stop: the old object's watch for a late create must not take
     the new spawn's instance for a late arrival of its own attempt."""
