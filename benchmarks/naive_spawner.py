@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from libcloudspawner.cloud import CloudClient, _create, _to_instance
+from libcloudspawner.cloud import CloudClient
+from libcloudspawner.cloudcalls import create
+from libcloudspawner.cloudtypes import to_instance
 from libcloudspawner.spawner import LibcloudSpawner
 
 
@@ -21,7 +23,7 @@ class NaiveCloudClient(CloudClient):
 
     async def create_node(self, *, tracker: Any = None, **kwargs):
         self.calls["create_node"] = self.calls.get("create_node", 0) + 1
-        return _to_instance(self._run(_create, (), kwargs))
+        return to_instance(self._run(create, (), kwargs))
 
 
 _naive_clients: dict[int, NaiveCloudClient] = {}

@@ -10,7 +10,8 @@
 - A create is never retried blindly: :meth:`CloudClient.create_node` (and ``create_volume``) reports an
   *unknown* outcome, and the caller looks the instance (volume) up by name and tags first.
 - Block storage (home volumes): Cinder v3 for volumes, Nova's ``os-volume_attachments`` to attach and
-  detach them, through the OpenStack 2.0 driver (see :func:`_cinder`).
+  detach them, through the OpenStack 2.0 driver (see :func:`cloudcalls.cinder`). The blocking calls are in
+  ``cloudcalls`` (Nova, Cinder) and ``ports`` (Neutron ports, for internal TLS); the records in ``cloudtypes``.
 - Image, size and network lists are cached (TTL) and shared by all spawners of the process: one client per
   :class:`~libcloudspawner.settings.CloudSettings` (:func:`client_for`).
 """
@@ -23,241 +24,36 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
+from . import cloudcalls
+from .cloudtypes import (
+    CloudAmbiguous,
+    CloudConfigError,
+    CloudError,
+    CloudNotFound,
+    CreateOutcomeUnknown,
+    Instance,
+    Volume,
+)
+from .cloudtypes import to_instance as _to_instance
+from .cloudtypes import to_volume as _to_volume
 from .config import CredentialsError
 from .drivers import classify, describe, make_driver_factory
 from .naming import tags_match
 from .settings import CloudSettings
+
+# the client and what it hands back: the rest of the package imports these from here
+__all__ = ["CloudAmbiguous", "CloudClient", "CloudConfigError", "CloudError", "CloudNotFound", "CreateOutcomeUnknown",
+           "Instance", "Volume", "client_for", "describe", "make_driver_factory", "settle_create"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_MAX_SECONDS = 60.0
 _SAFE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
 _RAISE = object()
-
-
-class CloudError(Exception):
-    """A cloud call failed. ``transient``: retrying later may work. ``status``: HTTP status if any."""
-
-    def __init__(self, message: str, *, transient: bool = False, status: int | None = None):
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-
-
-class CloudConfigError(CloudError):
-    """The hub's configuration does not fit the cloud (unknown provider, region, image, key pair, ...): the
-    administrator's to fix, never the user's, and retrying does not help."""
-
-
-class CloudNotFound(CloudConfigError):
-    """An image, size or network named in the configuration does not exist in the cloud."""
-
-
-class CloudAmbiguous(CloudNotFound):
-    """A name in the configuration names several images, sizes or networks (Glance allows duplicate
-    names): the spawner will not guess which one a user boots. Configure it by id."""
-
-
-class CreateOutcomeUnknown(CloudError):
-    """The create request may or may not have created the instance: look it up before doing anything."""
-
-
-@dataclass(frozen=True)
-class Instance:
-    """What the spawner needs to know of a cloud instance (decoupled from libcloud's Node)."""
-
-    id: str
-    name: str
-    state: str  # libcloud NodeState value: "running", "pending", "error", "terminated", "stopped", ...
-    private_ips: tuple[str, ...] = ()
-    public_ips: tuple[str, ...] = ()
-    metadata: Mapping[str, Any] | None = None
-    task_state: str | None = None
-    created: str | None = None  # ISO 8601, as the cloud reports it
-    vm_state: str | None = None  # Nova's: active, stopped, shelved_offloaded, error, building...
-
-    @property
-    def deleting(self) -> bool:
-        return self.task_state == "deleting" or self.state in ("terminated",)
-
-
-@dataclass(frozen=True)
-class Volume:
-    """What the spawner needs to know of a block-storage volume (decoupled from libcloud's StorageVolume)."""
-
-    id: str
-    name: str | None
-    size_gib: int
-    status: str  # Cinder's: creating, available, attaching, in-use, detaching, deleting, error, error_deleting...
-    metadata: Mapping[str, str] | None = None
-    volume_type: str | None = None
-    attached_to: tuple[str, ...] = ()  # server ids
-    device: str | None = None  # of the first attachment, as Nova reports it (the guest may name it otherwise)
-    created: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.status.startswith("error")
-
-
-def _to_volume(vol) -> Volume:
-    extra = getattr(vol, "extra", None) or {}
-    attachments = [a for a in extra.get("attachments") or () if a]
-    servers = tuple(str(a.get("server_id") or a.get("serverId")) for a in attachments)
-    return Volume(
-        id=str(vol.id),
-        name=vol.name,
-        size_gib=int(vol.size or 0),
-        status=str(extra.get("state") or getattr(vol.state, "value", vol.state) or "unknown").lower(),
-        metadata=extra.get("metadata") or {},
-        volume_type=extra.get("volume_type"),
-        attached_to=servers,
-        device=attachments[0].get("device") if attachments else None,
-        created=extra.get("created_at"),
-    )
-
-
-def _to_instance(node) -> Instance:
-    extra = getattr(node, "extra", None) or {}
-    state = node.state
-    return Instance(
-        id=str(node.id),
-        name=node.name,
-        state=str(getattr(state, "value", state)).lower(),
-        private_ips=tuple(node.private_ips or ()),
-        public_ips=tuple(node.public_ips or ()),
-        metadata=extra.get("metadata") or {},
-        task_state=extra.get("task_state"),
-        created=extra.get("created"),
-        vm_state=extra.get("vm_state"),
-    )
-
-
-def _destroy(driver, node_id: str):
-    from libcloud.compute.base import Node
-
-    node = Node(id=node_id, name=None, state=None, public_ips=[], private_ips=[], driver=driver)
-    return driver.destroy_node(node)
-
-
-def _create(driver, *, security_groups: Iterable[str] = (), port_id: str | None = None, **kwargs):
-    """``create_node`` taking security groups by name (no lookup call: Nova takes names); with ``port_id``, on
-    that Neutron port (its own groups apply): libcloud's ``create_node`` sends only ``networks: [{"uuid"}]``, so
-    its request is built by the driver and sent with ``[{"port": id}]``, then the server read, as it does."""
-    if port_id:
-        params = driver._create_args_to_params(None, **kwargs)
-        params["networks"] = [{"port": port_id}]
-        created = driver.connection.request("/servers", method="POST", data={"server": params}).object["server"]
-        return driver._to_node(driver.connection.request(f"/servers/{created['id']}").object["server"])
-    groups = list(security_groups)
-    if groups:
-        from libcloud.compute.drivers.openstack import OpenStackSecurityGroup
-
-        kwargs["ex_security_groups"] = [
-            OpenStackSecurityGroup(id=None, tenant_id=None, name=g, description=None, driver=driver) for g in groups
-        ]
-    return driver.create_node(**kwargs)
-
-
-def _list_named(driver, name: str):
-    """``GET /servers/detail?name=^<name>$`` (``name`` is a safe slug: no regex metacharacters)."""
-    response = driver.connection.request("/servers/detail", params={"name": f"^{name}$"})
-    return driver._to_nodes(response.object)
-
-
-def _update_metadata(driver, node_id: str, metadata: Mapping[str, str]):
-    """``POST /servers/{id}/metadata``: merge these keys into the instance's metadata (OpenStack)."""
-    response = driver.connection.request(
-        f"/servers/{node_id}/metadata", method="POST", data={"metadata": dict(metadata)}
-    )
-    return (response.object or {}).get("metadata") or {}
-
-
-def _server_action(driver, node_id: str, action: str):
-    """``POST /servers/{id}/action`` ``{action: null}``: ``os-start``, ``os-stop``, ``shelve``, ``unshelve``."""
-    return driver.connection.request(f"/servers/{node_id}/action", method="POST", data={action: None})
-
-
-def _replace_metadata(driver, node_id: str, metadata: Mapping[str, str]):
-    """``PUT /servers/{id}/metadata``: the instance's metadata becomes exactly ``metadata`` (OpenStack)."""
-    body = {"metadata": dict(metadata)}
-    response = driver.connection.request(f"/servers/{node_id}/metadata", method="PUT", data=body)
-    return (response.object or {}).get("metadata") or {}
-
-
-def _rename(driver, node_id: str, name: str):
-    """``PUT /servers/{id}`` with a new name (OpenStack)."""
-    return driver.connection.request(f"/servers/{node_id}", method="PUT", data={"server": {"name": name}})
-
-
-def _fault(driver, node_id: str) -> str | None:
-    response = driver.connection.request(f"/servers/{node_id}")
-    fault = (response.object or {}).get("server", {}).get("fault") or {}
-    return fault.get("message")
-
-
-def _cinder(driver):
-    """The driver's Cinder v3 connection. libcloud's OpenStack 2.0 driver looks it up in the catalog by type
-    ``volumev3`` and name ``cinderv3``; clouds that name the service ``cinder`` (the dev cloud, recent
-    deployments) would make every volume call fail with "Could not find specified endpoint", so it is found
-    by type only, as keystoneauth does. The 1.1 driver has no Cinder connection (only Nova's deprecated
-    ``os-volumes`` proxy): home volumes need ``openstack_api_version`` 2.0."""
-    conn = getattr(driver, "volumev3_connection", None)
-    if conn is None:
-        raise CloudConfigError(
-            "home volumes need libcloud's OpenStack 2.0 driver (openstack_api_version '2.0') and a Cinder v3"
-            " (volumev3) endpoint"
-        )
-    if driver.volume_connection is not conn:
-        conn.service_name = None
-        driver.volume_connection = conn
-    return conn
-
-
-def _create_volume(driver, name: str, size_gib: int, volume_type: str | None, metadata: Mapping[str, str]):
-    """``POST /volumes`` with the given metadata (libcloud's ``create_volume`` sets its own ``contents`` key)."""
-    volume: dict[str, Any] = {"size": int(size_gib), "name": name, "metadata": dict(metadata)}
-    if volume_type:
-        volume["volume_type"] = volume_type
-    response = _cinder(driver).request("/volumes", method="POST", data={"volume": volume})
-    return driver._to_volume(response.object)
-
-
-def _get_volume(driver, volume_id: str):
-    return driver._to_volume(_cinder(driver).request(f"/volumes/{volume_id}").object)
-
-
-def _list_volumes(driver, name: str | None):
-    """``GET /volumes/detail`` (every page), filtered by exact name on Cinder's side when given."""
-    params = {"name": name} if name else {}
-    pages = driver._paginated_request("/volumes/detail", "volumes", _cinder(driver), params=params)
-    return driver._to_volumes(pages)
-
-
-def _attach_volume(driver, server_id: str, volume_id: str) -> str | None:
-    """``POST /servers/{id}/os-volume_attachments``; the device Nova reports."""
-    body = {"volumeAttachment": {"volumeId": volume_id}}
-    response = driver.connection.request(f"/servers/{server_id}/os-volume_attachments", method="POST", data=body)
-    return ((response.object or {}).get("volumeAttachment") or {}).get("device")
-
-
-def _detach_volume(driver, server_id: str, volume_id: str):
-    return driver.connection.request(f"/servers/{server_id}/os-volume_attachments/{volume_id}", method="DELETE")
-
-
-def _update_volume(driver, volume_id: str, name: str, metadata: Mapping[str, str]):
-    """``PUT /volumes/{id}``: a new name, and ``metadata`` as the volume's whole metadata (Cinder replaces it)."""
-    body = {"volume": {"name": name, "metadata": dict(metadata)}}
-    return driver._to_volume(_cinder(driver).request(f"/volumes/{volume_id}", method="PUT", data=body).object)
-
-
-def _delete_volume(driver, volume_id: str):
-    return _cinder(driver).request(f"/volumes/{volume_id}", method="DELETE")
 
 
 class CloudClient:
@@ -452,7 +248,7 @@ class CloudClient:
         after Nova created it, so re-sending the POST would make a second instance).
         """
         self.calls["create_node"] = self.calls.get("create_node", 0) + 1
-        pending = self._executor.submit(self._run, _create, (), dict(request))
+        pending = self._executor.submit(self._run, cloudcalls.create, (), dict(request))
         if on_sent is not None:
             on_sent(pending)
         try:
@@ -494,7 +290,7 @@ class CloudClient:
         """Instances carrying all ``tags`` (and named ``name`` if given)."""
         if self.provider == "openstack" and name and _SAFE_NAME.match(name):
             # Nova filters by name server-side (a regex): no full listing of a big project
-            nodes = await self.call(_list_named, name, what="list instances by name")
+            nodes = await self.call(cloudcalls.list_named, name, what="list instances by name")
         else:
             nodes = await self.call("list_nodes", what="list instances")
         found = [_to_instance(n) for n in nodes]
@@ -502,39 +298,39 @@ class CloudClient:
 
     async def destroy_node(self, node_id: str) -> None:
         """Delete an instance (retried: deleting is idempotent); an instance already gone is fine."""
-        await self.call(_destroy, node_id, what=f"delete instance {node_id}", on_404=None)
+        await self.call(cloudcalls.destroy, node_id, what=f"delete instance {node_id}", on_404=None)
 
     async def update_metadata(self, node_id: str, metadata: Mapping[str, str]) -> None:
         """Merge ``metadata`` into an instance's metadata (retried: setting keys is idempotent)."""
         if self.provider != "openstack":
             raise CloudError(f"updating instance metadata is not implemented for provider {self.provider!r}")
-        await self.call(_update_metadata, node_id, metadata, what=f"update metadata of instance {node_id}")
+        await self.call(cloudcalls.update_metadata, node_id, metadata, what=f"update metadata of instance {node_id}")
 
     async def server_action(self, node_id: str, action: str) -> None:
         """Ask Nova to power a server on or off, shelve or unshelve it (202). Not retried: a repeated action
         is refused (409) while the first runs; after an error the caller reads the server's state."""
         if self.provider != "openstack":
             raise CloudError(f"server action {action} is not implemented for provider {self.provider!r}")
-        await self.call(_server_action, node_id, action, retry=False, what=f"{action} instance {node_id}")
+        await self.call(cloudcalls.server_action, node_id, action, retry=False, what=f"{action} instance {node_id}")
 
     async def replace_metadata(self, node_id: str, metadata: Mapping[str, str]) -> None:
         """Set an instance's metadata to exactly ``metadata`` (retried: idempotent)."""
         if self.provider != "openstack":
             raise CloudError(f"replacing instance metadata is not implemented for provider {self.provider!r}")
-        await self.call(_replace_metadata, node_id, metadata, what=f"replace metadata of instance {node_id}")
+        await self.call(cloudcalls.replace_metadata, node_id, metadata, what=f"replace metadata of instance {node_id}")
 
     async def rename_node(self, node_id: str, name: str) -> None:
         """Rename an instance (retried: idempotent)."""
         if self.provider != "openstack":
             raise CloudError(f"renaming an instance is not implemented for provider {self.provider!r}")
-        await self.call(_rename, node_id, name, what=f"rename instance {node_id}")
+        await self.call(cloudcalls.rename, node_id, name, what=f"rename instance {node_id}")
 
     async def fault_message(self, node_id: str) -> str | None:
         """Nova's ``fault.message`` of an instance in ERROR (one extra call, only on errors)."""
         if self.provider != "openstack":
             return None
         try:
-            return await self.call(_fault, node_id, retries=1, what="read instance fault", on_404=None)
+            return await self.call(cloudcalls.fault, node_id, retries=1, what="read instance fault", on_404=None)
         except CloudError as e:
             self.log.debug("Could not read the fault of instance %s: %s", node_id, e)
             return None
@@ -546,7 +342,7 @@ class CloudClient:
         """Create a volume (never retried: Cinder makes one per request). Raises ``CreateOutcomeUnknown``
         when it may exist anyway (5xx, timeout, connection lost): look it up by name and tags first."""
         try:
-            vol = await self.call(_create_volume, name, size_gib, volume_type, metadata, retry=False,
+            vol = await self.call(cloudcalls.create_volume, name, size_gib, volume_type, metadata, retry=False,
                                   what=f"create volume {name}")  # fmt: skip
         except CloudError as e:  # a timeout is transient too
             if e.transient or (e.status is None and not isinstance(e, CloudConfigError)):
@@ -556,35 +352,37 @@ class CloudClient:
 
     async def get_volume(self, volume_id: str) -> Volume | None:
         """The volume, or ``None`` once Cinder says it does not exist (404)."""
-        vol = await self.call(_get_volume, volume_id, what=f"get volume {volume_id}", on_404=None)
+        vol = await self.call(cloudcalls.get_volume, volume_id, what=f"get volume {volume_id}", on_404=None)
         return None if vol is None else _to_volume(vol)
 
     async def find_volumes(self, *, name: str | None, tags: Mapping[str, str]) -> list[Volume]:
         """Volumes carrying all ``tags`` in their metadata (and named ``name`` if given)."""
-        found = [_to_volume(v) for v in await self.call(_list_volumes, name, what="list volumes")]
+        found = [_to_volume(v) for v in await self.call(cloudcalls.list_volumes, name, what="list volumes")]
         return [v for v in found if (name is None or v.name == name) and tags_match(v.metadata, tags)]
 
     async def attach_volume(self, server_id: str, volume_id: str) -> str | None:
         """Ask Nova to attach a volume; the device it reports. Not retried (a second request would be refused
         while the first attaches): after an error the caller reads the volume's status."""
-        return await self.call(_attach_volume, server_id, volume_id, retry=False,
+        return await self.call(cloudcalls.attach_volume, server_id, volume_id, retry=False,
                                what=f"attach volume {volume_id} to instance {server_id}")  # fmt: skip
 
     async def detach_volume(self, server_id: str, volume_id: str) -> bool:
         """Ask Nova to detach a volume; False when it is not attached to that server (404). Not retried:
         after an error the caller reads the volume's status."""
-        found = await self.call(_detach_volume, server_id, volume_id, retry=False, on_404=None,
+        found = await self.call(cloudcalls.detach_volume, server_id, volume_id, retry=False, on_404=None,
                                 what=f"detach volume {volume_id} from instance {server_id}")  # fmt: skip
         return found is not None
 
     async def update_volume(self, volume_id: str, name: str, metadata: Mapping[str, str]) -> Volume:
         """Rename a volume and set its whole metadata (idempotent: retried)."""
-        return _to_volume(await self.call(_update_volume, volume_id, name, metadata, what=f"update volume {volume_id}"))
+        return _to_volume(
+            await self.call(cloudcalls.update_volume, volume_id, name, metadata, what=f"update volume {volume_id}")
+        )
 
     async def delete_volume(self, volume_id: str) -> None:
         """Delete a volume (retried); a volume already gone (404) or already being deleted is fine."""
         try:
-            await self.call(_delete_volume, volume_id, what=f"delete volume {volume_id}", on_404=None)
+            await self.call(cloudcalls.delete_volume, volume_id, what=f"delete volume {volume_id}", on_404=None)
         except CloudError as e:
             if e.status != 400:
                 raise

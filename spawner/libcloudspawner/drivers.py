@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .cloudtypes import CloudConfigError, CloudError
 from .config import DriverArguments
 
 
@@ -88,8 +89,6 @@ def make_driver_factory(args: DriverArguments) -> Callable[[], Any]:
     def prepare() -> None:
         from libcloud.compute.providers import get_driver
 
-        from .cloud import CloudConfigError  # cloud.py imports this module: its errors are imported late
-
         use_ca_bundle(args.ca_bundle)
         try:
             shared["cls"] = get_driver(args.provider)
@@ -129,8 +128,6 @@ def use_ca_bundle(path: str | None) -> None:
     if not path:
         return
     import libcloud.security
-
-    from .cloud import CloudError  # cloud.py imports this module: its errors are imported late
 
     with _ca_bundle_lock:
         if _ca_bundle_in_use and _ca_bundle_in_use[0] != path:

@@ -12,7 +12,8 @@ import uuid
 from typing import Any
 
 from .base import BaseHandler, NotFoundMixin
-from .state import VolumeRecord, iso_micro
+from .state import iso_micro
+from .volumestate import VolumeRecord
 
 #: the statuses from which Cinder deletes a volume (``cinder/volume/api.py``)
 DELETABLE = ("available", "error", "error_restoring", "error_extending", "error_managing")

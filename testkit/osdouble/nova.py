@@ -11,7 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import BaseHandler, NotFoundMixin
-from .state import PHASE_STATUS, PHASE_VM_STATE, SERVER_ACTIONS, ServerRecord, VolumeRecord, iso_micro, iso_z
+from .serveractions import PHASE_STATUS, PHASE_VM_STATE, SERVER_ACTIONS
+from .state import ServerRecord, iso_micro, iso_z
+from .volumestate import VolumeRecord
 
 
 class NovaHandler(BaseHandler):

@@ -1,6 +1,7 @@
-"""State of the OpenStack API double, independent of HTTP: configuration, records (servers, volumes, tokens,
-calls), the fake compute host's lifecycle of a server, and a volume's timed status changes (the API port
-going down and up is ``apiport.py``)."""
+"""State of the OpenStack API double, independent of HTTP: configuration, records (servers, tokens, calls), and
+the fake compute host's lifecycle of a server. Beside it: a server's power and shelve actions
+(``serveractions.py``), volumes and their timed status changes (``volumestate.py``), Neutron ports
+(``ports.py``), the API port going down and up (``apiport.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from .cloudconfig import BootPlan, build_plan, decode_user_data
 from .faults import Rule
 from .instances import InstanceHost, service_port
 from .ports import PortRecord
+from .serveractions import PHASE_STATUS, ServerActions
+from .volumestate import VolumeRecord, VolumeState
 
 log = logging.getLogger("osdouble")
 
@@ -142,44 +144,6 @@ class ServerRecord:
         return PHASE_STATUS[self.phase]
 
 
-#: Nova's status and vm_state of each phase of a server
-PHASE_STATUS = {"scheduling": "BUILD", "spawning": "BUILD", "active": "ACTIVE", "error": "ERROR",
-                "shutoff": "SHUTOFF", "shelved_offloaded": "SHELVED_OFFLOADED"}
-PHASE_VM_STATE = {"scheduling": "building", "spawning": "building", "active": "active", "error": "error",
-                  "shutoff": "stopped", "shelved_offloaded": "shelved_offloaded"}
-#: server action -> (phases it is allowed from, task state while it runs, phase it ends in), as in Nova's
-#: compute API (``check_instance_state``); an action from another state is a 409
-SERVER_ACTIONS = {
-    "os-stop": (("active", "error"), "powering-off", "shutoff"),
-    "os-start": (("shutoff",), "powering-on", "active"),
-    "shelve": (("active", "shutoff"), "shelving", "shelved_offloaded"),
-    "unshelve": (("shelved_offloaded",), "unshelving", "active"),
-}
-#: Nova's names of the actions in its 409 message
-ACTION_NAMES = {"os-stop": "stop", "os-start": "start", "shelve": "shelve", "unshelve": "unshelve"}
-
-
-@dataclass
-class VolumeRecord:
-    """A Cinder volume. ``attachment`` (``server_id``, ``attachment_id``, ``device``, ``attached_at``) is set
-    from Nova's attach request until the detach completes; Cinder shows it while ``in-use`` or ``detaching``."""
-
-    id: str
-    name: str | None
-    description: str | None
-    size: int
-    volume_type: str
-    metadata: dict[str, str]
-    tenant_id: str
-    user_id: str
-    created: float
-    updated: float | None = None
-    status: str = "creating"
-    attachment: dict[str, Any] | None = None
-    gone: bool = False
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
 @dataclass
 class CallRecord:
     seq: int
@@ -195,7 +159,7 @@ class CallRecord:
     rule: int | None = None
 
 
-class Double(ApiPort):
+class Double(ServerActions, VolumeState, ApiPort):
     """All state of the double, independent of HTTP."""
 
     def __init__(self, config: Config, state_dir: Path, catalogue: dict[str, Any]):
@@ -461,26 +425,6 @@ class Double(ApiPort):
         log.info("server %s (%s) created: flavor %s image %s", rec.id, rec.name, flavor["name"], image["name"])
         return rec
 
-    def boot_volumes(self, mappings: Any) -> list[VolumeRecord] | tuple[int, str]:
-        """The volumes of a create's ``block_device_mapping_v2`` (``source_type`` and ``destination_type``
-        ``volume``), each available; else Nova's refusal. Image entries are Nova's own (``imageRef``)."""
-        if mappings is None:
-            return []
-        if not isinstance(mappings, list) or not all(isinstance(m, dict) for m in mappings):
-            return 400, f"Invalid input for field/attribute block_device_mapping_v2. Value: {mappings}."
-        found = []
-        for m in mappings:
-            if m.get("source_type") != "volume":
-                continue
-            vol = self.volumes.get(str(m.get("uuid")))
-            if vol is None or vol.gone:
-                return 400, f"Block Device Mapping is Invalid: failed to get volume {m.get('uuid')}."
-            if vol.status != "available" or vol.attachment is not None:
-                return 400, (f"Invalid volume: Volume {vol.id} status must be available or downloading to "
-                             f"reserve, but the current status is {vol.status}.")
-            found.append(vol)
-        return found
-
     def _planned_fault(self, rec: ServerRecord, image: dict[str, Any], flavor: dict[str, Any],
                        build_error: dict[str, Any] | None) -> dict[str, Any] | None:
         host = self.catalogue["host"]
@@ -591,41 +535,6 @@ class Double(ApiPort):
                                    done=lambda v: setattr(v, "attachment", None))
         asyncio.get_running_loop().create_task(self._finish_delete(rec))
 
-    def server_action(self, rec: ServerRecord, action: str) -> tuple[int, str] | None:
-        """``POST /servers/{id}/action`` for the power and shelve actions: None once accepted (202), else
-        Nova's refusal. The guest's processes stop when it powers off or is shelved, and its units start
-        again when it powers on or is unshelved; its address (Neutron port) and volume attachments stay."""
-        allowed, task_state, end = SERVER_ACTIONS[action]
-        name = ACTION_NAMES[action]
-        if rec.deleting:
-            return 409, f"Cannot '{name}' instance {rec.id} while it is in task_state deleting"
-        if rec.task_state is not None:
-            return 409, f"Cannot '{name}' instance {rec.id} while it is in task_state {rec.task_state}"
-        if rec.phase not in allowed:
-            return 409, f"Cannot '{name}' instance {rec.id} while it is in vm_state {PHASE_VM_STATE[rec.phase]}"
-        rec.task_state, rec.updated = task_state, time.time()
-        rec.task = asyncio.get_running_loop().create_task(self._finish_action(rec, end))
-        log.info("server %s: %s", rec.id, action)
-        return None
-
-    async def _finish_action(self, rec: ServerRecord, end: str) -> None:
-        await asyncio.sleep(self.config.power_s)
-        if end != "active":
-            await self.power_off(rec)
-        rec.phase, rec.task_state, rec.updated = end, None, time.time()
-        log.info("server %s is %s", rec.id, PHASE_STATUS[end])
-        if end == "active":
-            await self._boot_host(rec)
-
-    async def power_off(self, rec: ServerRecord) -> None:
-        """The guest stops (a shutdown inside it, or a host reboot, leaves it SHUTOFF)."""
-        if rec.host is not None:
-            await rec.host.stop(self.config.kill_timeout_s)
-            rec.host = None
-            self._write_pidfile()
-        if rec.phase == "active":
-            rec.phase, rec.updated = "shutoff", time.time()
-
     async def _finish_delete(self, rec: ServerRecord) -> None:
         started = time.monotonic()
         if rec.host is not None:
@@ -637,44 +546,6 @@ class Double(ApiPort):
             port.unbind()  # Nova did not create it: it keeps it
         self._write_pidfile()
         log.info("server %s deleted", rec.id)
-
-    # ------------------------------------------------------------------ volumes
-
-    def live_volumes(self) -> list[VolumeRecord]:
-        return [v for v in self.volumes.values() if not v.gone]
-
-    def attached_volumes(self, server_id: str) -> list[VolumeRecord]:
-        return [v for v in self.live_volumes() if v.attachment and v.attachment["server_id"] == server_id]
-
-    def volume_transition(self, vol: VolumeRecord, through: str, end: str | None, seconds: float,
-                          done: Callable[[VolumeRecord], None] | None = None) -> None:
-        """``vol`` is ``through`` now and ``end`` after ``seconds`` (``end`` None: it disappears), then
-        ``done(vol)`` runs. A newer transition (or a forced status) replaces a pending one."""
-        if vol.task is not None and not vol.task.done():
-            vol.task.cancel()
-        vol.status, vol.updated = through, time.time()
-        vol.task = asyncio.get_running_loop().create_task(self._finish_transition(vol, end, seconds, done))
-
-    async def _finish_transition(self, vol: VolumeRecord, end: str | None, seconds: float,
-                                 done: Callable[[VolumeRecord], None] | None) -> None:
-        await asyncio.sleep(max(0.0, seconds))
-        if done is not None:
-            done(vol)
-        if end is None:
-            vol.gone = True
-            log.info("volume %s deleted", vol.id)
-        else:
-            vol.status, vol.updated = end, time.time()
-            log.info("volume %s is %s", vol.id, end)
-
-    def set_volume_status(self, vol: VolumeRecord, status: str) -> None:
-        """Force a status now (a stuck or failed volume): any pending transition is dropped."""
-        if vol.task is not None and not vol.task.done():
-            vol.task.cancel()
-        vol.status, vol.updated = status, time.time()
-        if status == "available":
-            vol.attachment = None
-        log.info("volume %s forced to %s", vol.id, status)
 
     def _write_pidfile(self) -> None:
         pids = [p for s in self.servers.values() if s.host and not s.gone for p in s.host.pids()]
