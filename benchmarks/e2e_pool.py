@@ -44,8 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from benchmarks.e2e_resume import AGENT_PORT, POOL_TAG, agent_answers
-from benchmarks.e2e_spawn import REPO, bare_boot, make_hub
+from benchmarks.e2e_resume import AGENT_PORT, POOL_TAG, agent_answers, delete_leftovers
+from benchmarks.e2e_spawn import REPO, bare_boot, finish, make_hub, report
 from testkit.e2e import Spawn, connect_nova, devcloud_facts, published_image, servers_of
 from testkit.wait import wait_until
 
@@ -302,19 +302,10 @@ warm_at_hub_start(c)
                 with contextlib.suppress(Exception):
                     hub.api("DELETE", f"/users/{name}")
             hub.stop()
-            leftovers = servers_of(conn, hub_id)
-            for server in leftovers:
-                conn.compute.delete_server(server, ignore_missing=True)
-            results["pool_vms_deleted"] = [s.name for s in leftovers if POOL_TAG in (s.metadata or {})]
-            results["leftovers_deleted"] = [s.name for s in leftovers if POOL_TAG not in (s.metadata or {})]
-            with contextlib.suppress(Exception):
-                wait_until(lambda: not servers_of(conn, hub_id), timeout_s=300, interval_s=5, what="the VMs to go")
+            delete_leftovers(conn, hub_id, results)
             results["remaining"] = [s.name for s in servers_of(conn, hub_id)]
-            results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            save()
-    print(json.dumps(results, indent=2))
-    print(f"written to {path}")
-    return 0
+            finish(results, save)
+    return report(results, path)
 
 
 if __name__ == "__main__":

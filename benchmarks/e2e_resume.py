@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.e2e_spawn import REPO, bare_boot, make_hub, spawn_many
+from benchmarks.e2e_spawn import REPO, bare_boot, finish, make_hub, report, spawn_many
 from testkit.e2e import TAG_HUB_ID, Spawn, connect_nova, devcloud_facts, published_image, servers_of
 from testkit.wait import wait_until
 
@@ -82,6 +82,18 @@ def stop(hub, users: list[str]) -> None:
         hub.api("DELETE", hub.server_url(name))
     for name in users:
         hub.wait_gone(name, timeout_s=STOP_DEADLINE_S)
+
+
+def delete_leftovers(conn, hub_id: str, results: dict) -> None:
+    """Once the hub is stopped: delete what is left of its hub id (its pool VMs, or a leak, recorded apart) and
+    wait, bounded, until Nova holds none."""
+    leftovers = servers_of(conn, hub_id)
+    for server in leftovers:
+        conn.compute.delete_server(server, ignore_missing=True)
+    results["pool_vms_deleted"] = [s.name for s in leftovers if POOL_TAG in (s.metadata or {})]
+    results["leftovers_deleted"] = [s.name for s in leftovers if POOL_TAG not in (s.metadata or {})]
+    with contextlib.suppress(Exception):
+        wait_until(lambda: not servers_of(conn, hub_id), timeout_s=300, interval_s=5, what="the VMs to go")
 
 
 def main() -> int:
@@ -178,13 +190,7 @@ warm_at_hub_start(c)
                        and not hub_volumes(conn, hub_id), timeout_s=600, interval_s=5,
                        what="the users' VMs and volumes to be gone")  # fmt: skip
         hub.stop()  # a stopped hub refills nothing: what is left of the hub id now is the pool's, or a leak
-        leftovers = servers_of(conn, hub_id)
-        for server in leftovers:
-            conn.compute.delete_server(server, ignore_missing=True)
-        results["pool_vms_deleted"] = [s.name for s in leftovers if POOL_TAG in (s.metadata or {})]
-        results["leftovers_deleted"] = [s.name for s in leftovers if POOL_TAG not in (s.metadata or {})]
-        with contextlib.suppress(Exception):
-            wait_until(lambda: not servers_of(conn, hub_id), timeout_s=300, interval_s=5, what="the VMs to go")
+        delete_leftovers(conn, hub_id, results)
         volumes = hub_volumes(conn, hub_id)
         for volume in volumes:
             with contextlib.suppress(Exception):
@@ -192,11 +198,8 @@ warm_at_hub_start(c)
         results["leftover_volumes_deleted"] = [v["id"] for v in volumes]
         results["remaining"] = {"servers": [s.name for s in servers_of(conn, hub_id)],
                                 "volumes": [v["id"] for v in hub_volumes(conn, hub_id)]}  # fmt: skip
-        results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        save()
-    print(json.dumps(results, indent=2))
-    print(f"written to {path}")
-    return 0
+        finish(results, save)
+    return report(results, path)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -197,6 +198,19 @@ def bare_boot(conn, facts, image_id: str, deadline_s: float = 600) -> float:
         conn.compute.wait_for_delete(server, wait=300)
 
 
+def finish(results: dict, save: Callable[[], None]) -> None:
+    """Stamp the run's end and write its results (every e2e benchmark, in its ``finally``)."""
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    save()
+
+
+def report(results: dict, path: Path) -> int:
+    """Print the results and where they were written; the exit status."""
+    print(json.dumps(results, indent=2))
+    print(f"written to {path}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -330,11 +344,8 @@ def main() -> int:
         for s in leftovers:
             conn.compute.delete_server(s, ignore_missing=True)
         results["leftovers_deleted"] = [s.name for s in leftovers]
-        results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        save()
-    print(json.dumps(results, indent=2))
-    print(f"written to {path}")
-    return 0
+        finish(results, save)
+    return report(results, path)
 
 
 if __name__ == "__main__":

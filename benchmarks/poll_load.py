@@ -20,15 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from testkit.fleetscale import (
-    create_servers,
-    loaded_spawners,
-    poll_periodically,
-    route_counts,
-    routes_since,
-    scale_double,
-    spawner_config,
-)
+from testkit import fleetscale
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_ID = "pollbench"
@@ -40,7 +32,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def measure(double, mode: str, servers: list[dict], config: dict, poll_interval: float, window: float) -> dict:
-    spawners = loaded_spawners(servers, config, HUB_ID)
+    spawners = fleetscale.loaded_spawners(servers, config, HUB_ID)
     client = spawners[0]._client()
 
     async def direct(sp) -> None:  # how poll() worked before the fleet view
@@ -54,13 +46,14 @@ async def measure(double, mode: str, servers: list[dict], config: dict, poll_int
             await asyncio.sleep(0.01)
             lags.append((time.perf_counter() - t0 - 0.01) * 1000)
 
-    before, routes_before = client.calls.copy(), route_counts(double)
+    before, routes_before = client.calls.copy(), fleetscale.route_counts(double)
     prober = asyncio.ensure_future(probe())
-    await poll_periodically(spawners, poll_interval, window, direct if mode == "per-server" else None)
+    await fleetscale.poll_periodically(spawners, poll_interval, window, direct if mode == "per-server" else None)
     prober.cancel()
     await asyncio.gather(prober, return_exceptions=True)
     calls = {k: v - before.get(k, 0) for k, v in client.calls.items() if v - before.get(k, 0)}
-    routes = routes_since(double, routes_before)  # what the cloud received (a paginated listing may be several)
+    # what the cloud received (a paginated listing may be several)
+    routes = fleetscale.routes_since(double, routes_before)
     requests = sum(routes.values())
     return {
         "mode": mode,
@@ -86,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with (
         tempfile.TemporaryDirectory(prefix="lcs-pollbench-") as tmp,
-        scale_double(Path(tmp)) as double,
+        fleetscale.scale_double(Path(tmp)) as double,
     ):
-        config = spawner_config(double, fleet_refresh_seconds=args.fleet_refresh, api_max_workers=8)
+        config = fleetscale.spawner_config(double, fleet_refresh_seconds=args.fleet_refresh, api_max_workers=8)
         servers: list[dict] = []
         for n in counts:
             print(f"--- {n} servers: creating {n - len(servers)} more in the double", flush=True)
-            servers += create_servers(double, n - len(servers), HUB_ID)
+            servers += fleetscale.create_servers(double, n - len(servers), HUB_ID)
             for mode in ("per-server", "fleet"):
                 res = asyncio.run(measure(double, mode, servers[:n], config, args.poll_interval, args.window))
                 print(json.dumps(res), flush=True)
