@@ -105,8 +105,10 @@ class Agent:
             if tls:
                 self.write(path, tls[name], mode)
         self.write(f"{UNIT_DIR}/{UNIT_NAME}", unit_file, 0o644)
-        self.run("systemctl", "daemon-reload")
-        self.run("systemctl", "enable", "--now", UNIT_NAME)
+        # no daemon-reload (seconds under emulation, with the user waiting): the unit was never loaded on this
+        # VM, so systemd reads its new file at this first reference, as a cold boot's early start relies on
+        self.run("systemctl", "start", UNIT_NAME)
+        self.run("systemctl", "enable", "--no-reload", UNIT_NAME)  # for later boots
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
