@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -166,17 +167,25 @@ def test_a_failed_start_leaves_no_port(hub, double, fault):
 POOL_USER = "tls-pooled"
 
 
+def another_hub(tmp_path_factory, double, name: str, spawner_config: dict, extra: str) -> Iterator[Hub]:
+    """One more hub with internal_ssl, its own working directory and hub id ``hubtier-<name>``."""
+    workdir = tmp_path_factory.mktemp(name) / "hub"
+    workdir.mkdir()
+    h = Hub(workdir, double, spawner_config)
+    h.extra_config = tls_config(h) + f"\nc.LibcloudSpawner.hub_id = 'hubtier-{name}'\n" + extra
+    h.write_config()
+    h.start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
 @pytest.fixture(scope="module")
 def pool_hub(hub, tmp_path_factory, double):
     """A second hub (its own id) with a pool of one: a claim gets its certificate over the hand-over."""
-    workdir = tmp_path_factory.mktemp("tlspool") / "hub"
-    workdir.mkdir()
-    h = Hub(workdir, double, original_config(double.url))
     entry = {"image": "debian-12-jupyter", "size": "m1.small", "min": 1, "max": 1}
-    h.extra_config = (
-        tls_config(h)
-        + f"""
-c.LibcloudSpawner.hub_id = 'hubtier-tls-pool'
+    extra = f"""
 c.LibcloudSpawner.warm_pool = [{entry!r}]
 c.LibcloudSpawner.pool_agent_port = {free_port()}
 c.LibcloudSpawner.pool_create_interval_seconds = 0.2
@@ -185,13 +194,7 @@ c.LibcloudSpawner.fleet_refresh_seconds = 1
 from libcloudspawner.pool import warm_at_hub_start
 warm_at_hub_start(c)
 """
-    )
-    h.write_config()
-    h.start()
-    try:
-        yield h
-    finally:
-        h.stop()
+    yield from another_hub(tmp_path_factory, double, "tls-pool", original_config(double.url), extra)
 
 
 def test_a_pool_claim_gets_a_certificate_for_the_pool_vms_address(pool_hub, double):
@@ -221,16 +224,8 @@ KEPT_USER = "tls-kept"
 @pytest.fixture(scope="module")
 def kept_hub(pool_hub, tmp_path_factory, double):
     """A third hub (its own id) whose stops power the VM off and keep it."""
-    workdir = tmp_path_factory.mktemp("tlskept") / "hub"
-    workdir.mkdir()
-    h = Hub(workdir, double, {**original_config(double.url), "stop_action": "stop"})
-    h.extra_config = tls_config(h) + "\nc.LibcloudSpawner.hub_id = 'hubtier-tls-kept'\n"
-    h.write_config()
-    h.start()
-    try:
-        yield h
-    finally:
-        h.stop()
+    config = {**original_config(double.url), "stop_action": "stop"}
+    yield from another_hub(tmp_path_factory, double, "tls-kept", config, "")
 
 
 def test_a_kept_vm_keeps_its_port_and_is_resumed_over_https(kept_hub, double):
