@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from testkit.localhost import free_port, stop_process
+from testkit.localhost import children, free_port, stop_leftovers, stop_process
 from testkit.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,8 +150,14 @@ class Hub:
     def stop(self, timeout_s: float = 30) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        started = children(self.process.pid)  # its proxy and managed services (the idle culler...)
         stop_process(self.process, timeout_s)
         self._stop_proxy()
+        # a hub killed while it stopped its services leaves them running: stop those it started
+        stopped = stop_leftovers(started)
+        if stopped:
+            with open(self.log_path, "a") as log:
+                log.write(f"[testkit] processes of the stopped hub still running, stopped: {stopped}\n")
 
     def _stop_proxy(self) -> None:
         pid_file = self.workdir / "proxy.pid"
