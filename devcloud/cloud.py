@@ -5,7 +5,8 @@ Runs on Debian's /usr/bin/python3 (python3-openstacksdk, installed with the clou
 project's venv. Called by devcloud.sh; settings come from the environment (see lib/common.sh):
 
     cloud.py catalog    projects, users, roles, services and endpoints in Keystone
-    cloud.py resources  flat network, flavors, security groups, the 'blank' image, volume quotas
+    cloud.py resources  flat network, flavors, security groups, the 'blank' image, volume quotas;
+                        published image builds beyond the newest DEVCLOUD_KEEP_IMAGES deleted
     cloud.py health [all|services] [json|tsv]  one line per API-level check (exit 1 when one fails)
     cloud.py reset      delete every server and volume of the jupyter project, re-create network and flavors
     cloud.py facts      what clients need (JSON): auth URL, names, ids, flavors, images
@@ -36,6 +37,8 @@ WORK = E.get("WORK", "/var/tmp/devcloud")
 # server's port as the spawner configures it (8000), jupyter's default 8888, and the warm pool's agent (9443).
 GUEST_PORTS = [int(p) for p in E.get("DEVCLOUD_GUEST_PORTS", "22 8000 8888 9443").split()]
 PROJECT = "jupyter"
+# Published image builds kept in Glance (`resources` deletes older ones that no server uses)
+KEEP_IMAGES = int(E.get("DEVCLOUD_KEEP_IMAGES", "3"))
 USER = "jupyter"
 # The group the spawner's VMs get (`security_groups` in the example hub configuration): the guest ports
 # open from the host only, and no rule for the group itself, so that one user's VM cannot reach another's.
@@ -279,6 +282,21 @@ def ensure_volume_quotas(conn):
         conn.block_storage.put(path, json={"quota_set": VOLUME_QUOTA}).raise_for_status()
 
 
+def prune_images(conn, keep=KEEP_IMAGES):
+    """Delete the project's published builds (images with an lcs_git_commit property) except the newest
+    `keep` and any image a server still uses: each e2e run publishes one, and Glance would keep them all."""
+    builds = sorted(
+        (i for i in conn.image.images() if "lcs_git_commit" in (i.properties or {})),
+        key=lambda i: i.created_at or "",
+        reverse=True,
+    )
+    in_use = {(s.image or {}).get("id") for s in conn.compute.servers(all_projects=True)}
+    for img in builds[keep:]:
+        if img.id not in in_use:
+            conn.image.delete_image(img, ignore_missing=True)
+            log(f"deleted image {img.name} ({img.id}, {img.created_at}): older than the newest {keep} builds")
+
+
 def resources():
     conn = connect()
     t0 = time.monotonic()
@@ -287,6 +305,7 @@ def resources():
     ensure_security_rules()
     ensure_blank_image(conn)
     ensure_volume_quotas(conn)
+    prune_images(conn)
     log(f"network {NET_NAME}, flavors, security rules, image 'blank', volume quotas ok ({time.monotonic() - t0:.1f}s)")
 
 

@@ -21,7 +21,8 @@
 # Settings (environment): DEVCLOUD_PASSWORD (services and admin, default secret),
 # DEVCLOUD_JUPYTER_PASSWORD (user jupyter, default: DEVCLOUD_PASSWORD), DEVCLOUD_VIRT_TYPE (qemu),
 # DEVCLOUD_FIREWALL (auto|noop), DEVCLOUD_GUEST_PORTS ("22 8000 8888 9443"), DEVCLOUD_WORK (/var/tmp/devcloud),
-# DEVCLOUD_CEPH_GIB (32: the OSD's sparse file, also the jupyter project's volume gigabytes quota).
+# DEVCLOUD_CEPH_GIB (32: the OSD's sparse file, also the jupyter project's volume gigabytes quota),
+# DEVCLOUD_MIN_FREE_GIB (5: the free disk space `up` requires), DEVCLOUD_KEEP_IMAGES (3: published builds kept).
 set -euo pipefail
 
 # shellcheck source=lib/common.sh
@@ -107,6 +108,7 @@ heal() {
 }
 
 do_up() {
+  require_free_space
   do_install
   conf_base
   conf_libvirt

@@ -50,6 +50,22 @@ retry() {
   return 1
 }
 
+# The least free space (GiB) on the disk of /var/lib that `up` accepts: a run of the e2e tier needs about
+# 3 GiB there (Nova's raw copy of the image, the guests' disks, Glance's copy, volumes in Ceph's file).
+MIN_FREE_GIB=${DEVCLOUD_MIN_FREE_GIB:-5}
+
+# require_free_space: fail early and clearly when the disk is nearly full, naming the large consumers
+require_free_space() {
+  local free_kib
+  free_kib=$(df -Pk /var/lib | awk 'NR == 2 {print $4}')
+  [ "$free_kib" -ge $((MIN_FREE_GIB * 1024 * 1024)) ] && return 0
+  echo "devcloud: ERROR: $((free_kib / 1024 / 1024)) GiB free on the disk of /var/lib; 'up' needs $MIN_FREE_GIB GiB" \
+    "(DEVCLOUD_MIN_FREE_GIB). The largest directories of the dev cloud:" >&2
+  du -sh /var/lib/nova/instances/_base /var/lib/glance/images /var/lib/ceph "$WORK" 2>/dev/null | sed 's/^/  /' >&2
+  echo "  (Nova removes base images unused for an hour; 'up' deletes all but the newest published images)" >&2
+  exit 1
+}
+
 # port_open PORT: true when something listens on 127.0.0.1:PORT
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

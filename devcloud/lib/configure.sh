@@ -231,6 +231,12 @@ cpu_models = Nehalem
 lock_path = /var/lib/nova/tmp
 [oslo_messaging_notifications]
 driver = noop
+[image_cache]
+# Each image build is a new Glance image, and Nova keeps a raw copy of every image it booted (about
+# 1.2 GiB each) in instances/_base: remove the copies no instance has used for an hour, checked every
+# 10 minutes (Nova's defaults: a day, every 40 minutes).
+manager_interval = 600
+remove_unused_original_minimum_age_seconds = 3600
 INI
   write_conf /etc/nova/nova-compute.conf <<INI
 [DEFAULT]

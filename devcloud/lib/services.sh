@@ -78,7 +78,12 @@ start_one() {
       setsid -w "$name" -i "$(ceph_id "$name")" --setuser ceph --setgroup ceph </dev/null >>"$log" 2>&1 9>&- ;;
     rabbitmq-server) ERL_EPMD_ADDRESS=127.0.0.1 setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 9>&- ;;
     *) setsid -w /etc/init.d/"$name" start </dev/null >>"$log" 2>&1 9>&- ;;
-  esac || { echo "devcloud: $name did not start (see $log and $(daemon_log "$name"))" >&2; return 1; }
+  esac || {
+    echo "devcloud: $name did not start (see $log and $(daemon_log "$name")); the logs end with:" >&2
+    # shellcheck disable=SC2046  # daemon_log names one or more files
+    tail -q -n 4 $(daemon_log "$name") 2>/dev/null | sed 's/^/  | /' >&2
+    return 1
+  }
 }
 
 # stop_one NAME: stop a daemon (no error when it is not running)

@@ -41,8 +41,11 @@ osd pool default pg autoscale mode = off
 mon allow pool size one = true
 mon warn on pool no redundancy = false
 osd crush chooseleaf type = 0
-# the host disk is shared with images and guests: warn only when it is nearly full
-mon data avail warn = 5
+# The host disk is shared with images and guests, and its free share says little about what the monitor
+# needs (a store of tens of MiB). Ceph's defaults (warn at 30% free, refuse to start or run at 5%) stop
+# the monitor on a large disk that still has gigabytes free; devcloud.sh checks free space in GiB itself.
+mon data avail warn = 2
+mon data avail crit = 1
 pid file = /run/ceph/\$name.pid
 [mgr]
 keyring = \$mgr_data/keyring
@@ -80,6 +83,7 @@ ceph_bootstrap() {
     chown -R ceph:ceph "$mon"
     touch "$mon/done"
   fi
+  ceph_logs_to_ceph
   start_one ceph-mon
   retry 30 1 ceph_cli -s >/dev/null 2>&1 || die "ceph-mon does not answer (log: $(daemon_log ceph-mon))"
   if [ ! -s "$mgr/keyring" ]; then
@@ -111,6 +115,13 @@ ceph_bootstrap() {
     chown -R ceph:ceph "$osd"
     touch "$osd/ready"
   fi
+  ceph_logs_to_ceph
+}
+
+# ceph_logs_to_ceph: the daemons run as ceph; a log file that a --mkfs run as root created stays
+# unwritable to them, and they then log nothing at all
+ceph_logs_to_ceph() {
+  find /var/log/ceph -maxdepth 1 -name '*.log' ! -user ceph -exec chown ceph:ceph {} +
 }
 
 # ceph_pool_and_keys: the volumes pool, client.cinder's key, and the libvirt secret that holds it
