@@ -3,7 +3,9 @@
 JupyterHub forgets a server whatever ``stop()`` does, and revokes its API token only when ``stop()`` returns.
 So a stop that cannot delete its instance records it here and returns: the record is a JSON file beside the
 hub's database (:mod:`hubstate`), re-read after a restart, and one task per hub process deletes every
-recorded instance again, with exponential backoff, until the cloud says it is gone (404).
+recorded instance again, with exponential backoff, until the cloud says it is gone (404). A server that booted
+on a port the spawner created (``internal_ssl``) is recorded with its hub's id, and that port goes once its
+instance is gone; so is an instance whose deletion was sent but not seen to finish.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import hubstate
+from . import hubstate, ports
 from .cloud import CloudClient, CloudError
 
 FILE_NAME = "libcloudspawner-deletions.json"
@@ -41,21 +43,26 @@ class DurableDeletions:
     def _write(self, entries: list[dict[str, Any]]) -> None:
         hubstate.write_records(self.path, entries)
 
-    def add(self, instance_id: str, name: str, server: str) -> None:
+    def add(self, instance_id: str, name: str, server: str, ports_of_hub: str = "") -> None:
         entries = [e for e in self.entries() if e["instance_id"] != instance_id]
-        entries.append({"instance_id": instance_id, "name": name, "server": server, "since": time.time()})
+        entry = {"instance_id": instance_id, "name": name, "server": server, "since": time.time()}
+        if ports_of_hub:  # the hub whose ports named `name` go with the instance
+            entry["ports_of_hub"] = ports_of_hub
+        entries.append(entry)
         self._write(entries)
 
     def remove(self, instance_id: str) -> None:
         self._write([e for e in self.entries() if e["instance_id"] != instance_id])
 
     # ------------------------------------------------------------------------------ the retries
-    def record(self, instance_id: str, name: str, server: str, client: CloudClient, log: Any) -> None:
-        """Remember that ``instance_id`` must be deleted, and make sure the retries run."""
-        self.add(instance_id, name, server)
+    def record(self, instance_id: str, name: str, server: str, client: CloudClient, log: Any, *,
+               ports_of_hub: str = "", why: str = "could not be deleted") -> None:  # fmt: skip
+        """Remember that ``instance_id`` must be deleted (and its ports, with ``ports_of_hub``), and make sure
+        the retries run."""
+        self.add(instance_id, name, server, ports_of_hub)
         log.warning(
-            "Instance %s (%s) of %s could not be deleted; recorded in %s, deleted again in the background",
-            name, instance_id, server, self.path,
+            "Instance %s (%s) of %s %s; recorded in %s, deleted again in the background",
+            name, instance_id, server, why, self.path,
         )  # fmt: skip
         self.ensure_running(client, log)
 
@@ -89,6 +96,10 @@ class DurableDeletions:
                     continue
                 if await _delete_and_check(client, instance_id, log):
                     log.info("Instance %s (%s) of %s is gone", entry.get("name"), instance_id, entry.get("server"))
+                    if entry.get("ports_of_hub"):
+                        await ports.delete_unbound(client, log, hub_id=str(entry["ports_of_hub"]),
+                                                   name=str(entry["name"]), owner=str(entry.get("server")),
+                                                   gone={instance_id})  # fmt: skip
                     self.remove(instance_id)
                     continue
                 delay[instance_id] = min(delay.get(instance_id, RETRY_FIRST_SECONDS / 2) * 2, RETRY_MAX_SECONDS)

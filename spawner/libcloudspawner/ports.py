@@ -16,7 +16,7 @@ Nova does not delete a port it did not create: the spawner deletes it once the s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,3 +106,17 @@ async def find_ports(client: CloudClient, *, hub_id: str, name: str | None = Non
 async def delete_port(client: CloudClient, port_id: str) -> None:
     """Delete a port (retried: idempotent); a port already gone (404) is fine."""
     await client.call(_delete, port_id, what=f"delete port {port_id}", on_404=None)
+
+
+async def delete_unbound(client: CloudClient, log: Any, *, hub_id: str, name: str, owner: str,
+                         gone: Collection[str] = ()) -> None:  # fmt: skip
+    """Delete this hub's ports named ``name`` that no server uses (or whose server, in ``gone``, was deleted):
+    Nova keeps the ports it did not create. Best effort, logged as ``owner``'s: the reaper finds what is left."""
+    try:
+        for port in await find_ports(client, hub_id=hub_id, name=name):
+            if port.bound and port.device_id not in gone:
+                continue
+            log.info("Deleting port %s (%s) of %s", port.name, port.id, owner)
+            await delete_port(client, port.id)
+    except CloudError as e:
+        log.error("Could not delete the port of %s (%s); the reaper will find it", owner, e)

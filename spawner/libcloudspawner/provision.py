@@ -383,16 +383,8 @@ class Provisioner:
             await self.remove_ports(attempt.name, attempt.server_tags.get(naming.TAG_HUB_ID, ""), gone=ids)
 
     async def remove_ports(self, name: str, hub_id: str, *, gone=frozenset()) -> None:
-        """Delete this hub's ports named ``name`` that no server uses (or whose server, in ``gone``, was
-        deleted): Nova keeps the ports it did not create. Best effort: the reaper finds what is left."""
-        try:
-            for port in await ports.find_ports(self.client, hub_id=hub_id, name=name):
-                if port.bound and port.device_id not in gone:
-                    continue
-                self.log.info("Deleting port %s (%s) of %s", port.name, port.id, self.log_name)
-                await ports.delete_port(self.client, port.id)
-        except CloudError as e:
-            self.log.error("Could not delete the port of %s (%s); the reaper will find it", self.log_name, e)
+        """Delete this hub's unused ports named ``name`` (:func:`ports.delete_unbound`)."""
+        await ports.delete_unbound(self.client, self.log, hub_id=hub_id, name=name, owner=self.log_name, gone=gone)
 
     async def remove_broken(self, instance: Instance) -> bool:
         """Delete an instance found in ERROR, stopped or deleted behind the hub's back; False if that failed."""
@@ -407,9 +399,10 @@ class Provisioner:
             return False
         return True
 
-    async def delete(self, instance_id: str, name: str, tags: Mapping[str, str], *, wait: bool = True) -> None:
-        """Delete a server's instance (and any duplicate a late create left), then wait until it is gone.
-        ``CloudError`` if the cloud would not delete it within ``stop_timeout_seconds``."""
+    async def delete(self, instance_id: str, name: str, tags: Mapping[str, str], *, wait: bool = True) -> bool:
+        """Delete a server's instance (and any duplicate a late create left), then wait until it is gone; True
+        if it was seen gone (its ports are then deleted too). ``CloudError`` if the cloud would not delete it
+        within ``stop_timeout_seconds``."""
         self.log.info("Deleting instance %s (%s) of %s", name, instance_id, self.log_name)
         try:
             await self.delete_until_deadline(instance_id)
@@ -425,10 +418,12 @@ class Provisioner:
             raise
         # the same server's other instances (a create that landed after its request timed out): one lookup
         await self.remove_duplicates(name, tags, keep=None)
-        if wait:
-            gone = await self.wait_gone(instance_id)
-            if self.ports and gone:
-                await self.remove_ports(name, tags.get(naming.TAG_HUB_ID, ""), gone={instance_id})
+        if not wait:
+            return False
+        gone = await self.wait_gone(instance_id)
+        if self.ports and gone:
+            await self.remove_ports(name, tags.get(naming.TAG_HUB_ID, ""), gone={instance_id})
+        return gone
 
     async def delete_until_deadline(self, instance_id: str) -> None:
         """DELETE (a 404 counts as deleted, and wait_gone checks it). JupyterHub forgets the server whatever

@@ -267,9 +267,10 @@ class KeptServer(KeepTraits):
         self.volume_id = volume.id
         return volume.id
 
-    async def _drop_vm(self, provisioner: Provisioner, *, wait: bool = True) -> None:
+    async def _drop_vm(self, provisioner: Provisioner, *, wait: bool = True) -> bool:
         """Delete the server's VM, its home volume detached first (bounded; Nova detaches it with the deletion
-        otherwise). The volume is never deleted here. ``CloudError`` if the VM could not be deleted."""
+        otherwise). The volume is never deleted here. True if the VM was seen gone; ``CloudError`` if it could
+        not be deleted."""
         assert self.instance_id
         if self.volume_id:
             try:
@@ -278,8 +279,9 @@ class KeptServer(KeepTraits):
                 self.log.warning("Detaching volume %s of %s before its VM's deletion: %s", self.volume_id,
                                  self._log_name, e)  # fmt: skip
         name = self.instance_name or self._instance_name()
-        await provisioner.delete(self.instance_id, name, self._tags(), wait=wait)
+        gone = await provisioner.delete(self.instance_id, name, self._tags(), wait=wait)
         self._forget_instance()
+        return gone
 
     async def _poll_error(self, client: CloudClient, instance: Instance) -> int | None:
         """An instance in ERROR: the cloud's reason is logged and kept for the next start's message. It is

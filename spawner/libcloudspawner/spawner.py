@@ -415,15 +415,27 @@ class LibcloudSpawner(
             self._keep(self.stop_action)
             return
         name = self.instance_name or self._instance_name()
+        instance_id = self.instance_id
+        # a port the spawner created (internal_ssl) goes once the VM is gone, also when that is in the background
+        ports_of_hub = self.hub_id if self.internal_ssl else ""
         try:
-            await self._drop_vm(self._provisioner(client), wait=not now)
+            gone = await self._drop_vm(self._provisioner(client), wait=not now)
         except CloudError:
             try:
-                self._deletions().record(self.instance_id, name, self._log_name, client, self.log)
+                self._deletions().record(instance_id, name, self._log_name, client, self.log,
+                                         ports_of_hub=ports_of_hub)  # fmt: skip
             except OSError as e:
                 raise errors.cloud_unavailable(
                     "Your server's virtual machine could not be deleted right now; please try again later.",
-                    f"Could not record the deletion of instance {self.instance_id} of {self._log_name}: {e}",
+                    f"Could not record the deletion of instance {instance_id} of {self._log_name}: {e}",
                 ) from None
+        else:
+            if not gone and ports_of_hub:
+                try:
+                    self._deletions().record(instance_id, name, self._log_name, client, self.log,
+                                             ports_of_hub=ports_of_hub, why="is not gone yet")  # fmt: skip
+                except OSError as e:
+                    self.log.error("Could not record instance %s of %s (%s); the reaper will find its port",
+                                   instance_id, self._log_name, e)  # fmt: skip
         self._forget_instance()
         self.clear_state()

@@ -240,3 +240,36 @@ def test_a_kept_vm_keeps_its_port_and_is_resumed_over_https(kept_hub, double):
     [again] = cloud_servers(double, user=KEPT_USER)
     assert again["id"] == first["id"]
     assert kept_hub.through_proxy(KEPT_USER).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- a deletion retried
+RETRIED_USER = "tls-dora"
+
+
+@pytest.fixture(scope="module")
+def quick_stop_hub(kept_hub, tmp_path_factory, double):
+    """A fourth hub (its own id) whose stops give a failing DELETE up after 4 s (then retried in the background)."""
+    extra = "c.LibcloudSpawner.stop_timeout_seconds = 4\n"
+    yield from another_hub(tmp_path_factory, double, "tls-del", original_config(double.url), extra)
+
+
+def test_a_vm_deleted_in_the_background_takes_its_port_with_it(quick_stop_hub, double):
+    described = "jupyterhub-managed-by=libcloudspawner jupyterhub-hub-id=hubtier-tls-del"
+
+    def its_ports() -> list[dict]:
+        return [p for p in double.client.ports() if p["description"] == described]
+
+    server = spawn_ready(quick_stop_hub, double, RETRIED_USER)
+    assert [p["device_id"] for p in its_ports()] == [server["id"]]
+    rule = double.client.add_fault({"type": "status", "status": 500}, method="DELETE",
+                                   path=f"^/v2.1/servers/{server['id']}$")  # fmt: skip
+    try:
+        assert quick_stop_hub.api("DELETE", f"/users/{RETRIED_USER}/server").status_code in (202, 204)
+        quick_stop_hub.wait_gone(RETRIED_USER, timeout_s=60)
+        record = json.loads((quick_stop_hub.workdir / "libcloudspawner-deletions.json").read_text())
+        assert [(e["instance_id"], e.get("ports_of_hub")) for e in record] == [(server["id"], "hubtier-tls-del")]
+        assert len(its_ports()) == 1  # the VM is still there, and so is its port
+    finally:
+        double.client.remove_fault(rule["id"])
+    wait_until(lambda: not cloud_servers(double, user=RETRIED_USER) and not its_ports(), timeout_s=120,
+               what="the VM deleted in the background, then its port")  # fmt: skip

@@ -3,6 +3,7 @@ calls (``ports.py``, ``cloud.py``'s create on a port) with the REAL libcloud Ope
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from libcloud.common.exceptions import BaseHTTPError
 
-from libcloudspawner import ports
+from libcloudspawner import deletions, ports
 from libcloudspawner.cloud import CloudClient, make_driver_factory
 from libcloudspawner.naming import TAG_HUB_ID
 from libcloudspawner.provision import Provisioner
@@ -143,3 +144,20 @@ async def test_a_stop_deletes_the_port_only_with_internal_ssl_and_calls_neutron_
     port_calls = [c for c in volume_cloud.client.calls()[before:] if c["path"].startswith("/v2.0/ports")]
     assert bool(port_calls) == internal_ssl
     assert await ports.find_ports(client, hub_id=HUB) == []
+
+
+@pytest.mark.parametrize("with_hub_id", [False, True])
+async def test_a_recorded_deletion_takes_the_port_once_the_instance_is_gone_only_when_recorded_with_the_hub(
+    client, volume_cloud, tmp_path, with_hub_id
+):
+    port = await new_port(client)
+    size, image = await client.size("m1.small"), await client.image("debian-12-jupyter")
+    instance = await client.create_node({"name": "jupyter-alice", "size": size, "image": image, "port_id": port.id})
+    volume_cloud.client.wait_for_server(instance.id, status="ACTIVE", timeout_s=20)
+    record = deletions.DurableDeletions(tmp_path / deletions.FILE_NAME)
+    record.add(instance.id, "jupyter-alice", "alice", ports_of_hub=HUB if with_hub_id else "")
+    await asyncio.wait_for(record.retry_until_gone(client, logging.getLogger("test")), timeout=30)
+    assert record.entries() == []
+    assert await client.get_node(instance.id) is None
+    left = [p.id for p in await ports.find_ports(client, hub_id=HUB)]
+    assert left == ([] if with_hub_id else [port.id])
