@@ -94,8 +94,10 @@ class Agent:
         if not isinstance(env_file, str) or not isinstance(unit_file, str) or "\x00" in env_file + unit_file:
             raise ValueError("invalid environment or unit file")
         tls = claim.get("tls") or {}
-        if not isinstance(tls, dict) or any(not isinstance(tls.get(k), str) or "\x00" in tls[k] for k in tls) or (
-            tls and set(tls) != set(TLS_FILES)
+        if (
+            not isinstance(tls, dict)
+            or any(not isinstance(tls.get(k), str) or "\x00" in tls[k] for k in tls)
+            or (tls and set(tls) != set(TLS_FILES))
         ):
             raise ValueError("invalid TLS files")
         # useradd exits 9 when the account exists already (an image that has it)

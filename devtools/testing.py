@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Tier name -> what it proves. Order matters: cheap and broad first, the real cloud last.
 TIERS = {
-    "lint": "ruff on all Python, shellcheck on all shell scripts",
+    "lint": "ruff check and ruff format --check on all Python, shellcheck on all shell scripts",
     "unit": "pure modules, the OpenStack API double, rendering property tests with the real cloud-init validator",
     "hub": "a real JupyterHub + proxy + LibcloudSpawner + libcloud's OpenStack driver against the API double",
     "images": "Packer templates validated; the Debian 12 base and image built, then testinfra offline and booted",
@@ -38,11 +38,12 @@ def _shell_scripts(c) -> list[str]:
     return sorted(f for f in files if f.endswith(".sh") or Path(f).name in {"bootstrap", "run"})
 
 
-@task(help={"fix": "let ruff fix what it can"})
+@task(help={"fix": "let ruff fix what it can and format the code"})
 def lint(c, fix=False):
-    """Lint: ruff on all Python, shellcheck on every shell script."""
+    """Lint: ruff check and ruff format --check on all Python, shellcheck on every shell script."""
     with c.cd(str(ROOT)):
         c.run("ruff check ." + (" --fix" if fix else ""), echo=True, pty=False)
+        c.run("ruff format" + ("" if fix else " --check") + " .", echo=True, pty=False)
         if not shutil.which("shellcheck"):
             raise Exit("shellcheck is missing: install it with `apt-get install shellcheck` (./bootstrap does)")
         scripts = _shell_scripts(c)

@@ -139,7 +139,11 @@ def judge(
 
 
 def judge_volumes(
-    volumes: Iterable[Volume], users: Iterable[str], *, hub_id: str, min_age_seconds: float,
+    volumes: Iterable[Volume],
+    users: Iterable[str],
+    *,
+    hub_id: str,
+    min_age_seconds: float,
     now: dt.datetime | None = None,
 ) -> list[Verdict]:
     """Decide, for each home volume of this hub, whether it is an orphan: its user is gone from the hub

@@ -387,7 +387,10 @@ def render_userdata(
                 homedir=homedir,
                 env_file=env_file(env),
                 unit_file=unit_file(
-                    username=username, homedir=homedir, cmd=list(cmd), metadata_service=metadata_service,
+                    username=username,
+                    homedir=homedir,
+                    cmd=list(cmd),
+                    metadata_service=metadata_service,
                     requires=[HOME_UNIT_NAME] if home else [],
                     owned_files=[f["path"] for f in tls_files if f.get("owner") == "user"],
                 ),

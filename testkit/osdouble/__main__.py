@@ -44,8 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-timeout-s", type=float, default=Config.kill_timeout_s)
     p.add_argument("--subnet", default=Config.subnet, help="instance addresses (127.0.0.1 is skipped)")
     for phase in ("creating", "attaching", "detaching", "deleting"):
-        p.add_argument(f"--volume-{phase}-s", type=float, default=getattr(Config, f"volume_{phase}_s"),
-                       help=f"seconds a Cinder volume stays {phase}")
+        p.add_argument(
+            f"--volume-{phase}-s",
+            type=float,
+            default=getattr(Config, f"volume_{phase}_s"),
+            help=f"seconds a Cinder volume stays {phase}",
+        )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if not args.host.startswith("127."):
@@ -70,12 +74,22 @@ async def main_async(args: argparse.Namespace) -> None:
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="osdouble-"))
     state_dir.mkdir(parents=True, exist_ok=True)
     config = Config(
-        latency_s=args.latency, scheduling_s=args.scheduling_s, spawning_s=args.spawning_s,
-        delete_linger_s=args.delete_linger_s, boot_delay_s=args.boot_delay_s, token_ttl_s=args.token_ttl_s,
-        token_revoke_after_s=args.token_revoke_after_s, no_run=args.no_run, no_run_names=args.no_run_names,
-        standin_port=args.standin_port, kill_timeout_s=args.kill_timeout_s, subnet=args.subnet,
-        volume_creating_s=args.volume_creating_s, volume_attaching_s=args.volume_attaching_s,
-        volume_detaching_s=args.volume_detaching_s, volume_deleting_s=args.volume_deleting_s,
+        latency_s=args.latency,
+        scheduling_s=args.scheduling_s,
+        spawning_s=args.spawning_s,
+        delete_linger_s=args.delete_linger_s,
+        boot_delay_s=args.boot_delay_s,
+        token_ttl_s=args.token_ttl_s,
+        token_revoke_after_s=args.token_revoke_after_s,
+        no_run=args.no_run,
+        no_run_names=args.no_run_names,
+        standin_port=args.standin_port,
+        kill_timeout_s=args.kill_timeout_s,
+        subnet=args.subnet,
+        volume_creating_s=args.volume_creating_s,
+        volume_attaching_s=args.volume_attaching_s,
+        volume_detaching_s=args.volume_detaching_s,
+        volume_deleting_s=args.volume_deleting_s,
     )
     double, port, ctl_port, ctl_server = await serve(
         config, state_dir, args.host, args.port, args.control_port, load_catalogue(args.catalogue)
@@ -102,8 +116,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     asyncio.run(main_async(args))
     return 0

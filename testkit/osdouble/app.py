@@ -28,14 +28,25 @@ def bound(routes: list[tuple[str, type[web.RequestHandler]]], double: Double) ->
 def api_routes(double: Double) -> list[Any]:
     """The API port: the control API, then each service under its own prefix, then a 404 for the rest."""
     return bound(
-        [*control.ROUTES, *keystone.ROUTES, *nova.ROUTES, *cinder.ROUTES, *glance.ROUTES, *neutron.ROUTES,
-         (r"/(.*)", ApiNotFoundHandler)],
+        [
+            *control.ROUTES,
+            *keystone.ROUTES,
+            *nova.ROUTES,
+            *cinder.ROUTES,
+            *glance.ROUTES,
+            *neutron.ROUTES,
+            (r"/(.*)", ApiNotFoundHandler),
+        ],
         double,
     )
 
 
 async def serve(
-    config: Config, state_dir: Path, host: str, port: int, control_port: int | None,
+    config: Config,
+    state_dir: Path,
+    host: str,
+    port: int,
+    control_port: int | None,
     catalogue: dict[str, Any] | None = None,
 ) -> tuple[Double, int, int | None, httpserver.HTTPServer | None]:
     """Start the double in the running loop; return (double, api port, control port, control server)."""
@@ -53,4 +64,3 @@ async def serve(
     double.control_url = f"http://{host}:{ctl_port or api_port}"
     log.info("OpenStack API double on http://%s:%s (state %s)", host, api_port, state_dir)
     return double, api_port, ctl_port, ctl_server
-

@@ -75,7 +75,7 @@ class BaseHandler(web.RequestHandler):
             if marker not in ids:
                 self.send_error_body(missing_marker[0], missing_marker[1].format(marker=marker))
                 return None
-            items = items[ids.index(marker) + 1:]
+            items = items[ids.index(marker) + 1 :]
         limit_arg = self.get_query_argument("limit", None)
         limit = min(int(limit_arg), max_limit) if limit_arg and limit_arg.isdigit() else max_limit
         return items[:limit], len(items) > limit
@@ -101,8 +101,14 @@ class BaseHandler(web.RequestHandler):
             self.set_header("WWW-Authenticate", f'Keystone uri="{self.base_url}/v3"')
         self.finish(body)
 
-    def send_catalogue_part(self, part: str, singular: str, ident: str | None,
-                            view: Callable[[dict[str, Any]], dict[str, Any]], not_found: str) -> None:
+    def send_catalogue_part(
+        self,
+        part: str,
+        singular: str,
+        ident: str | None,
+        view: Callable[[dict[str, Any]], dict[str, Any]],
+        not_found: str,
+    ) -> None:
         """GET of a catalogue part: the whole list without ``ident``, the one item with it, else 404."""
         if ident is None:
             self.send_json(200, {part: [view(item) for item in self.double.catalogue[part]]})
@@ -157,8 +163,9 @@ class BaseHandler(web.RequestHandler):
                 message = f"Volume {v.group(1)} could not be found."
             self.send_error_body(status, message, effect.get("retry_after"))
         elif kind == "rate_limit":
-            self.send_error_body(int(effect.get("status", 413)), effect.get("message"),
-                                 float(effect.get("retry_after", 1)))
+            self.send_error_body(
+                int(effect.get("status", 413)), effect.get("message"), float(effect.get("retry_after", 1))
+            )
         elif kind == "unauthorized":
             self.double.revoke_token(self.request.headers.get("X-Auth-Token"))
             self.send_error_body(401)
@@ -184,8 +191,11 @@ class BaseHandler(web.RequestHandler):
         resource = effect.get("resource", "instances")
         quotas = self.double.catalogue["quotas"]
         live = self.double.live_servers()
-        used = {"instances": len(live), "cores": sum(int(s.flavor["vcpus"]) for s in live),
-                "ram": sum(int(s.flavor["ram"]) for s in live)}
+        used = {
+            "instances": len(live),
+            "cores": sum(int(s.flavor["vcpus"]) for s in live),
+            "ram": sum(int(s.flavor["ram"]) for s in live),
+        }
         req = {"instances": 1, "cores": 1, "ram": 2048}
         limits = {r: max(used[r], 0) for r in used}
         limits.update({resource: min(quotas.get(resource, used[resource]), used[resource])})
@@ -228,7 +238,6 @@ class BaseHandler(web.RequestHandler):
         return ident["user"]["id"], ident["project"]["id"]
 
 
-
 class NotFoundMixin:
     """A service's answer to a path it does not serve: its own 404 body, whatever the method."""
 
@@ -244,8 +253,15 @@ class ApiNotFoundHandler(BaseHandler):
 
     async def prepare(self) -> None:
         path = self.request.path
-        self.service = ("compute" if path.startswith("/v2.1") else "network" if path.startswith("/v2.0")
-                        else "image" if path.startswith("/v2/") else "identity")
+        self.service = (
+            "compute"
+            if path.startswith("/v2.1")
+            else "network"
+            if path.startswith("/v2.0")
+            else "image"
+            if path.startswith("/v2/")
+            else "identity"
+        )
         if re.match(r"^/v3/[0-9a-f]{32}/", path):
             self.service = "volume"
         await super().prepare()
@@ -254,5 +270,3 @@ class ApiNotFoundHandler(BaseHandler):
         self.send_error_body(404, "The resource could not be found.")
 
     post = put = delete = patch = head = get
-
-

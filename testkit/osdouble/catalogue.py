@@ -22,15 +22,27 @@ from typing import Any
 RECORDINGS = Path(__file__).resolve().parent / "recordings"
 
 
-
 DEFAULT_GROUP_ID = "5a1e0e6c-7d0f-4a43-9a0b-0d5c4b4e7c11"
 
 
-def rule(direction: str, ethertype: str, protocol: str | None = None, port: int | None = None,
-         remote_ip_prefix: str | None = None, remote_group_id: str | None = None) -> dict:
+def rule(
+    direction: str,
+    ethertype: str,
+    protocol: str | None = None,
+    port: int | None = None,
+    remote_ip_prefix: str | None = None,
+    remote_group_id: str | None = None,
+) -> dict:
     """A Neutron security group rule, as ``GET /v2.0/security-groups`` lists it (ids added when served)."""
-    return {"direction": direction, "ethertype": ethertype, "protocol": protocol, "port_range_min": port,
-            "port_range_max": port, "remote_ip_prefix": remote_ip_prefix, "remote_group_id": remote_group_id}
+    return {
+        "direction": direction,
+        "ethertype": ethertype,
+        "protocol": protocol,
+        "port_range_min": port,
+        "port_range_max": port,
+        "remote_ip_prefix": remote_ip_prefix,
+        "remote_group_id": remote_group_id,
+    }
 
 
 #: the rules Neutron gives every new group: any traffic out
@@ -40,6 +52,7 @@ EGRESS_RULES = (rule("egress", "IPv4"), rule("egress", "IPv6"))
 def member_rules(group_id: str) -> list[dict]:
     """The project's ``default`` group also lets in anything from its own members (recorded on the dev cloud)."""
     return [rule("ingress", "IPv4", remote_group_id=group_id), rule("ingress", "IPv6", remote_group_id=group_id)]
+
 
 def load_recording(name: str) -> dict[str, Any]:
     """One recorded exchange, e.g. ``load_recording("default-driver/005-POST-v2_1_servers-202.json")``."""
@@ -143,8 +156,12 @@ def default_catalogue() -> dict[str, Any]:
         "flavors": flavors,
         "networks": [_network("flatnet", "7f579703-d174-43d9-93ce-90102ab68207")],
         "security_groups": [
-            {"id": DEFAULT_GROUP_ID, "name": "default", "description": "Default security group",
-             "rules": [*EGRESS_RULES, *member_rules(DEFAULT_GROUP_ID)]},
+            {
+                "id": DEFAULT_GROUP_ID,
+                "name": "default",
+                "description": "Default security group",
+                "rules": [*EGRESS_RULES, *member_rules(DEFAULT_GROUP_ID)],
+            },
         ],
         "keypairs": [],
         # Cinder's volume types (the dev cloud has only Cinder's own default type)
@@ -166,9 +183,28 @@ def recorded_catalogue() -> dict[str, Any]:
     """The cloud the recordings were made on, read from the recorded answers."""
     glance = load_recording("api-2.0/002-GET-v2_images-200.json")["response"]["body"]["json"]["images"]
     glance_fields = {
-        "id", "name", "size", "virtual_size", "min_disk", "min_ram", "status", "visibility", "disk_format",
-        "container_format", "checksum", "owner", "created_at", "updated_at", "protected", "os_hidden",
-        "os_hash_algo", "os_hash_value", "tags", "self", "file", "schema",
+        "id",
+        "name",
+        "size",
+        "virtual_size",
+        "min_disk",
+        "min_ram",
+        "status",
+        "visibility",
+        "disk_format",
+        "container_format",
+        "checksum",
+        "owner",
+        "created_at",
+        "updated_at",
+        "protected",
+        "os_hidden",
+        "os_hash_algo",
+        "os_hash_value",
+        "tags",
+        "self",
+        "file",
+        "schema",
     }
     images = []
     for g in glance:
@@ -212,18 +248,27 @@ def normalise(part: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if part == "images":
             base = _image(item["name"], int(item.get("size", 1 << 30)), int(item.get("virtual_size", 8 << 30)))
         elif part == "flavors":
-            base = _flavor(item["name"], int(item.get("vcpus", 1)), int(item.get("ram", 2048)),
-                           int(item.get("disk", 20)))
+            base = _flavor(
+                item["name"], int(item.get("vcpus", 1)), int(item.get("ram", 2048)), int(item.get("disk", 20))
+            )
         elif part == "networks":
             base = _network(item["name"])
         elif part == "security_groups":
-            base = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"osdouble/sg/{item['name']}")),
-                    "name": item["name"], "description": "", "rules": list(EGRESS_RULES)}
+            base = {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"osdouble/sg/{item['name']}")),
+                "name": item["name"],
+                "description": "",
+                "rules": list(EGRESS_RULES),
+            }
         elif part == "volume_types":
             base = _volume_type(item["name"])
         elif part == "keypairs":
-            base = {"name": item["name"], "public_key": "ssh-ed25519 AAAA osdouble",
-                    "fingerprint": "00:00:00:00", "type": "ssh"}
+            base = {
+                "name": item["name"],
+                "public_key": "ssh-ed25519 AAAA osdouble",
+                "fingerprint": "00:00:00:00",
+                "type": "ssh",
+            }
         else:
             raise KeyError(f"unknown catalogue part {part!r}")
         base.update(item)

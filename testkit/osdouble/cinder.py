@@ -36,18 +36,41 @@ def volume_view(base_url: str, v: VolumeRecord, created: bool = False, tenant: b
     attachments = []
     if v.attachment is not None and v.status in ("in-use", "detaching"):
         a = v.attachment
-        attachments.append({"id": v.id, "attachment_id": a["attachment_id"], "volume_id": v.id,
-                            "server_id": a["server_id"], "host_name": None, "device": a["device"],
-                            "attached_at": iso_seconds(a["attached_at"])})
+        attachments.append(
+            {
+                "id": v.id,
+                "attachment_id": a["attachment_id"],
+                "volume_id": v.id,
+                "server_id": a["server_id"],
+                "host_name": None,
+                "device": a["device"],
+                "attached_at": iso_seconds(a["attached_at"]),
+            }
+        )
     view: dict[str, Any] = {
-        "id": v.id, "status": v.status, "size": v.size, "availability_zone": "nova",
+        "id": v.id,
+        "status": v.status,
+        "size": v.size,
+        "availability_zone": "nova",
         "created_at": iso_micro(v.created) if created else iso_seconds(v.created),
-        "updated_at": iso_seconds(v.updated), "name": v.name, "description": v.description,
-        "volume_type": v.volume_type, "snapshot_id": None, "source_volid": None, "metadata": dict(v.metadata),
-        "links": [{"rel": "self", "href": f"{base_url}/v3/{v.tenant_id}/volumes/{v.id}"},
-                  {"rel": "bookmark", "href": f"{base_url}/{v.tenant_id}/volumes/{v.id}"}],
-        "user_id": v.user_id, "bootable": "false", "encrypted": False, "replication_status": None,
-        "consistencygroup_id": None, "multiattach": False, "attachments": attachments,
+        "updated_at": iso_seconds(v.updated),
+        "name": v.name,
+        "description": v.description,
+        "volume_type": v.volume_type,
+        "snapshot_id": None,
+        "source_volid": None,
+        "metadata": dict(v.metadata),
+        "links": [
+            {"rel": "self", "href": f"{base_url}/v3/{v.tenant_id}/volumes/{v.id}"},
+            {"rel": "bookmark", "href": f"{base_url}/{v.tenant_id}/volumes/{v.id}"},
+        ],
+        "user_id": v.user_id,
+        "bootable": "false",
+        "encrypted": False,
+        "replication_status": None,
+        "consistencygroup_id": None,
+        "multiattach": False,
+        "attachments": attachments,
     }
     if not created if tenant is None else tenant:
         view["os-vol-tenant-attr:tenant_id"] = v.tenant_id
@@ -76,7 +99,6 @@ class CinderHandler(BaseHandler):
         return self.live_record(self.double.volumes, volume_id, f"Volume {volume_id} could not be found.")
 
 
-
 class VolumesHandler(CinderHandler):
     route = "/v3/{project}/volumes"
 
@@ -101,8 +123,13 @@ class VolumesHandler(CinderHandler):
         vtype = next((t for t in self.double.catalogue["volume_types"] if wanted in (t["name"], t["id"])), None)
         if vtype is None:
             return 404, f"Volume type with name {wanted} could not be found."
-        return {"size": size, "name": name, "description": volume.get("description"),
-                "metadata": dict(metadata), "volume_type": vtype["name"]}
+        return {
+            "size": size,
+            "name": name,
+            "description": volume.get("description"),
+            "metadata": dict(metadata),
+            "volume_type": vtype["name"],
+        }
 
     def quota_error(self, size: int) -> str | None:
         quotas = self.double.catalogue["quotas"]
@@ -112,8 +139,10 @@ class VolumesHandler(CinderHandler):
             return f"Maximum number of volumes allowed ({allowed}) exceeded for quota 'volumes'."
         quota, used = int(quotas.get("gigabytes", -1)), sum(v.size for v in live)
         if 0 <= quota < used + size:
-            return (f"Requested volume or snapshot exceeds allowed gigabytes quota. Requested {size}G, quota is "
-                    f"{quota}G and {used}G has been consumed.")
+            return (
+                f"Requested volume or snapshot exceeds allowed gigabytes quota. Requested {size}G, quota is "
+                f"{quota}G and {used}G has been consumed."
+            )
         return None
 
     async def post(self, project: str) -> None:
@@ -163,8 +192,9 @@ class VolumesHandler(CinderHandler):
         if detail:
             body: dict[str, Any] = {"volumes": [volume_view(self.base_url, v) for v in page]}
         else:
-            body = {"volumes": [{"id": v.id, "links": volume_view(self.base_url, v)["links"], "name": v.name}
-                                for v in page]}
+            body = {
+                "volumes": [{"id": v.id, "links": volume_view(self.base_url, v)["links"], "name": v.name} for v in page]
+            }
         if more:
             kind = "volumes/detail" if detail else "volumes"
             href = f"{self.base_url}/v3/{project}/{kind}?limit={len(page)}&marker={page[-1].id}"

@@ -1,10 +1,10 @@
 """Python client of the double's control API (``/_double/...``), standard library only, synchronous.
 
-    client = DoubleClient("http://127.0.0.1:PORT")        # the control URL (or the API URL)
-    client.set_config(latency_s=1.0)
-    rule = client.add_fault(method="POST", path="^/v2.1/servers$", nth=1, effect="lost_response")
-    client.wait_for_server(name="jupyter-alice", status="ACTIVE", timeout_s=30)
-    report = client.boot_report(server_id)
+client = DoubleClient("http://127.0.0.1:PORT")        # the control URL (or the API URL)
+client.set_config(latency_s=1.0)
+rule = client.add_fault(method="POST", path="^/v2.1/servers$", nth=1, effect="lost_response")
+client.wait_for_server(name="jupyter-alice", status="ACTIVE", timeout_s=30)
+report = client.boot_report(server_id)
 """
 
 from __future__ import annotations
@@ -145,11 +145,13 @@ class DoubleClient:
     def user_data(self, server_id: str) -> str:
         return self._request("GET", f"/_double/servers/{server_id}/user_data", raw=True)
 
-    def force_error(self, server_id: str, message: str = "No valid host was found. ", code: int = 500,
-                    kill: bool = True) -> dict[str, Any]:
+    def force_error(
+        self, server_id: str, message: str = "No valid host was found. ", code: int = 500, kill: bool = True
+    ) -> dict[str, Any]:
         """Put a server into ERROR with this fault now (its process is killed unless ``kill=False``)."""
-        return self._request("POST", f"/_double/servers/{server_id}/error",
-                             {"message": message, "code": code, "kill": kill})
+        return self._request(
+            "POST", f"/_double/servers/{server_id}/error", {"message": message, "code": code, "kill": kill}
+        )
 
     def power_off(self, server_id: str) -> dict[str, Any]:
         """The guest shuts down now (as a host reboot leaves it): SHUTOFF, its processes stopped."""
@@ -160,9 +162,15 @@ class DoubleClient:
         honoured (``on-failure`` restarts after SIGKILL, not after the clean SIGTERM)."""
         return self._request("POST", f"/_double/servers/{server_id}/kill", {"signal": signal})["killed"]
 
-    def wait_for_server(self, server_id: str | None = None, *, name: str | None = None,
-                        status: str = "ACTIVE", boot_status: str | None = None,
-                        timeout_s: float = 30.0) -> dict[str, Any]:
+    def wait_for_server(
+        self,
+        server_id: str | None = None,
+        *,
+        name: str | None = None,
+        status: str = "ACTIVE",
+        boot_status: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> dict[str, Any]:
         """Wait (with a deadline) until a server (by id or exact name) has ``status``
         (BUILD/ACTIVE/ERROR/DELETED) and, if given, ``boot_status`` (running, not-started, stand-in...)."""
         deadline = time.monotonic() + timeout_s

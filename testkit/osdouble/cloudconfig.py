@@ -290,9 +290,7 @@ def build_plan(user_data: bytes, *, image_users: tuple[str, ...] = ()) -> BootPl
                 plan.log.append(f"runcmd: systemctl {verb} ignored by the double")
     plan.enabled_only = [n for n in enabled if n not in started]
     for name in plan.enabled_only:
-        plan.log.append(
-            f"{name} is only enabled (no --now, no start): it would start at the next boot, not this one"
-        )
+        plan.log.append(f"{name} is only enabled (no --now, no start): it would start at the next boot, not this one")
     if not started:
         plan.log.append("runcmd starts no systemd unit: nothing runs")
     for name, action in started.items():
@@ -304,8 +302,15 @@ def plan_from_root(root: Path, users: list[str]) -> BootPlan:
     """The files a running fake VM holds under ``root`` now, as a plan (for a unit started after boot)."""
     plan = BootPlan(cloud_config=True, users=list(users))
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        plan.files.append(WrittenFile(path="/" + path.relative_to(root).as_posix(), content=path.read_bytes(),
-                                      mode=path.stat().st_mode & 0o7777, owner="root:root", encoding="text/plain"))
+        plan.files.append(
+            WrittenFile(
+                path="/" + path.relative_to(root).as_posix(),
+                content=path.read_bytes(),
+                mode=path.stat().st_mode & 0o7777,
+                owner="root:root",
+                encoding="text/plain",
+            )
+        )
     return plan
 
 
@@ -332,8 +337,11 @@ def _find_unit(plan: BootPlan, name: str) -> tuple[str | None, list[str], dict[s
             if f is not None:
                 texts = [f.content.decode("utf-8", "replace")]
                 dropins = sorted(
-                    (w for w in plan.files if posixpath.dirname(w.path) == f"{d}/{name}.d"
-                     and w.path.endswith(".conf")),
+                    (
+                        w
+                        for w in plan.files
+                        if posixpath.dirname(w.path) == f"{d}/{name}.d" and w.path.endswith(".conf")
+                    ),
                     key=lambda w: posixpath.basename(w.path),
                 )
                 texts += [w.content.decode("utf-8", "replace") for w in dropins]

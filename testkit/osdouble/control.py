@@ -63,11 +63,23 @@ class ControlHandler(web.RequestHandler):
     def server_summary(self, s: ServerRecord) -> dict[str, Any]:
         host = s.host
         return {
-            "id": s.id, "name": s.name, "phase": s.phase, "deleting": s.deleting, "gone": s.gone,
-            "status": "DELETED" if s.gone else s.status, "task_state": s.task_state,
-            "address": s.address, "metadata": s.metadata, "flavor": s.flavor["name"], "image_id": s.image_id,
-            "fault": s.fault, "created": s.created, "deleted_at": s.deleted_at, "no_run": s.no_run,
-            "boot_status": host.status if host else None, "boot_reason": host.reason if host else None,
+            "id": s.id,
+            "name": s.name,
+            "phase": s.phase,
+            "deleting": s.deleting,
+            "gone": s.gone,
+            "status": "DELETED" if s.gone else s.status,
+            "task_state": s.task_state,
+            "address": s.address,
+            "metadata": s.metadata,
+            "flavor": s.flavor["name"],
+            "image_id": s.image_id,
+            "fault": s.fault,
+            "created": s.created,
+            "deleted_at": s.deleted_at,
+            "no_run": s.no_run,
+            "boot_status": host.status if host else None,
+            "boot_reason": host.reason if host else None,
             "pids": host.pids() if host else [],
         }
 
@@ -222,9 +234,17 @@ class CtlServer(ControlHandler):
 
 
 def volume_summary(v: VolumeRecord) -> dict[str, Any]:
-    return {"id": v.id, "name": v.name, "status": "deleted" if v.gone else v.status, "size": v.size,
-            "volume_type": v.volume_type, "metadata": v.metadata, "attachment": v.attachment,
-            "created": v.created, "gone": v.gone}
+    return {
+        "id": v.id,
+        "name": v.name,
+        "status": "deleted" if v.gone else v.status,
+        "size": v.size,
+        "volume_type": v.volume_type,
+        "metadata": v.metadata,
+        "attachment": v.attachment,
+        "created": v.created,
+        "gone": v.gone,
+    }
 
 
 class CtlVolumes(ControlHandler):

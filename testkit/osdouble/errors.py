@@ -76,8 +76,7 @@ CINDER_DEFAULT_MESSAGES = {
 }
 
 GLANCE_MESSAGES = {
-    400: "The server could not comply with the request since it is either malformed or otherwise "
-    "incorrect.",
+    400: "The server could not comply with the request since it is either malformed or otherwise incorrect.",
     404: "The resource could not be found.",
     500: "The server has either erred or is incapable of performing the requested operation.",
     503: "The server is currently unavailable. Please try again at a later time.",

@@ -42,8 +42,17 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 EFFECTS = {
-    "status", "rate_limit", "unauthorized", "quota", "delay", "reset", "drop", "lost_response", "build_error",
-    "api_down", "volume",
+    "status",
+    "rate_limit",
+    "unauthorized",
+    "quota",
+    "delay",
+    "reset",
+    "drop",
+    "lost_response",
+    "build_error",
+    "api_down",
+    "volume",
 }
 
 

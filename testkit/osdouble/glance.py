@@ -36,12 +36,15 @@ class GlanceImagesHandler(BaseHandler):
         marker = self.get_query_argument("marker", None)
         if marker is not None:
             ids = [i["id"] for i in images]
-            images = images[ids.index(marker) + 1:] if marker in ids else []
+            images = images[ids.index(marker) + 1 :] if marker in ids else []
         limit_arg = self.get_query_argument("limit", "25")
         limit = int(limit_arg) if limit_arg.isdigit() else 25
         page = images[:limit]
-        body: dict[str, Any] = {"images": [self.image_view(i) for i in page], "schema": "/v2/schemas/images",
-                                "first": "/v2/images"}
+        body: dict[str, Any] = {
+            "images": [self.image_view(i) for i in page],
+            "schema": "/v2/schemas/images",
+            "first": "/v2/images",
+        }
         if len(images) > limit:
             body["next"] = f"/v2/images?marker={page[-1]['id']}"
         self.send_json(200, body)

@@ -313,8 +313,14 @@ class InstanceHost:
             logf.flush()
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    exe, *args, env=run.env, cwd=str(self.home), stdin=asyncio.subprocess.DEVNULL,
-                    stdout=logf, stderr=logf, start_new_session=True,
+                    exe,
+                    *args,
+                    env=run.env,
+                    cwd=str(self.home),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                    start_new_session=True,
                 )
             except OSError as exc:
                 run.returncode = 203

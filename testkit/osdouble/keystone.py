@@ -36,12 +36,18 @@ class KeystoneTokensHandler(BaseHandler):
         out = []
         for stype, name, url in services:
             endpoints = [
-                {"id": uuid.uuid5(uuid.NAMESPACE_URL, f"{stype}/{iface}").hex, "interface": iface,
-                 "region_id": region, "url": url, "region": region}
+                {
+                    "id": uuid.uuid5(uuid.NAMESPACE_URL, f"{stype}/{iface}").hex,
+                    "interface": iface,
+                    "region_id": region,
+                    "url": url,
+                    "region": region,
+                }
                 for iface in ("public", "internal", "admin")
             ]
-            out.append({"endpoints": endpoints, "id": uuid.uuid5(uuid.NAMESPACE_URL, stype).hex,
-                        "type": stype, "name": name})
+            out.append(
+                {"endpoints": endpoints, "id": uuid.uuid5(uuid.NAMESPACE_URL, stype).hex, "type": stype, "name": name}
+            )
         return out
 
     def token_body(self, tok: Token, methods: list[str], appcred: dict[str, Any] | None) -> dict[str, Any]:
@@ -49,10 +55,15 @@ class KeystoneTokensHandler(BaseHandler):
         domain = ident["domain"]
         body: dict[str, Any] = {
             "methods": methods,
-            "user": {"domain": dict(domain), "id": ident["user"]["id"], "name": ident["user"]["name"],
-                     "password_expires_at": None},
-            "audit_ids": [base64.urlsafe_b64encode(hashlib.sha256(tok.value.encode()).digest()[:16])
-                          .decode().rstrip("=")[:22]],
+            "user": {
+                "domain": dict(domain),
+                "id": ident["user"]["id"],
+                "name": ident["user"]["name"],
+                "password_expires_at": None,
+            },
+            "audit_ids": [
+                base64.urlsafe_b64encode(hashlib.sha256(tok.value.encode()).digest()[:16]).decode().rstrip("=")[:22]
+            ],
             "expires_at": iso_micro(tok.expires)[:-6] + "000000Z",
             "issued_at": iso_micro(tok.issued)[:-6] + "000000Z",
             "project": {"domain": dict(domain), "id": ident["project"]["id"], "name": ident["project"]["name"]},
@@ -145,7 +156,6 @@ class KeystoneTokensHandler(BaseHandler):
         await super().prepare()
 
 
-
 class KeystoneVersionHandler(BaseHandler):
     """Version discovery (keystoneauth / openstacksdk ask for it; libcloud does not)."""
 
@@ -155,7 +165,9 @@ class KeystoneVersionHandler(BaseHandler):
 
     def version(self) -> dict[str, Any]:
         return {
-            "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+            "id": "v3.14",
+            "status": "stable",
+            "updated": "2020-04-07T00:00:00Z",
             "links": [{"rel": "self", "href": f"{self.base_url}/v3/"}],
             "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
         }

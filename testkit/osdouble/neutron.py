@@ -70,25 +70,49 @@ class NeutronNetworksHandler(NeutronHandler):
     def network_view(self, n: dict[str, Any]) -> dict[str, Any]:
         tenant = n.get("tenant_id", "03a8c754e2e3470c933adc5bb5e102b4")
         return {
-            "id": n["id"], "name": n["name"], "tenant_id": tenant, "admin_state_up": True, "mtu": n.get("mtu", 1500),
-            "status": n.get("status", "ACTIVE"), "subnets": list(n.get("subnets", [])), "shared": n.get("shared", True),
-            "availability_zone_hints": [], "availability_zones": ["nova"], "ipv4_address_scope": None,
-            "ipv6_address_scope": None, "router:external": False, "description": n.get("description", ""),
-            "port_security_enabled": True, "tags": [], "created_at": n.get("created_at", "2026-11-25T20:18:34Z"),
-            "updated_at": n.get("updated_at", "2026-11-25T20:18:35Z"), "revision_number": 2, "project_id": tenant,
+            "id": n["id"],
+            "name": n["name"],
+            "tenant_id": tenant,
+            "admin_state_up": True,
+            "mtu": n.get("mtu", 1500),
+            "status": n.get("status", "ACTIVE"),
+            "subnets": list(n.get("subnets", [])),
+            "shared": n.get("shared", True),
+            "availability_zone_hints": [],
+            "availability_zones": ["nova"],
+            "ipv4_address_scope": None,
+            "ipv6_address_scope": None,
+            "router:external": False,
+            "description": n.get("description", ""),
+            "port_security_enabled": True,
+            "tags": [],
+            "created_at": n.get("created_at", "2026-11-25T20:18:34Z"),
+            "updated_at": n.get("updated_at", "2026-11-25T20:18:35Z"),
+            "revision_number": 2,
+            "project_id": tenant,
         }
 
     async def get(self, network_id: str | None = None) -> None:
-        self.send_catalogue_part("networks", "network", network_id, self.network_view,
-                                 f"Network {network_id} could not be found.")
+        self.send_catalogue_part(
+            "networks", "network", network_id, self.network_view, f"Network {network_id} could not be found."
+        )
 
 
 def _rule(group_id: str, index: int, rule: dict, project: str) -> dict:
-    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"osdouble/sg-rule/{group_id}/{index}")),
-            "security_group_id": group_id, "tenant_id": project, "project_id": project, "description": "",
-            "normalized_cidr": rule.get("remote_ip_prefix"), "remote_address_group_id": None, "tags": [],
-            "created_at": "2026-11-25T20:18:34Z", "updated_at": "2026-11-25T20:18:34Z", "revision_number": 0,
-            **rule}
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"osdouble/sg-rule/{group_id}/{index}")),
+        "security_group_id": group_id,
+        "tenant_id": project,
+        "project_id": project,
+        "description": "",
+        "normalized_cidr": rule.get("remote_ip_prefix"),
+        "remote_address_group_id": None,
+        "tags": [],
+        "created_at": "2026-11-25T20:18:34Z",
+        "updated_at": "2026-11-25T20:18:34Z",
+        "revision_number": 0,
+        **rule,
+    }
 
 
 class NeutronSecurityGroupsHandler(NeutronHandler):
@@ -97,11 +121,19 @@ class NeutronSecurityGroupsHandler(NeutronHandler):
     async def get(self) -> None:
         _, project = self.token_identity()
         groups = [
-            {"id": g["id"], "name": g["name"], "description": g.get("description", ""), "tenant_id": project,
-             "project_id": project, "security_group_rules": [_rule(g["id"], i, r, project)
-                                                            for i, r in enumerate(g.get("rules", ()))],
-             "tags": [], "stateful": True,
-             "created_at": "2026-11-25T20:18:34Z", "updated_at": "2026-11-25T20:18:34Z", "revision_number": 1}
+            {
+                "id": g["id"],
+                "name": g["name"],
+                "description": g.get("description", ""),
+                "tenant_id": project,
+                "project_id": project,
+                "security_group_rules": [_rule(g["id"], i, r, project) for i, r in enumerate(g.get("rules", ()))],
+                "tags": [],
+                "stateful": True,
+                "created_at": "2026-11-25T20:18:34Z",
+                "updated_at": "2026-11-25T20:18:34Z",
+                "revision_number": 1,
+            }
             for g in self.double.catalogue["security_groups"]
         ]
         self.send_json(200, {"security_groups": groups})
@@ -109,8 +141,10 @@ class NeutronSecurityGroupsHandler(NeutronHandler):
 
 ROUTES = [
     (r"/v2\.0/networks", NeutronNetworksHandler),
-    (r"/v2\.0/networks/([^/]+)",
-     type("NeutronNetworkHandler", (NeutronNetworksHandler,), {"route": "/v2.0/networks/{id}"})),
+    (
+        r"/v2\.0/networks/([^/]+)",
+        type("NeutronNetworkHandler", (NeutronNetworksHandler,), {"route": "/v2.0/networks/{id}"}),
+    ),
     (r"/v2\.0/security-groups", NeutronSecurityGroupsHandler),
     (r"/v2\.0/ports", NeutronPortsHandler),
     (r"/v2\.0/ports/([^/]+)", type("NeutronPortHandler", (NeutronPortsHandler,), {"route": "/v2.0/ports/{id}"})),

@@ -45,8 +45,9 @@ class NovaHandler(BaseHandler):
         if s.phase in ("active", "shutoff", "shelved_offloaded") and s.address:
             for i, net in enumerate(s.networks):
                 if i == 0:
-                    addresses[net["name"]] = [{"version": 4, "addr": s.address, "OS-EXT-IPS:type": "fixed",
-                                               "OS-EXT-IPS-MAC:mac_addr": s.mac}]
+                    addresses[net["name"]] = [
+                        {"version": 4, "addr": s.address, "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": s.mac}
+                    ]
         view: dict[str, Any] = {
             "id": s.id,
             "name": s.name,
@@ -55,10 +56,11 @@ class NovaHandler(BaseHandler):
             "user_id": s.user_id,
             "metadata": dict(s.metadata),
             "hostId": hashlib.sha224((s.tenant_id + "osdouble-compute").encode()).hexdigest() if on_host else "",
-            "image": {"id": s.image_id,
-                      "links": [{"rel": "bookmark", "href": f"{self.base_url}/images/{s.image_id}"}]},
-            "flavor": {"id": s.flavor["id"],
-                       "links": [{"rel": "bookmark", "href": f"{self.base_url}/flavors/{s.flavor['id']}"}]},
+            "image": {"id": s.image_id, "links": [{"rel": "bookmark", "href": f"{self.base_url}/images/{s.image_id}"}]},
+            "flavor": {
+                "id": s.flavor["id"],
+                "links": [{"rel": "bookmark", "href": f"{self.base_url}/flavors/{s.flavor['id']}"}],
+            },
             "created": iso_z(s.created),
             "updated": iso_z(s.updated),
             "addresses": addresses,
@@ -71,21 +73,25 @@ class NovaHandler(BaseHandler):
             view["progress"] = 0
         elif s.fault is not None and (not in_list or s.fault_in_list):
             view["fault"] = dict(s.fault)
-        view.update({
-            "OS-EXT-AZ:availability_zone": "nova" if on_host else "",
-            "config_drive": s.config_drive,
-            "key_name": s.key_name,
-            "OS-SRV-USG:launched_at": iso_micro(s.launched) if s.launched else None,
-            "OS-SRV-USG:terminated_at": None,
-        })
+        view.update(
+            {
+                "OS-EXT-AZ:availability_zone": "nova" if on_host else "",
+                "config_drive": s.config_drive,
+                "key_name": s.key_name,
+                "OS-SRV-USG:launched_at": iso_micro(s.launched) if s.launched else None,
+                "OS-SRV-USG:terminated_at": None,
+            }
+        )
         if on_host:
             view["security_groups"] = [{"name": n} for n in s.security_groups]
-        view.update({
-            "OS-EXT-STS:task_state": task_state,
-            "OS-EXT-STS:vm_state": PHASE_VM_STATE[s.phase],
-            "OS-EXT-STS:power_state": {"active": 1, "shutoff": 4, "shelved_offloaded": 4}.get(s.phase, 0),
-            "os-extended-volumes:volumes_attached": [{"id": v.id} for v in self.double.attached_volumes(s.id)],
-        })
+        view.update(
+            {
+                "OS-EXT-STS:task_state": task_state,
+                "OS-EXT-STS:vm_state": PHASE_VM_STATE[s.phase],
+                "OS-EXT-STS:power_state": {"active": 1, "shutoff": 4, "shelved_offloaded": 4}.get(s.phase, 0),
+                "os-extended-volumes:volumes_attached": [{"id": v.id} for v in self.double.attached_volumes(s.id)],
+            }
+        )
         return view
 
     def get_server(self, server_id: str) -> ServerRecord | None:
@@ -97,16 +103,24 @@ class FlavorsHandler(NovaHandler):
 
     def flavor_view(self, f: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": f["id"], "name": f["name"], "ram": f["ram"], "disk": f["disk"], "swap": f.get("swap", ""),
-            "OS-FLV-EXT-DATA:ephemeral": f.get("ephemeral", 0), "OS-FLV-DISABLED:disabled": f.get("disabled", False),
-            "vcpus": f["vcpus"], "os-flavor-access:is_public": f.get("is_public", True),
-            "rxtx_factor": f.get("rxtx_factor", 1.0), "links": self.links("flavors", f["id"]),
+            "id": f["id"],
+            "name": f["name"],
+            "ram": f["ram"],
+            "disk": f["disk"],
+            "swap": f.get("swap", ""),
+            "OS-FLV-EXT-DATA:ephemeral": f.get("ephemeral", 0),
+            "OS-FLV-DISABLED:disabled": f.get("disabled", False),
+            "vcpus": f["vcpus"],
+            "os-flavor-access:is_public": f.get("is_public", True),
+            "rxtx_factor": f.get("rxtx_factor", 1.0),
+            "links": self.links("flavors", f["id"]),
         }
 
     async def get(self, flavor_id: str | None = None) -> None:
         ident = None if flavor_id == "detail" else flavor_id
-        self.send_catalogue_part("flavors", "flavor", ident, self.flavor_view,
-                                 f"Flavor {flavor_id} could not be found.")
+        self.send_catalogue_part(
+            "flavors", "flavor", ident, self.flavor_view, f"Flavor {flavor_id} could not be found."
+        )
 
 
 class NovaImagesHandler(NovaHandler):
@@ -114,13 +128,24 @@ class NovaImagesHandler(NovaHandler):
 
     def image_view(self, img: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": img["id"], "name": img["name"], "minRam": img.get("min_ram", 0), "minDisk": img.get("min_disk", 0),
-            "metadata": dict(img.get("properties", {})), "created": img["created_at"], "updated": img["updated_at"],
-            "status": str(img.get("status", "active")).upper(), "progress": 100,
+            "id": img["id"],
+            "name": img["name"],
+            "minRam": img.get("min_ram", 0),
+            "minDisk": img.get("min_disk", 0),
+            "metadata": dict(img.get("properties", {})),
+            "created": img["created_at"],
+            "updated": img["updated_at"],
+            "status": str(img.get("status", "active")).upper(),
+            "progress": 100,
             "OS-EXT-IMG-SIZE:size": img.get("size"),
-            "links": [*self.links("images", img["id"]),
-                      {"rel": "alternate", "type": "application/vnd.openstack.image",
-                       "href": f"{self.base_url}//images/{img['id']}"}],
+            "links": [
+                *self.links("images", img["id"]),
+                {
+                    "rel": "alternate",
+                    "type": "application/vnd.openstack.image",
+                    "href": f"{self.base_url}//images/{img['id']}",
+                },
+            ],
         }
 
     async def get(self, image_id: str | None = None) -> None:
@@ -133,8 +158,19 @@ class NovaNetworksHandler(NovaHandler):
 
     async def get(self) -> None:
         nets = [
-            {"id": n["id"], "cidr": None, "netmask": None, "gateway": None, "broadcast": None, "dns1": None,
-             "dns2": None, "cidr_v6": None, "gateway_v6": None, "label": n["name"], "netmask_v6": None}
+            {
+                "id": n["id"],
+                "cidr": None,
+                "netmask": None,
+                "gateway": None,
+                "broadcast": None,
+                "dns1": None,
+                "dns2": None,
+                "cidr_v6": None,
+                "gateway_v6": None,
+                "label": n["name"],
+                "netmask_v6": None,
+            }
             for n in self.double.catalogue["networks"]
         ]
         self.send_json(200, {"networks": nets})
@@ -145,8 +181,16 @@ class NovaSecurityGroupsHandler(NovaHandler):
 
     async def get(self) -> None:
         _, project = self.token_identity()
-        groups = [{"id": g["id"], "name": g["name"], "description": g.get("description", ""),
-                   "tenant_id": project, "rules": []} for g in self.double.catalogue["security_groups"]]
+        groups = [
+            {
+                "id": g["id"],
+                "name": g["name"],
+                "description": g.get("description", ""),
+                "tenant_id": project,
+                "rules": [],
+            }
+            for g in self.double.catalogue["security_groups"]
+        ]
         self.send_json(200, {"security_groups": groups})
 
 
@@ -179,12 +223,20 @@ class ServersHandler(NovaHandler):
             return
         s = result
         self.set_header("location", f"{self.base_url}/v2.1/servers/{s.id}")
-        self.send_json(202, {"server": {
-            "id": s.id, "links": self.links("servers", s.id), "OS-DCF:diskConfig": "MANUAL",
-            # booted on a port, the answer still names "default" (recorded: ports/010); the server shows the port's
-            "security_groups": [{"name": n} for n in (["default"] if s.port_id else s.security_groups)],
-            "adminPass": s.admin_pass,
-        }})
+        self.send_json(
+            202,
+            {
+                "server": {
+                    "id": s.id,
+                    "links": self.links("servers", s.id),
+                    "OS-DCF:diskConfig": "MANUAL",
+                    # booted on a port, the answer still names "default" (recorded: ports/010);
+                    # the server shows the port's
+                    "security_groups": [{"name": n} for n in (["default"] if s.port_id else s.security_groups)],
+                    "adminPass": s.admin_pass,
+                }
+            },
+        )
 
     def filtered(self) -> list[ServerRecord]:
         servers = sorted(self.double.live_servers(), key=lambda s: s.created, reverse=True)
@@ -380,8 +432,12 @@ class VolumeAttachmentsHandler(NovaHandler):
         v = self.double.volumes[volume_id]
         used = {a.attachment["device"] for a in self.double.attached_volumes(s.id) if a.attachment}
         device = next(f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"/dev/vd{c}" not in used)
-        v.attachment = {"server_id": s.id, "attachment_id": str(uuid.uuid4()), "device": device,
-                        "attached_at": time.time()}
+        v.attachment = {
+            "server_id": s.id,
+            "attachment_id": str(uuid.uuid4()),
+            "device": device,
+            "attached_at": time.time(),
+        }
         end, seconds = self.volume_outcome("in-use", self.double.config.volume_attaching_s)
         self.double.volume_transition(v, "attaching", end, seconds, done=release_unless(end))
         a = self.attachment_view(v)  # the create answer has its own key order (recorded)
@@ -394,8 +450,11 @@ class VolumeAttachmentsHandler(NovaHandler):
         v = found[1]
         assert v is not None
         if v.status != "in-use":
-            self.nova_error(400, "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and "
-                                 "attach_status must be 'attached' to detach.")
+            self.nova_error(
+                400,
+                "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and "
+                "attach_status must be 'attached' to detach.",
+            )
             return
         end, seconds = self.volume_outcome("available", self.double.config.volume_detaching_s)
         self.double.volume_transition(v, "detaching", end, seconds, done=release_unless(end))
@@ -414,16 +473,20 @@ ROUTES = [
     (r"/v2\.1/os-networks", NovaNetworksHandler),
     (r"/v2\.1/os-security-groups", NovaSecurityGroupsHandler),
     (r"/v2\.1/os-keypairs", KeypairsHandler),
-    (r"/v2\.1/os-keypairs/([^/]+)",
-     type("KeypairHandler", (KeypairsHandler,), {"route": "/v2.1/os-keypairs/{name}"})),
+    (r"/v2\.1/os-keypairs/([^/]+)", type("KeypairHandler", (KeypairsHandler,), {"route": "/v2.1/os-keypairs/{name}"})),
     (r"/v2\.1/servers", ServersHandler),
     (r"/v2\.1/servers/(detail)", ServersDetailHandler),
     (r"/v2\.1/servers/([^/]+)", ServerHandler),
     (r"/v2\.1/servers/([^/]+)/metadata", ServerMetadataHandler),
     (r"/v2\.1/servers/([^/]+)/action", ServerActionHandler),
     (r"/v2\.1/servers/([^/]+)/os-volume_attachments", VolumeAttachmentsHandler),
-    (r"/v2\.1/servers/([^/]+)/os-volume_attachments/([^/]+)",
-     type("VolumeAttachmentHandler", (VolumeAttachmentsHandler,),
-          {"route": "/v2.1/servers/{id}/os-volume_attachments/{volume id}"})),
+    (
+        r"/v2\.1/servers/([^/]+)/os-volume_attachments/([^/]+)",
+        type(
+            "VolumeAttachmentHandler",
+            (VolumeAttachmentsHandler,),
+            {"route": "/v2.1/servers/{id}/os-volume_attachments/{volume id}"},
+        ),
+    ),
     (r"/v2\.1/(.*)", NovaNotFoundHandler),
 ]

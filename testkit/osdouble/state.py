@@ -294,16 +294,18 @@ class Double(ServerActions, VolumeState, ApiPort):
 
     # ------------------------------------------------------------------ servers
 
-    def create_server(self, body: dict[str, Any], token_user: str, token_project: str,
-                      build_error: dict[str, Any] | None) -> ServerRecord | tuple[int, str]:
+    def create_server(
+        self, body: dict[str, Any], token_user: str, token_project: str, build_error: dict[str, Any] | None
+    ) -> ServerRecord | tuple[int, str]:
         """Validate like Nova; return the record or (status, message)."""
         server = body.get("server") if isinstance(body, dict) else None
         if not isinstance(server, dict):
             return 400, f"Invalid input for field/attribute server. Value: {body}. 'server' is a required property"
         for req in ("name", "flavorRef"):
             if req not in server:
-                return 400, (f"Invalid input for field/attribute server. Value: {short(server)}. "
-                             f"'{req}' is a required property")
+                return 400, (
+                    f"Invalid input for field/attribute server. Value: {short(server)}. '{req}' is a required property"
+                )
         name = server["name"]
         if not isinstance(name, str) or not name.strip() or len(name) > 255:
             return 400, f"Invalid input for field/attribute name. Value: {name}. '{name}' does not match"
@@ -317,13 +319,15 @@ class Double(ServerActions, VolumeState, ApiPort):
             if not isinstance(user_data, str):
                 return 400, f"Invalid input for field/attribute user_data. Value: {user_data}."
             if len(user_data) > USER_DATA_MAX:
-                return 400, (f"Invalid input for field/attribute user_data. Value: {user_data}. "
-                             f"'{user_data}' is too long")
+                return 400, (
+                    f"Invalid input for field/attribute user_data. Value: {user_data}. '{user_data}' is too long"
+                )
             try:
                 base64.b64decode(user_data, validate=True)
             except (binascii.Error, ValueError):
-                return 400, (f"Invalid input for field/attribute user_data. Value: {user_data}. "
-                             f"'{user_data}' is not a 'base64'")
+                return 400, (
+                    f"Invalid input for field/attribute user_data. Value: {user_data}. '{user_data}' is not a 'base64'"
+                )
         flavor = self.find("flavors", str(server["flavorRef"]))
         if flavor is None:
             return 400, f"Flavor {server['flavorRef']} could not be found."
@@ -341,8 +345,10 @@ class Double(ServerActions, VolumeState, ApiPort):
             # without min_disk Nova compares the flavor with the image *file* size (see recordings 019)
             needed = min_disk * 1024**3 if min_disk else int(image.get("size") or 0)
             if flavor_bytes < needed:
-                return 400, (f"Flavor's disk is too small for requested image. Flavor disk is {flavor_bytes} "
-                             f"bytes, image is {needed} bytes.")
+                return 400, (
+                    f"Flavor's disk is too small for requested image. Flavor disk is {flavor_bytes} "
+                    f"bytes, image is {needed} bytes."
+                )
         networks_req = server.get("networks")
         networks: list[dict[str, Any]] = []
         if networks_req in (None, "auto"):
@@ -398,9 +404,7 @@ class Double(ServerActions, VolumeState, ApiPort):
             user_id=token_user,
             created=now,
             updated=now,
-            no_run=self.config.no_run or bool(
-                self.config.no_run_names and re.search(self.config.no_run_names, name)
-            ),
+            no_run=self.config.no_run or bool(self.config.no_run_names and re.search(self.config.no_run_names, name)),
         )
         rec.mac = "fa:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         if port_ids:  # the server takes the port's address, MAC and security groups
@@ -416,32 +420,44 @@ class Double(ServerActions, VolumeState, ApiPort):
             rec.plan = BootPlan(reason=f"user-data could not be decoded: {exc}")
         self.servers[rec.id] = rec
         for vol in volumes:  # reserved for the server now, in-use once it runs
-            vol.attachment = {"server_id": rec.id, "attachment_id": str(uuid.uuid4()),
-                              "device": f"/dev/vd{'bcdefghijklmnop'[len(self.attached_volumes(rec.id))]}",
-                              "attached_at": now}
-            self.volume_transition(vol, "attaching", "in-use",
-                                   self.config.scheduling_s + self.config.spawning_s + 60)
+            vol.attachment = {
+                "server_id": rec.id,
+                "attachment_id": str(uuid.uuid4()),
+                "device": f"/dev/vd{'bcdefghijklmnop'[len(self.attached_volumes(rec.id))]}",
+                "attached_at": now,
+            }
+            self.volume_transition(vol, "attaching", "in-use", self.config.scheduling_s + self.config.spawning_s + 60)
         rec.task = asyncio.get_running_loop().create_task(self._lifecycle(rec))
         log.info("server %s (%s) created: flavor %s image %s", rec.id, rec.name, flavor["name"], image["name"])
         return rec
 
-    def _planned_fault(self, rec: ServerRecord, image: dict[str, Any], flavor: dict[str, Any],
-                       build_error: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _planned_fault(
+        self, rec: ServerRecord, image: dict[str, Any], flavor: dict[str, Any], build_error: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
         host = self.catalogue["host"]
-        novalidhost = {"phase": "scheduling", "code": 500, "message": "No valid host was found. ",
-                       "in_list": False}
+        novalidhost = {"phase": "scheduling", "code": 500, "message": "No valid host was found. ", "in_list": False}
         if build_error is not None:
             kind = build_error.get("fault", "novalidhost")
             if kind == "novalidhost":
                 fault = dict(novalidhost)
             elif kind == "disk":
-                fault = {"phase": "spawning", "code": 500, "in_list": True,
-                         "message": (f"Build of instance {rec.id} aborted: Flavor's disk is too small for "
-                                     f"requested image. Flavor disk is {int(flavor['disk']) * 1024**3} bytes, "
-                                     f"image is {int(image.get('virtual_size') or 0)} bytes.")}
+                fault = {
+                    "phase": "spawning",
+                    "code": 500,
+                    "in_list": True,
+                    "message": (
+                        f"Build of instance {rec.id} aborted: Flavor's disk is too small for "
+                        f"requested image. Flavor disk is {int(flavor['disk']) * 1024**3} bytes, "
+                        f"image is {int(image.get('virtual_size') or 0)} bytes."
+                    ),
+                }
             elif isinstance(kind, dict):
-                fault = {"phase": "spawning", "code": int(kind.get("code", 500)),
-                         "message": str(kind.get("message", "Unknown error")), "in_list": True}
+                fault = {
+                    "phase": "spawning",
+                    "code": int(kind.get("code", 500)),
+                    "message": str(kind.get("message", "Unknown error")),
+                    "in_list": True,
+                }
             else:
                 fault = {"phase": "spawning", "code": 500, "message": str(kind), "in_list": True}
             if "phase" in build_error:
@@ -451,10 +467,16 @@ class Double(ServerActions, VolumeState, ApiPort):
             return novalidhost
         virtual = int(image.get("virtual_size") or 0)
         if int(flavor["disk"]) > 0 and int(flavor["disk"]) * 1024**3 < virtual:
-            return {"phase": "spawning", "code": 500, "in_list": True,
-                    "message": (f"Build of instance {rec.id} aborted: Flavor's disk is too small for requested "
-                                f"image. Flavor disk is {int(flavor['disk']) * 1024**3} bytes, image is "
-                                f"{virtual} bytes.")}
+            return {
+                "phase": "spawning",
+                "code": 500,
+                "in_list": True,
+                "message": (
+                    f"Build of instance {rec.id} aborted: Flavor's disk is too small for requested "
+                    f"image. Flavor disk is {int(flavor['disk']) * 1024**3} bytes, image is "
+                    f"{virtual} bytes."
+                ),
+            }
         return None
 
     def _set_error(self, rec: ServerRecord, fault: dict[str, Any]) -> None:
@@ -466,8 +488,9 @@ class Double(ServerActions, VolumeState, ApiPort):
         log.info("server %s went to ERROR: %s", rec.id, fault["message"])
         if rec.launched is None:  # a failed build gives its volumes back
             for vol in self.attached_volumes(rec.id):
-                self.volume_transition(vol, "detaching", "available", 0.1,
-                                       done=lambda v: setattr(v, "attachment", None))
+                self.volume_transition(
+                    vol, "detaching", "available", 0.1, done=lambda v: setattr(v, "attachment", None)
+                )
 
     async def _lifecycle(self, rec: ServerRecord) -> None:
         try:
@@ -531,8 +554,13 @@ class Double(ServerActions, VolumeState, ApiPort):
             rec.task.cancel()
         for vol in self.attached_volumes(rec.id):
             # Nova detaches every volume of a server it deletes; the volume is kept
-            self.volume_transition(vol, "detaching", "available", self.config.delete_linger_s,
-                                   done=lambda v: setattr(v, "attachment", None))
+            self.volume_transition(
+                vol,
+                "detaching",
+                "available",
+                self.config.delete_linger_s,
+                done=lambda v: setattr(v, "attachment", None),
+            )
         asyncio.get_running_loop().create_task(self._finish_delete(rec))
 
     async def _finish_delete(self, rec: ServerRecord) -> None:
@@ -593,4 +621,3 @@ def quota_message(overs: list[str], req: dict[str, int], used: dict[str, int], q
         f"Quota exceeded for {names}: Requested {', '.join(str(req[o]) for o in overs)}, but already used "
         f"{', '.join(str(used[o]) for o in overs)} of {', '.join(str(quotas[o]) for o in overs)} {names}"
     )
-

@@ -66,10 +66,10 @@ def _cunescape_one(text: str, i: int) -> tuple[str, int]:
     start = i + offset
     digits = text[start : start + n]
     if len(digits) != n or not all(d in alphabet for d in digits):
-        raise UnitError(f"invalid \\{c} escape: \\{text[i:start + n]}")
+        raise UnitError(f"invalid \\{c} escape: \\{text[i : start + n]}")
     value = int(digits, base)
     if value == 0 or value > 0x10FFFF:
-        raise UnitError(f"invalid \\{c} escape value: \\{text[i:start + n]} is not allowed")
+        raise UnitError(f"invalid \\{c} escape value: \\{text[i : start + n]} is not allowed")
     return chr(value), start + n
 
 
@@ -266,8 +266,14 @@ def parse_env_file(text: str) -> tuple[dict[str, str], list[str]]:
         if c == "\n":
             line += 1
 
-    if state in ("PRE_VALUE", "VALUE", "VALUE_ESCAPE", "SINGLE_QUOTE_VALUE", "DOUBLE_QUOTE_VALUE",
-                 "DOUBLE_QUOTE_VALUE_ESCAPE"):
+    if state in (
+        "PRE_VALUE",
+        "VALUE",
+        "VALUE_ESCAPE",
+        "SINGLE_QUOTE_VALUE",
+        "DOUBLE_QUOTE_VALUE",
+        "DOUBLE_QUOTE_VALUE_ESCAPE",
+    ):
         if state in ("SINGLE_QUOTE_VALUE", "DOUBLE_QUOTE_VALUE", "DOUBLE_QUOTE_VALUE_ESCAPE"):
             warnings.append("unterminated quote at end of file, value kept as read")
         push()

@@ -134,7 +134,8 @@ def e2e_hub(workdir: Path, facts, spawner_config: dict, nova, artifacts: Path, s
     if not group:
         pytest.fail("devcloud/out/state.json names no server security group: run `invoke devcloud up`", pytrace=False)
     port = hub_bind_port(host)
-    config = f"""
+    config = (
+        f"""
 import sys
 # where the VMs (on {facts["network"]}, no route elsewhere) reach the hub API
 c.JupyterHub.hub_bind_url = 'http://{host}:{port}'
@@ -157,7 +158,9 @@ def _short_start_for_blank(spawner):
         spawner.start_timeout = {BLANK_START_TIMEOUT_S}
 
 c.Spawner.pre_spawn_hook = _short_start_for_blank
-""" + extra
+"""
+        + extra
+    )
     h = Hub(workdir, None, spawner_config, config)
     h.hub_id = hub_id
     h.ssh_key = ssh_key["path"]

@@ -15,8 +15,12 @@ HOST_ONLY = rule("ingress", "IPv4", "tcp", 8000, "10.99.0.1/32")
 SERVER_GROUP = {"name": "jupyter-server", "rules": [*EGRESS_RULES, HOST_ONLY]}
 DEFAULT_GROUP = {"id": DEFAULT_GROUP_ID, "name": "default", "rules": [*EGRESS_RULES, *member_rules(DEFAULT_GROUP_ID)]}
 # a group that opens 8000-8999 to the members of the default group
-PEER_GROUP = {"name": "peers", "rules": [rule("ingress", "IPv4", "tcp", None, None, DEFAULT_GROUP_ID)
-                                         | {"port_range_min": 8000, "port_range_max": 8999}]}
+PEER_GROUP = {
+    "name": "peers",
+    "rules": [
+        rule("ingress", "IPv4", "tcp", None, None, DEFAULT_GROUP_ID) | {"port_range_min": 8000, "port_range_max": 8999}
+    ],
+}
 SSH_PEERS = {"name": "ssh-peers", "rules": [rule("ingress", "IPv4", "tcp", 22, None, DEFAULT_GROUP_ID)]}
 
 

@@ -214,9 +214,7 @@ async def test_one_driver_per_thread():
 
 async def test_a_driver_is_rebuilt_after_an_error_without_an_http_answer():
     # a connection error may leave libcloud half logged in (see test_cloud_real_driver.py): next call, new driver
-    client, _, drivers = make_client(
-        {"list_sizes": [ConnectionResetError(), http_error(500), ["ok"]]}, max_workers=1
-    )
+    client, _, drivers = make_client({"list_sizes": [ConnectionResetError(), http_error(500), ["ok"]]}, max_workers=1)
     assert await client.call("list_sizes") == ["ok"]
     assert len(drivers) == 2  # rebuilt after the reset, kept after the 500 (the cloud answered)
 

@@ -57,19 +57,20 @@ def user_data(unit: str = UNIT, runcmd: Any = None, env_file: str = ENV_FILE) ->
         "users": ["default", {"name": "alice", "lock_passwd": True}],
         "write_files": [
             {"path": "/etc/probe/env", "owner": "root:root", "permissions": "0600", "content": env_file},
-            {"path": "/etc/systemd/system/probe.service", "owner": "root:root", "permissions": "0644",
-             "content": unit},
+            {"path": "/etc/systemd/system/probe.service", "owner": "root:root", "permissions": "0644", "content": unit},
         ],
-        "runcmd": runcmd if runcmd is not None else [["systemctl", "daemon-reload"],
-                                                      ["systemctl", "enable", "--now", "probe.service"]],
+        "runcmd": runcmd
+        if runcmd is not None
+        else [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", "probe.service"]],
     }
     return "#cloud-config\n" + yaml.safe_dump(doc)
 
 
 @pytest.fixture(scope="module")
 def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoubleHandle]:
-    with running_double(tmp_path_factory.mktemp("boot"), scheduling_s=0.1, spawning_s=0.1,
-                        delete_linger_s=0.3, kill_timeout_s=2) as handle:
+    with running_double(
+        tmp_path_factory.mktemp("boot"), scheduling_s=0.1, spawning_s=0.1, delete_linger_s=0.3, kill_timeout_s=2
+    ) as handle:
         yield handle
 
 
@@ -81,16 +82,24 @@ def fresh(double: DoubleHandle) -> DoubleHandle:
 
 def driver(double: DoubleHandle) -> NodeDriver:
     cls = get_driver(Provider.OPENSTACK)
-    return cls("jupyter", "secret", ex_force_auth_version="3.x_password", ex_force_auth_url=double.url,
-               ex_force_service_region="RegionOne", ex_tenant_name="jupyter", ex_domain_name="Default")
+    return cls(
+        "jupyter",
+        "secret",
+        ex_force_auth_version="3.x_password",
+        ex_force_auth_url=double.url,
+        ex_force_service_region="RegionOne",
+        ex_tenant_name="jupyter",
+        ex_domain_name="Default",
+    )
 
 
 def create(double: DoubleHandle, name: str, ud: str) -> str:
     drv = driver(double)
     size = next(s for s in drv.list_sizes() if s.name == "m1.small")
     image = next(i for i in drv.list_images() if i.name == "debian-12-jupyter")
-    return drv.create_node(name=name, size=size, image=image, networks=drv.ex_list_networks(), ex_userdata=ud,
-                           ex_config_drive=True).id
+    return drv.create_node(
+        name=name, size=size, image=image, networks=drv.ex_list_networks(), ex_userdata=ud, ex_config_drive=True
+    ).id
 
 
 def http_get(url: str, timeout_s: float = 20.0) -> tuple[int, bytes]:
@@ -211,8 +220,9 @@ def test_broken_user_data_leaves_the_instance_active_but_idle(fresh: DoubleHandl
 
 
 def test_bare_executable_resolves_on_the_doubles_path(fresh: DoubleHandle) -> None:
-    unit = UNIT.replace(f"ExecStart=python3 -m http.server --bind 0.0.0.0 {PORT}",
-                        "ExecStart=jupyterhub-singleuser --version")
+    unit = UNIT.replace(
+        f"ExecStart=python3 -m http.server --bind 0.0.0.0 {PORT}", "ExecStart=jupyterhub-singleuser --version"
+    )
     server_id = create(fresh, "version", user_data(unit=unit))
     server = fresh.client.wait_for_server(server_id, status="ACTIVE", timeout_s=20)
     deadline = time.monotonic() + 30
@@ -228,8 +238,10 @@ def test_bare_executable_resolves_on_the_doubles_path(fresh: DoubleHandle) -> No
 
 def test_no_run_mode_answers_with_a_stand_in(fresh: DoubleHandle) -> None:
     fresh.client.set_config(no_run=True)
-    spawner_like = UNIT.replace(f"ExecStart=python3 -m http.server --bind 0.0.0.0 {PORT}",
-                                f'ExecStart=jupyterhub-singleuser "--ip=0.0.0.0" "--port={PORT}"')
+    spawner_like = UNIT.replace(
+        f"ExecStart=python3 -m http.server --bind 0.0.0.0 {PORT}",
+        f'ExecStart=jupyterhub-singleuser "--ip=0.0.0.0" "--port={PORT}"',
+    )
     server_id = create(fresh, "standin", user_data(unit=spawner_like))
     fresh.client.wait_for_server(server_id, status="ACTIVE", boot_status="stand-in", timeout_s=20)
     report = fresh.client.boot_report(server_id)
@@ -322,14 +334,20 @@ def fake_hub_api() -> Iterator[str]:
 def test_real_jupyterhub_singleuser_starts_on_the_instance_address(fresh: DoubleHandle, fake_hub_api: str) -> None:
     port = PORT + 1
     env = {
-        "JUPYTERHUB_API_TOKEN": "t0ken", "JUPYTERHUB_API_URL": fake_hub_api, "JUPYTERHUB_USER": "alice",
-        "JUPYTERHUB_SERVICE_PREFIX": "/user/alice/", "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:{port}/user/alice/",
-        "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-alice", "JUPYTERHUB_OAUTH_CALLBACK_URL": "/user/alice/oauth_callback",
+        "JUPYTERHUB_API_TOKEN": "t0ken",
+        "JUPYTERHUB_API_URL": fake_hub_api,
+        "JUPYTERHUB_USER": "alice",
+        "JUPYTERHUB_SERVICE_PREFIX": "/user/alice/",
+        "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:{port}/user/alice/",
+        "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-alice",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": "/user/alice/oauth_callback",
         "JUPYTERHUB_BASE_URL": "/",
     }
     env_file = "".join(f'{k}="{v}"\n' for k, v in env.items())
-    unit = UNIT.replace(f"ExecStart=python3 -m http.server --bind 0.0.0.0 {PORT}",
-                        f'WorkingDirectory=/home/alice\nExecStart=jupyterhub-singleuser "--ip=0.0.0.0" "--port={port}"')
+    unit = UNIT.replace(
+        f"ExecStart=python3 -m http.server --bind 0.0.0.0 {PORT}",
+        f'WorkingDirectory=/home/alice\nExecStart=jupyterhub-singleuser "--ip=0.0.0.0" "--port={port}"',
+    )
     server_id = create(fresh, "singleuser", user_data(unit=unit, env_file=env_file))
     fresh.client.wait_for_server(server_id, status="ACTIVE", boot_status="running", timeout_s=20)
     address = fresh.client.boot_report(server_id)["address"]

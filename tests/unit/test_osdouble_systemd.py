@@ -18,7 +18,7 @@ from testkit.osdouble.instances import service_port, substitute_bind
         ("a b  c", ["a", "b", "c"]),
         ('singleuser "--ip=0.0.0.0" "--port=8888"', ["singleuser", "--ip=0.0.0.0", "--port=8888"]),
         ("'single quoted' word", ["single quoted", "word"]),
-        ('"a b"c\'d e\'', ["a bcd e"]),
+        ("\"a b\"c'd e'", ["a bcd e"]),
         (r'"line\nbreak" "quote\"inside" "back\\slash"', ["line\nbreak", 'quote"inside', "back\\slash"]),
         (r"tab\there \x41\101\u00e9", ["tab\there", "AAé"]),
         (r"escaped\ space", ["escaped space"]),
@@ -67,8 +67,8 @@ def test_exec_env_expansion(argv: list[str], env: dict[str, str], expected: list
         ('M="multi\nline"\nN=after\n', {"M": "multi\nline", "N": "after"}),
         ("U=unquoted\\ escaped\\#x\n", {"U": "unquoted escaped#x"}),
         ("CONT=one\\\ntwo\n", {"CONT": "onetwo"}),
-        ('Q="a" \'b\' c\n', {"Q": "abc"}),
-        ("MID=a\"b\"\n", {"MID": 'a"b"'}),
+        ("Q=\"a\" 'b' c\n", {"Q": "abc"}),
+        ('MID=a"b"\n', {"MID": 'a"b"'}),
         ("E=\nLAST=no newline", {"E": "", "LAST": "no newline"}),
         ("1BAD=x\nnoequals\nOK=y\n", {"OK": "y"}),
     ],
@@ -103,10 +103,18 @@ def cloud_config(runcmd: str, unit: str = UNIT, user: str = "alice", env_file: s
     doc = {
         "users": ["default", {"name": user, "lock_passwd": True}],
         "write_files": [
-            {"path": "/etc/jupyterhub-singleuser/env", "owner": "root:root", "permissions": "0600",
-             "content": env_file},
-            {"path": "/etc/systemd/system/jupyterhub-singleuser.service", "owner": "root:root",
-             "permissions": "0644", "content": unit},
+            {
+                "path": "/etc/jupyterhub-singleuser/env",
+                "owner": "root:root",
+                "permissions": "0600",
+                "content": env_file,
+            },
+            {
+                "path": "/etc/systemd/system/jupyterhub-singleuser.service",
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": unit,
+            },
         ],
         "runcmd": yaml.safe_load(runcmd),
     }
@@ -129,7 +137,9 @@ def test_plan_for_the_spawner_shape() -> None:
     }
     files = {f.path: f for f in plan.files}
     assert (files["/etc/jupyterhub-singleuser/env"].mode, files["/etc/jupyterhub-singleuser/env"].owner) == (
-        0o600, "root:root")
+        0o600,
+        "root:root",
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,8 +168,12 @@ def test_runcmd_decides_what_starts(runcmd: str, runnable: bool | None, why: str
     ("unit", "user", "env_file", "why"),
     [
         (UNIT, "bob", ENV_FILE, "User=alice does not exist"),
-        (UNIT.replace("EnvironmentFile=/etc/jupyterhub-singleuser/env", "EnvironmentFile=/etc/missing"),
-         "alice", ENV_FILE, "217/ENVIRONMENT"),
+        (
+            UNIT.replace("EnvironmentFile=/etc/jupyterhub-singleuser/env", "EnvironmentFile=/etc/missing"),
+            "alice",
+            ENV_FILE,
+            "217/ENVIRONMENT",
+        ),
         (UNIT.replace('"--ip=0.0.0.0"', '"--ip=0.0.0.0'), "alice", ENV_FILE, "bad ExecStart"),
         (UNIT.replace("ExecStart=", "#ExecStart="), "alice", ENV_FILE, "no ExecStart"),
     ],
@@ -216,8 +230,9 @@ def test_gzipped_user_data_is_accepted() -> None:
         (["x"], {"JUPYTERHUB_SERVICE_URL": "http://10.1.1.1:8888/"}, ["x"], "http://10.1.1.1:8888/"),
     ],
 )
-def test_bind_address_substitution(argv: list[str], env: dict[str, str], argv_out: list[str],
-                                   url_out: str | None) -> None:
+def test_bind_address_substitution(
+    argv: list[str], env: dict[str, str], argv_out: list[str], url_out: str | None
+) -> None:
     new_argv, new_env = substitute_bind(argv, env, "127.0.0.9")
     assert new_argv == argv_out
     assert new_env.get("JUPYTERHUB_SERVICE_URL") == url_out

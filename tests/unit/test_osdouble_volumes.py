@@ -115,12 +115,20 @@ def test_stock_driver_does_not_find_cinder_named_as_on_the_dev_cloud(cloud: Doub
 
 
 def test_catalog_has_volumev3_at_the_project_url(cloud: DoubleHandle) -> None:
-    resp = requests.post(cloud.url + "/v3/auth/tokens", timeout=10, json={"auth": {"identity": {
-        "methods": ["password"], "password": {"user": {"name": "jupyter", "domain": {"name": "Default"},
-                                                       "password": "secret"}}}}})
+    resp = requests.post(
+        cloud.url + "/v3/auth/tokens",
+        timeout=10,
+        json={
+            "auth": {
+                "identity": {
+                    "methods": ["password"],
+                    "password": {"user": {"name": "jupyter", "domain": {"name": "Default"}, "password": "secret"}},
+                }
+            }
+        },
+    )
     entry = next(s for s in resp.json()["token"]["catalog"] if s["type"] == "volumev3")
-    assert (entry["name"], {e["url"] for e in entry["endpoints"]}) == (
-        "cinder", {f"{cloud.url}/v3/{project(cloud)}"})
+    assert (entry["name"], {e["url"] for e in entry["endpoints"]}) == ("cinder", {f"{cloud.url}/v3/{project(cloud)}"})
 
 
 def test_the_1_1_driver_gets_nova_404_for_os_volumes(cloud: DoubleHandle) -> None:
@@ -151,15 +159,22 @@ def test_update_renames_and_replaces_the_metadata_as_recorded(cloud: DoubleHandl
 
 
 def test_create_answer_has_the_recorded_keys_and_headers(cloud: DoubleHandle) -> None:
-    resp = raw(cloud, "POST", f"/v3/{project(cloud)}/volumes",
-               {"volume": {"size": 1, "name": "home-a", "metadata": {"jupyterhub-user": "e2e"}}})
+    resp = raw(
+        cloud,
+        "POST",
+        f"/v3/{project(cloud)}/volumes",
+        {"volume": {"size": 1, "name": "home-a", "metadata": {"jupyterhub-user": "e2e"}}},
+    )
     want = recorded(CREATE)
     assert resp.status_code == want["status"]
     assert list(resp.json()["volume"]) == list(want["body"]["json"]["volume"])
     assert resp.headers["OpenStack-API-Version"] == want["headers"]["OpenStack-API-Version"]
     got = resp.json()["volume"]
     assert (got["status"], got["volume_type"], got["metadata"]) == (
-        "creating", "__DEFAULT__", {"jupyterhub-user": "e2e"})
+        "creating",
+        "__DEFAULT__",
+        {"jupyterhub-user": "e2e"},
+    )
 
 
 def test_volume_views_have_the_recorded_keys_in_every_phase(cloud: DoubleHandle) -> None:
@@ -179,14 +194,18 @@ def test_volume_views_have_the_recorded_keys_in_every_phase(cloud: DoubleHandle)
 def test_attachment_answers_have_the_recorded_shapes(cloud: DoubleHandle) -> None:
     drv, vol = available(cloud, "home-c")
     node = active_server(cloud, drv)
-    attach = raw(cloud, "POST", f"/v2.1/servers/{node.id}/os-volume_attachments",
-                 {"volumeAttachment": {"volumeId": vol.id}})
-    assert (attach.status_code, attach.json()) == (200, {"volumeAttachment": {
-        "id": vol.id, "serverId": node.id, "volumeId": vol.id, "device": "/dev/vdb"}})
+    attach = raw(
+        cloud, "POST", f"/v2.1/servers/{node.id}/os-volume_attachments", {"volumeAttachment": {"volumeId": vol.id}}
+    )
+    assert (attach.status_code, attach.json()) == (
+        200,
+        {"volumeAttachment": {"id": vol.id, "serverId": node.id, "volumeId": vol.id, "device": "/dev/vdb"}},
+    )
     assert list(attach.json()["volumeAttachment"]) == list(recorded(ATTACH)["body"]["json"]["volumeAttachment"])
     listed = raw(cloud, "GET", f"/v2.1/servers/{node.id}/os-volume_attachments").json()
     assert [list(a) for a in listed["volumeAttachments"]] == [
-        list(a) for a in recorded(LIST_ATTACHMENTS)["body"]["json"]["volumeAttachments"]]
+        list(a) for a in recorded(LIST_ATTACHMENTS)["body"]["json"]["volumeAttachments"]
+    ]
     one = raw(cloud, "GET", f"/v2.1/servers/{node.id}/os-volume_attachments/{vol.id}").json()
     assert one == {"volumeAttachment": listed["volumeAttachments"][0]}
     assert list(one["volumeAttachment"]) == list(recorded(ONE_ATTACHMENT)["body"]["json"]["volumeAttachment"])
@@ -219,13 +238,22 @@ def test_deleted_volume_is_cinders_404(cloud: DoubleHandle) -> None:
     drv, vol = available(cloud, "home-e")
     delete = raw(cloud, "DELETE", f"/v3/{project(cloud)}/volumes/{vol.id}")
     assert (delete.status_code, delete.text, delete.headers["Content-Type"]) == (
-        202, "", recorded(DELETE)["headers"]["Content-Type"])
+        202,
+        "",
+        recorded(DELETE)["headers"]["Content-Type"],
+    )
     cloud.client.wait_for_volume(vol.id, "deleted", timeout_s=10)
     gone = raw(cloud, "GET", f"/v3/{project(cloud)}/volumes/{vol.id}")
     want = recorded(GONE)["body"]["json"]
-    assert (gone.status_code, gone.json()) == (404, {"itemNotFound": {
-        "code": 404, "message": want["itemNotFound"]["message"].replace("9ec5c5d7-5eed-4e7f-a6df-5cbb265cdf24",
-                                                                      vol.id)}})
+    assert (gone.status_code, gone.json()) == (
+        404,
+        {
+            "itemNotFound": {
+                "code": 404,
+                "message": want["itemNotFound"]["message"].replace("9ec5c5d7-5eed-4e7f-a6df-5cbb265cdf24", vol.id),
+            }
+        },
+    )
     with pytest.raises(BaseHTTPError) as err:
         drv.ex_get_volume(vol.id)
     assert err.value.code == 404
@@ -250,8 +278,12 @@ def test_list_filters_and_pages_like_cinder(cloud: DoubleHandle) -> None:
     for i in range(3):
         raw(cloud, "POST", base, {"volume": {"size": 1, "name": f"v{i}", "metadata": {"hub": "h1" if i else "h2"}}})
     assert sorted(v.name for v in drv.list_volumes()) == ["v0", "v1", "v2"]
-    filtered = requests.get(cloud.url + base + "/detail", params={"metadata": "{'hub': 'h1'}", "name": "v2"},
-                            headers={"X-Auth-Token": keystone_token(cloud)}, timeout=10).json()["volumes"]
+    filtered = requests.get(
+        cloud.url + base + "/detail",
+        params={"metadata": "{'hub': 'h1'}", "name": "v2"},
+        headers={"X-Auth-Token": keystone_token(cloud)},
+        timeout=10,
+    ).json()["volumes"]
     assert [v["name"] for v in filtered] == ["v2"]
     pages = drv._paginated_request("/volumes/detail", "volumes", drv.volume_connection, params={"limit": 2})
     assert sorted(v["name"] for v in pages["volumes"]) == ["v0", "v1", "v2"]
@@ -309,7 +341,9 @@ def test_detach_of_a_volume_not_attached_is_404(cloud: DoubleHandle) -> None:
     node = active_server(cloud, drv)
     resp = raw(cloud, "DELETE", f"/v2.1/servers/{node.id}/os-volume_attachments/{vol.id}")
     assert (resp.status_code, resp.json()["itemNotFound"]["message"]) == (
-        404, f"Instance {node.id} is not attached to volume {vol.id}")
+        404,
+        f"Instance {node.id} is not attached to volume {vol.id}",
+    )
 
 
 def test_wrong_project_in_the_url_is_refused(cloud: DoubleHandle) -> None:
@@ -368,4 +402,6 @@ def test_fault_detach_that_fails_keeps_the_volume_attached(cloud: DoubleHandle) 
     drv.detach_volume(drv.ex_get_volume(vol.id), ex_node=node)
     wait_status(drv, vol.id, "in-use", seen)
     assert (seen[0], [a["server_id"] for a in drv.ex_get_volume(vol.id).extra["attachments"]]) == (
-        "detaching", [node.id])
+        "detaching",
+        [node.id],
+    )

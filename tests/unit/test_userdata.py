@@ -51,7 +51,7 @@ def test_document_shape():
     [early] = doc["bootcmd"]
     assert early[:2] == ["systemd-run", "--no-block"]
     assert "--property=After=cloud-init.service cloud-init-network.service" in early
-    assert early[early.index("systemctl"):] == ["systemctl", "start", "--no-block", "jupyterhub-singleuser.service"]
+    assert early[early.index("systemctl") :] == ["systemctl", "start", "--no-block", "jupyterhub-singleuser.service"]
     assert env == ENV
     assert unit["User"] == "alice"
     assert unit["WorkingDirectory"] == "/home/alice"

@@ -113,8 +113,10 @@ def test_per_server_volume_of_the_default_server_is_named_like_its_instance() ->
 
 def test_volume_name_of_an_unsafe_user_is_escaped_and_hashed() -> None:
     name = volume_name("jupyter-home-{username}", username="Al/ice")
-    assert (name.startswith("jupyter-home-al-ice"), name == volume_name("jupyter-home-{username}",
-                                                                         username="al-ice")) == (True, False)
+    assert (
+        name.startswith("jupyter-home-al-ice"),
+        name == volume_name("jupyter-home-{username}", username="al-ice"),
+    ) == (True, False)
 
 
 def test_volume_name_template_must_name_the_user() -> None:
@@ -294,8 +296,7 @@ async def test_slow_detach_is_reported_and_the_volume_kept() -> None:
     cloud.add("vol-a", status="in-use", attached_to=(SERVER,))
     cloud.plans["vol-a"] = [("in-use", (SERVER,))] + [("detaching", (SERVER,))] * 10_000
     assert await homes(cloud, reports, detach_timeout_seconds=0.05).detach("vol-a", SERVER) is False
-    assert (reports[-1], "delete_volume" in cloud.names()) == ("Your home volume is still detaching; it is kept",
-                                                              False)
+    assert (reports[-1], "delete_volume" in cloud.names()) == ("Your home volume is still detaching; it is kept", False)
 
 
 async def test_detach_waits_for_an_attach_in_progress_first() -> None:
@@ -340,4 +341,7 @@ async def test_delete_forever_keeps_a_volume_that_does_not_detach() -> None:
 def test_home_volume_errors_reach_the_user_without_detail(reason: str, status: int) -> None:
     err = errors.for_user(HomeVolumeError("Your home volume ...", "vol-123 on server-9", reason=reason), "alice")
     assert (err.status_code, err.jupyterhub_message, "vol-123" in err.log_message) == (  # type: ignore[attr-defined]
-        status, "Your home volume ...", True)
+        status,
+        "Your home volume ...",
+        True,
+    )

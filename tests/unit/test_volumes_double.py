@@ -70,7 +70,12 @@ async def test_create_volume_carries_name_size_type_and_tags(cloud: DoubleHandle
     cloud.client.set_catalogue(volume_types=[{"name": "__DEFAULT__"}, {"name": "ssd"}])
     volume = await client.create_volume("home-x", 3, volume_type="ssd", metadata={TAG_USER: "x"})
     assert (volume.name, volume.size_gib, volume.volume_type, volume.status, dict(volume.metadata or {})) == (
-        "home-x", 3, "ssd", "creating", {TAG_USER: "x"})
+        "home-x",
+        3,
+        "ssd",
+        "creating",
+        {TAG_USER: "x"},
+    )
 
 
 async def test_find_volumes_matches_name_and_tags(cloud: DoubleHandle, client: CloudClient) -> None:
