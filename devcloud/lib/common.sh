@@ -50,8 +50,8 @@ retry() {
   return 1
 }
 
-# The least free space (GiB) on the disk of /var/lib that `up` accepts: a run of the e2e tier needs about
-# 3 GiB there (Nova's raw copy of the image, the guests' disks, Glance's copy, volumes in Ceph's file).
+# The least free space (GiB) on the disk of /var/lib that `up` accepts: a CI run takes about 3.5 GiB
+# there (Nova's raw copy of the image, the guests' disks, Glance's copy, volumes in Ceph's file).
 MIN_FREE_GIB=${DEVCLOUD_MIN_FREE_GIB:-5}
 
 # require_free_space: fail early and clearly when the disk is nearly full, naming the large consumers
