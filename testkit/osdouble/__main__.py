@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import catalogue as catalogue_mod
 from .app import serve
-from .state import Config
+from .records import Config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

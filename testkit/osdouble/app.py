@@ -17,7 +17,8 @@ from tornado import httpserver, netutil, web
 from . import catalogue as catalogue_mod
 from . import cinder, control, glance, keystone, neutron, nova
 from .base import ApiNotFoundHandler
-from .state import Config, Double, log
+from .records import Config
+from .state import Double, log
 
 
 def bound(routes: list[tuple[str, type[web.RequestHandler]]], double: Double) -> list[Any]:

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 from tornado import web
 
 from .errors import error_response
-from .state import CallRecord, Double, quota_message, request_id
+from .records import CallRecord, request_id
+from .state import Double, quota_message
 
 R = TypeVar("R")
 

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from .base import BaseHandler, NotFoundMixin
-from .state import iso_micro
+from .records import iso_micro
 from .volumestate import VolumeRecord
 
 #: the statuses from which Cinder deletes a volume (``cinder/volume/api.py``)

@@ -16,7 +16,8 @@ from tornado import web
 from . import catalogue as catalogue_mod
 from .cloudconfig import decode_user_data
 from .faults import RuleError
-from .state import Double, ServerRecord
+from .records import ServerRecord
+from .state import Double
 from .volumestate import VolumeRecord
 
 T = TypeVar("T")

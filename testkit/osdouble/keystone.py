@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from .base import BaseHandler
-from .state import Token, iso_micro, same_name
+from .records import Token, iso_micro, same_name
 
 
 class KeystoneTokensHandler(BaseHandler):

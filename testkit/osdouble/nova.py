@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import BaseHandler, NotFoundMixin
+from .records import ServerRecord, iso_micro, iso_z
 from .serveractions import PHASE_STATUS, PHASE_VM_STATE, SERVER_ACTIONS
-from .state import ServerRecord, iso_micro, iso_z
 from .volumestate import VolumeRecord
 
 

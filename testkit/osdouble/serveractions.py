@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .state import ServerRecord
+    from .records import ServerRecord
 
 log = logging.getLogger("osdouble")
 
