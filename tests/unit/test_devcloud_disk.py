@@ -8,19 +8,8 @@ These tests run the real shell functions of devcloud/lib (common.sh, services.sh
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-LIB = REPO / "devcloud" / "lib"
-
-
-def _sh(tmp_path: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {"DEVCLOUD_RUN_DIR": str(tmp_path / "run"), "DEVCLOUD_WORK": str(tmp_path / "work"), "PATH": "/usr/bin:/bin"}
-    prelude = f'set -euo pipefail; source "{LIB}/common.sh"; source "{LIB}/services.sh"\n'
-    return subprocess.run(
-        ["bash", "-c", prelude + script], env={**base, **env}, capture_output=True, text=True, timeout=60
-    )
+from tests.unit.devcloud_shell import devcloud_sh
 
 
 def _free_gib() -> int:
@@ -30,7 +19,7 @@ def _free_gib() -> int:
 
 def test_up_refuses_a_disk_with_less_free_space_than_required_and_names_the_large_directories(tmp_path):
     need = _free_gib() + 10
-    r = _sh(tmp_path, "require_free_space; echo passed", DEVCLOUD_MIN_FREE_GIB=str(need))
+    r = devcloud_sh(tmp_path, "require_free_space; echo passed", DEVCLOUD_MIN_FREE_GIB=str(need))
     assert r.returncode == 1
     assert "passed" not in r.stdout
     assert f"GiB free on the disk of /var/lib; 'up' needs {need} GiB (DEVCLOUD_MIN_FREE_GIB)" in r.stderr
@@ -38,7 +27,7 @@ def test_up_refuses_a_disk_with_less_free_space_than_required_and_names_the_larg
 
 
 def test_up_accepts_a_disk_with_the_required_free_space(tmp_path):
-    r = _sh(tmp_path, "require_free_space; echo passed", DEVCLOUD_MIN_FREE_GIB="0")
+    r = devcloud_sh(tmp_path, "require_free_space; echo passed", DEVCLOUD_MIN_FREE_GIB="0")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["passed"]
 
@@ -56,7 +45,7 @@ def test_a_daemon_that_does_not_start_shows_the_end_of_its_log(tmp_path):
     )
     fake.chmod(0o755)
     # common.sh sets PATH itself: the fake goes first after it
-    r = _sh(tmp_path, f'PATH="{bindir}:$PATH"; is_running() {{ return 1; }}; start_one ceph-mon || echo failed')
+    r = devcloud_sh(tmp_path, f'PATH="{bindir}:$PATH"; is_running() {{ return 1; }}; start_one ceph-mon || echo failed')
     assert r.stdout.split() == ["failed"]
     assert "devcloud: ceph-mon did not start" in r.stderr
     assert "  | error: monitor data filesystem reached concerning levels" in r.stderr

@@ -16,15 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-LIB = REPO / "devcloud" / "lib"
-
-
-def _sh(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
-    """Run SCRIPT in bash with the dev cloud's common.sh and services.sh sourced (run dir and work dir in tmp)."""
-    env = {"DEVCLOUD_RUN_DIR": str(tmp_path / "run"), "DEVCLOUD_WORK": str(tmp_path / "work"), "PATH": "/usr/bin:/bin"}
-    prelude = f'set -euo pipefail; source "{LIB}/common.sh"; source "{LIB}/services.sh"\n'
-    return subprocess.run(["bash", "-c", prelude + script], env=env, capture_output=True, text=True, timeout=60)
+from tests.unit.devcloud_shell import devcloud_sh
 
 
 @pytest.fixture
@@ -54,7 +46,9 @@ def _pidfile(tmp_path: Path, rel: str, pid: int) -> Path:
 def test_a_pid_file_naming_another_process_is_stale_removed_and_its_process_spared(tmp_path, spawn):
     stranger = spawn("--port", "3306")  # stands for the mariadbd that got neutron-server's old pid
     f = _pidfile(tmp_path, "neutron/neutron-server.pid", stranger.pid)
-    r = _sh(tmp_path, "if is_running neutron-api; then echo running; else echo stopped; fi; stop_one neutron-api")
+    r = devcloud_sh(
+        tmp_path, "if is_running neutron-api; then echo running; else echo stopped; fi; stop_one neutron-api"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["stopped"]
     assert not f.exists()
@@ -75,7 +69,7 @@ def test_a_pid_file_naming_another_process_is_stale_removed_and_its_process_spar
 def test_a_pid_file_naming_the_service_is_trusted(tmp_path, spawn, service, rel, argv):
     daemon = spawn(*argv)
     f = _pidfile(tmp_path, rel, daemon.pid)
-    r = _sh(tmp_path, f"own_pid {service}; is_running {service} && echo running")
+    r = devcloud_sh(tmp_path, f"own_pid {service}; is_running {service} && echo running")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(daemon.pid), "running"]
     assert f.exists()
@@ -84,7 +78,7 @@ def test_a_pid_file_naming_the_service_is_trusted(tmp_path, spawn, service, rel,
 def test_a_similar_name_is_not_the_service(tmp_path, spawn):
     other = spawn("/usr/bin/nova-api-metadata", "--config-file=/etc/nova/nova.conf")
     f = _pidfile(tmp_path, "nova/nova-api.pid", other.pid)
-    r = _sh(tmp_path, "is_running nova-api || echo stopped")
+    r = devcloud_sh(tmp_path, "is_running nova-api || echo stopped")
     assert r.stdout.split() == ["stopped"], r.stderr
     assert not f.exists()
 
@@ -94,6 +88,6 @@ def test_a_pid_file_of_a_dead_process_is_removed(tmp_path, spawn):
     gone.kill()
     gone.wait(timeout=10)
     f = _pidfile(tmp_path, "glance/glance-api.pid", gone.pid)
-    r = _sh(tmp_path, "is_running glance-api || echo stopped")
+    r = devcloud_sh(tmp_path, "is_running glance-api || echo stopped")
     assert r.stdout.split() == ["stopped"], r.stderr
     assert not f.exists()
